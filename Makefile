@@ -1,0 +1,46 @@
+# bc_gitops: the two commands a newcomer needs are `make demo` and `make test`.
+# Both install missing system packages first (scripts/setup.sh).
+
+REBAR ?= rebar3
+export REBAR_OFFLINE = 1
+
+.PHONY: all setup compile demo test rust-test rust-lint erlang-test fuzz docs clean
+
+all: compile
+
+setup:
+	@sh scripts/setup.sh
+
+compile: setup
+	$(REBAR) compile
+
+## test: everything CI runs. Fails when any step fails.
+test: setup rust-test rust-lint erlang-test demo
+
+rust-test:
+	cargo test --locked -p bc_gitops_core --lib --tests
+
+rust-lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+erlang-test: compile
+	$(REBAR) eunit
+	$(REBAR) ct
+	$(REBAR) xref
+	$(REBAR) dialyzer
+
+fuzz:
+	sh fuzz/run.sh $(SECONDS)
+
+docs: compile
+	$(REBAR) edoc
+
+clean:
+	$(REBAR) clean
+	cargo clean
+	rm -f priv/bc_gitops_nif.so
+
+## demo: the main job: a real local gitops repository, read and planned.
+demo: compile
+	escript scripts/demo.escript

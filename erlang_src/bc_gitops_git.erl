@@ -1,0 +1,57 @@
+%%% @doc Keeps a local checkout of a git repository at a ref, in the Rust NIF
+%%% (libgit2 through git2) on a dirty IO scheduler: the calling process
+%%% waits, no normal scheduler does.
+%%%
+%%% The checkout is forced to the fetched commit: local edits and stray
+%%% files are overwritten, never merged. A damaged clone is re-cloned beside
+%%% the old one and swapped in only when complete, so the last good checkout
+%%% stays usable until then. Credentials never appear in an error: URLs and
+%%% secrets are redacted.
+-module(bc_gitops_git).
+
+-export([sync/1]).
+
+-export_type([options/0, outcome/0, error_kind/0]).
+
+-type options() :: #{
+    url := unicode:chardata(),
+    local_path := file:filename_all(),
+    %% A branch (default "main"), a tag, or a full 40-hex commit SHA.
+    ref => unicode:chardata(),
+    %% Milliseconds for each sync, network included (default 60000).
+    timeout => pos_integer(),
+    ssh_key => file:filename_all(),
+    ssh_passphrase => unicode:chardata(),
+    %% Default ~/.ssh/known_hosts.
+    ssh_known_hosts => file:filename_all(),
+    %% true (default): refuse hosts whose key is not in known_hosts.
+    ssh_verify_host => boolean(),
+    username => unicode:chardata(),
+    token => unicode:chardata(),
+    %% An extra CA (PEM) trusted for HTTPS, besides the system store.
+    ca_file => file:filename_all()
+}.
+
+-type outcome() :: #{
+    commit := binary(),
+    %% Whether the commit differs from the one checked out before the call.
+    changed := boolean(),
+    %% Why the local clone was re-cloned, when it was.
+    healed := binary() | undefined
+}.
+
+-type error_kind() :: invalid_input | unreachable | auth | certificate | ref_not_found
+                    | timeout | not_a_repository | disk_full | io | corrupt | other.
+
+%% @doc Clones `url' into `local_path' when needed, then fetches `ref' and
+%% checks it out.
+-spec sync(options()) -> {ok, outcome()} | {error, {error_kind(), binary()}}.
+sync(Opts) ->
+    Texts = [url, local_path, ref, ssh_key, ssh_passphrase, ssh_known_hosts, username,
+             token, ca_file],
+    bc_gitops_nif:git_sync(maps:map(fun(K, V) -> encode(lists:member(K, Texts), V) end, Opts)).
+
+-spec encode(boolean(), term()) -> term().
+encode(true, V) when is_binary(V) -> V;
+encode(true, V) -> unicode:characters_to_binary(V);
+encode(false, V) -> V.

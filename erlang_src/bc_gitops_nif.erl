@@ -1,0 +1,86 @@
+%%% @doc The Rust NIF: spec parsing, validation and planning.
+%%%
+%%% This module only loads `priv/bc_gitops_nif.so' and declares the NIF
+%%% functions; callers use {@link bc_gitops_specs} and {@link bc_gitops_plan},
+%%% which give the results their documented shapes.
+%%%
+%%% When the library cannot be loaded the module still loads, so that the
+%%% reason can be read with {@link load_error/0}; every NIF function then
+%%% raises an error that names the missing file. The NIF module itself is
+%%% never hot-reloaded: rustler registers no upgrade callback.
+-module(bc_gitops_nif).
+
+-export([load_error/0, library_path/0]).
+-export([parse_dir/2, plan/3, git_sync/1]).
+
+-on_load(init/0).
+
+-define(LOAD_ERROR_KEY, {?MODULE, load_error}).
+
+-spec init() -> ok.
+init() ->
+    Path = library_path(),
+    Result =
+        case filelib:is_regular(Path ++ ".so") of
+            false -> {error, {library_missing, Path ++ ".so"}};
+            true -> erlang:load_nif(Path, 0)
+        end,
+    case Result of
+        ok ->
+            persistent_term:erase(?LOAD_ERROR_KEY),
+            ok;
+        {error, Reason} ->
+            persistent_term:put(?LOAD_ERROR_KEY, Reason),
+            logger:error("bc_gitops: cannot load the NIF library ~ts: ~p. "
+                         "Build it with `rebar3 compile` (needs cargo).",
+                         [Path ++ ".so", Reason]),
+            ok
+    end.
+
+%% @doc `ok' when the NIF library is loaded, else why it is not.
+-spec load_error() -> ok | {error, term()}.
+load_error() ->
+    case persistent_term:get(?LOAD_ERROR_KEY, undefined) of
+        undefined -> ok;
+        Reason -> {error, Reason}
+    end.
+
+%% @doc The library's path without its `.so' extension, as
+%% `erlang:load_nif/2' takes it.
+-spec library_path() -> file:filename().
+library_path() ->
+    Priv =
+        case code:priv_dir(bc_gitops) of
+            {error, bad_name} ->
+                %% Not on the code path as an application (a bare ebin dir):
+                %% priv/ sits beside the ebin/ this module came from.
+                filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
+            Dir ->
+                Dir
+        end,
+    filename:join(Priv, "bc_gitops_nif").
+
+%% @doc Reads and validates every spec under `Root/AppsDir'. Runs on a dirty
+%% IO scheduler. See {@link bc_gitops_specs:parse_dir/2}.
+-spec parse_dir(binary(), binary()) ->
+    {ok, list(), [map()], [map()]} | {error, {atom(), binary()}}.
+parse_dir(_Root, _AppsDir) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc Plans the actions that take Current to Desired. Runs on a dirty CPU
+%% scheduler. See {@link bc_gitops_plan:plan/3}.
+-spec plan(list(), list(), [binary()]) -> {ok, list(), list()}.
+plan(_Desired, _Current, _Invalid) ->
+    erlang:nif_error(not_loaded()).
+
+%% The reason a stub raises: dialyzer knows erlang:nif_error/1 marks a
+%% NIF stub, so it must be called directly in each stub.
+-spec not_loaded() -> {bc_gitops_nif_not_loaded, file:filename(), ok | {error, term()}}.
+not_loaded() ->
+    {bc_gitops_nif_not_loaded, library_path() ++ ".so", load_error()}.
+
+%% @doc Clones or fetches a repository and checks out a ref. Runs on a dirty
+%% IO scheduler. See {@link bc_gitops_git:sync/1}.
+-spec git_sync(map()) -> {ok, map()} | {error, {atom(), binary()}}.
+git_sync(_Opts) ->
+    erlang:nif_error(not_loaded()).

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Fuzzes the Erlang term parser for a while: ./fuzz/run.sh [SECONDS] [TARGET]
+#
+# Installs cargo-fuzz when it is missing. cargo-fuzz needs nightly Rust;
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain use the nightly flags it
+# passes (-Z sanitizer=address and friends). Crashes land in
+# fuzz/artifacts/TARGET/; the corpus grows in fuzz/corpus/TARGET/.
+set -euo pipefail
+
+seconds="${1:-60}"
+target="${2:-term_parse}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz..." >&2
+    cargo install cargo-fuzz --locked
+fi
+
+corpus="$here/corpus/$target"
+mkdir -p "$corpus"
+# Seed the corpus with a few real terms so the fuzzer starts from syntax.
+seed="$corpus/seed-config"
+if [ ! -e "$seed" ]; then
+    cat >"$seed" <<'TERMS'
+%% A typical spec file.
+#{name => my_app, version => "1.0.0", port => 8080,
+  env => [{key, <<"value">>}, {list, [1, 2.5e-3, $a, 'Quoted atom']}],
+  bin => <<1:4, 16#F:4, "é"/utf8, 1.5:32/float-little>>,
+  deep => {[a | b], #{-1 => 16#ff_ff, "k" => {}}}}.
+TERMS
+fi
+
+cd "$here/.."
+RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir "$here" "$target" "$corpus" -- \
+    -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048

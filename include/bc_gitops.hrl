@@ -1,0 +1,64 @@
+%% Records shared by bc_gitops and the runtimes that implement
+%% the bc_gitops_runtime behaviour.
+%%
+%% The Rust NIF builds #source_spec{}, #health_spec{} and #app_spec{} tuples
+%% by position (native/bc_gitops_nif/src/records.rs): change a field here and
+%% the field order there together. test/bc_gitops_nif_tests.erl checks they
+%% agree.
+
+-ifndef(BC_GITOPS_HRL).
+-define(BC_GITOPS_HRL, true).
+
+%% Where an application's code comes from.
+-record(source_spec, {
+    type :: hex | git | release,
+    %% git: the repository; release: the tarball's http(s) URL.
+    url :: binary() | undefined,
+    %% git: a branch, a tag or a full commit SHA.
+    ref :: binary() | undefined,
+    %% release: the tarball's SHA-256, 64 lowercase hex digits.
+    sha256 :: binary() | undefined,
+    %% Build tool override; detected from the project when undefined.
+    build :: rebar3 | mix | make | undefined
+}).
+
+%% How to tell whether a running application is healthy.
+-record(health_spec, {
+    type :: http | tcp | custom,
+    port :: 1..65535 | undefined,
+    path :: binary() | undefined,
+    %% custom: Module:check(AppName) -> ok | {error, Reason}.
+    module :: module() | undefined,
+    %% Milliseconds.
+    interval = 30000 :: pos_integer(),
+    timeout = 5000 :: pos_integer()
+}).
+
+%% One application as the gitops repository describes it.
+-record(app_spec, {
+    name :: atom(),
+    version :: binary(),
+    description :: binary() | undefined,
+    source :: #source_spec{},
+    env = #{} :: #{atom() => term()},
+    health :: #health_spec{} | undefined,
+    depends_on = [] :: [atom()]
+}).
+
+%% One application as it is on this node.
+-record(app_state, {
+    name :: atom(),
+    version :: binary(),
+    status :: pending | running | stopped | failed | upgrading | removing,
+    %% Where its build lives (the directory holding ebin/).
+    path :: file:filename_all() | undefined,
+    %% The application's top supervisor.
+    pid :: pid() | undefined,
+    %% erlang:system_time(millisecond) when it was (re)started.
+    started_at :: integer() | undefined,
+    health = unknown :: healthy | unhealthy | unknown,
+    env = #{} :: #{atom() => term()},
+    depends_on = [] :: [atom()]
+}).
+
+-endif.

@@ -1,0 +1,175 @@
+//! The one error type of the git module, and the rules that turn a libgit2 or
+//! I/O failure into a variant a caller can act on.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::redact::Redactor;
+
+/// Why a sync failed. Every message is already redacted: no URL credential,
+/// token, user name or passphrase of the [`super::Auth`] in use appears in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GitError {
+    /// The options themselves are wrong (bad ref name, unreadable CA file...).
+    #[error("invalid git sync options: {0}")]
+    InvalidInput(String),
+    /// The remote could not be reached or does not serve that repository.
+    #[error("git remote {url} unreachable: {message}")]
+    Unreachable { url: String, message: String },
+    /// The remote refused every credential offered.
+    #[error("authentication failed for {url}: {message}")]
+    Auth { url: String, message: String },
+    /// The server's identity could not be verified (TLS certificate or SSH
+    /// host key): nothing was sent to it.
+    #[error("could not verify the identity of {url}: {message}")]
+    Certificate { url: String, message: String },
+    /// The remote has no such branch, tag or commit.
+    #[error("{what} not found in {url}")]
+    RefNotFound { url: String, what: String },
+    /// A network operation ran past the timeout and was cancelled.
+    #[error("git operation on {url} timed out after {after:?}")]
+    Timeout { url: String, after: Duration },
+    /// Something that is not a checkout of ours is at the target path; it was
+    /// left untouched.
+    #[error("{path} is not a bc_gitops checkout: {reason}")]
+    NotARepository { path: PathBuf, reason: String },
+    /// The disk (or quota) is full; the previous checkout was kept.
+    #[error("no space left while writing {path}: {message}")]
+    DiskFull { path: PathBuf, message: String },
+    /// Another local I/O failure; the previous checkout was kept.
+    #[error("I/O error on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    /// The local clone is damaged and could not be healed by a re-clone.
+    #[error("local clone at {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    /// Anything else libgit2 reported.
+    #[error("git error: {0}")]
+    Other(String),
+}
+
+impl GitError {
+    /// Whether a fresh clone may cure this failure (the local clone, not the
+    /// remote, is at fault).
+    pub(crate) fn is_corrupt(&self) -> bool {
+        matches!(self, GitError::Corrupt { .. })
+    }
+}
+
+/// ENOSPC and EDQUOT, the errno values of a full disk or quota on Linux.
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+/// Whether a libgit2 or OS message says the disk is full.
+pub(crate) fn says_disk_full(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("Disk quota exceeded")
+}
+
+/// Maps an I/O failure on `path`, with what we were doing, to `DiskFull` or `Io`.
+pub(crate) fn io_error(err: &io::Error, path: &Path, doing: &str) -> GitError {
+    let message = format!("{doing}: {err}");
+    let full = matches!(err.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+        || err.kind() == io::ErrorKind::StorageFull
+        || says_disk_full(&message);
+    if full {
+        GitError::DiskFull {
+            path: path.to_path_buf(),
+            message,
+        }
+    } else {
+        GitError::Io {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
+/// Maps a libgit2 failure on the local repository at `path`: a full disk is
+/// reported as such, anything else means the clone is damaged (and is healed
+/// by the caller).
+pub(crate) fn local_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
+    let message = redactor.redact(err.message());
+    if says_disk_full(&message) {
+        GitError::DiskFull {
+            path: path.to_path_buf(),
+            message,
+        }
+    } else {
+        GitError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
+/// What the network layer observed besides libgit2's own error, which is
+/// often a bare "early EOF" once we cut a connection.
+#[derive(Debug, Default)]
+pub(crate) struct NetFacts {
+    /// The deadline passed and the transfer was cancelled.
+    pub timed_out: bool,
+    /// The credentials callback ran out of things to offer.
+    pub auth_exhausted: Option<String>,
+    /// Our certificate/host-key check rejected the server.
+    pub identity_rejected: Option<String>,
+    /// The relay could not reach the real server.
+    pub upstream_error: Option<String>,
+}
+
+/// Maps a libgit2 failure of a network operation (ls-remote or fetch).
+pub(crate) fn net_error(
+    err: &git2::Error,
+    facts: &NetFacts,
+    url: &str,
+    timeout: Duration,
+    local_path: &Path,
+    redactor: &Redactor,
+) -> GitError {
+    use git2::{ErrorClass as Class, ErrorCode as Code};
+    let url = redactor.redact(url);
+    let message = redactor.redact(err.message());
+    if facts.timed_out || err.code() == Code::Timeout {
+        return GitError::Timeout {
+            url,
+            after: timeout,
+        };
+    }
+    if let Some(why) = &facts.identity_rejected {
+        let message = redactor.redact(why);
+        return GitError::Certificate { url, message };
+    }
+    if let Some(why) = &facts.auth_exhausted {
+        let message = redactor.redact(why);
+        return GitError::Auth { url, message };
+    }
+    if let Some(why) = &facts.upstream_error {
+        let message = redactor.redact(why);
+        return GitError::Unreachable { url, message };
+    }
+    if says_disk_full(&message) {
+        let path = local_path.to_path_buf();
+        return GitError::DiskFull { path, message };
+    }
+    match (err.code(), err.class()) {
+        (Code::Auth, _) => GitError::Auth { url, message },
+        (Code::Certificate, _) => {
+            let message = format!(
+                "{message} (the server certificate is not trusted: set ca_file to the CA, \
+                 or the server's own certificate, that signs it)"
+            );
+            GitError::Certificate { url, message }
+        }
+        // Local object database, index or reference trouble: the clone is
+        // damaged, not the remote.
+        (_, Class::Odb | Class::Zlib | Class::Index | Class::Object | Class::Tree)
+        | (_, Class::Reference | Class::Filesystem | Class::Checkout | Class::FetchHead) => {
+            let path = local_path.to_path_buf();
+            GitError::Corrupt { path, message }
+        }
+        (Code::Locked, _) => {
+            let path = local_path.to_path_buf();
+            GitError::Corrupt { path, message }
+        }
+        _ => GitError::Unreachable { url, message },
+    }
+}

@@ -1,0 +1,305 @@
+//! Orchestration of one sync: serialize per path, look at what is there,
+//! update in place when the clone is healthy, otherwise clone (or re-clone)
+//! beside it and swap it in only once complete.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use git2::{Oid, Reference, Repository};
+
+use super::error::{io_error, local_error, GitError};
+use super::net::Network;
+use super::redact::{redact_url, Redactor};
+use super::repo::{self, Slot};
+use super::{GitRef, SyncOptions, SyncOutcome};
+
+pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
+    validate_ref(&opts.git_ref)?;
+    let target = std::path::absolute(&opts.local_path)
+        .map_err(|e| io_error(&e, &opts.local_path, "resolving the checkout path"))?;
+    let _lock = PathLock::acquire(&target);
+    let auth = &opts.auth;
+    let secrets = [&auth.token, &auth.username, &auth.ssh_passphrase];
+    let redactor = Redactor::new(&opts.url, secrets.into_iter().flatten().map(String::as_str));
+    let net = Network::new(&opts.url, auth, opts.timeout, &redactor)?;
+    let job = Job {
+        opts,
+        target: &target,
+        redactor: &redactor,
+        net: &net,
+    };
+    job.recover_interrupted_swap()?;
+    match repo::inspect(&target, &opts.url) {
+        Slot::Missing | Slot::Empty => {
+            let commit = job.clone_and_install()?;
+            Ok(outcome(commit, None, None))
+        }
+        Slot::Foreign(reason) => Err(GitError::NotARepository {
+            path: target.clone(),
+            reason,
+        }),
+        Slot::Broken(reason) => {
+            let before = repo::head_commit_on_disk(&target);
+            job.heal(before, reason)
+        }
+        Slot::Ours(repository) => {
+            let before = repo::head_commit(&repository);
+            match job.update(&repository) {
+                Ok(commit) => Ok(outcome(commit, before, None)),
+                Err(e) if e.is_corrupt() => {
+                    drop(repository);
+                    job.heal(before, e.to_string())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+fn outcome(commit: Oid, before: Option<Oid>, healed: Option<String>) -> SyncOutcome {
+    SyncOutcome {
+        commit: commit.to_string(),
+        changed: before != Some(commit),
+        healed,
+    }
+}
+
+/// Refuses names that would not be a plain ref (and so could smuggle refspec
+/// syntax such as `a:b` or `*`).
+fn validate_ref(git_ref: &GitRef) -> Result<(), GitError> {
+    let valid = match git_ref {
+        GitRef::Branch(name) | GitRef::Named(name) => {
+            Reference::is_valid_name(&format!("refs/heads/{name}"))
+        }
+        GitRef::Tag(name) => Reference::is_valid_name(&format!("refs/tags/{name}")),
+        GitRef::Commit(id) => id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+    };
+    let invalid = !valid
+        || matches!(git_ref, GitRef::Branch(n) | GitRef::Tag(n) | GitRef::Named(n) if n.contains('*'));
+    if invalid {
+        return Err(GitError::InvalidInput(format!("invalid ref: {git_ref}")));
+    }
+    Ok(())
+}
+
+/// One sync of one path.
+struct Job<'a> {
+    opts: &'a SyncOptions,
+    target: &'a Path,
+    redactor: &'a Redactor,
+    net: &'a Network<'a>,
+}
+
+impl Job<'_> {
+    /// Fetches and force-checks-out the ref in the existing clone.
+    fn update(&self, repository: &Repository) -> Result<Oid, GitError> {
+        let local = |e: git2::Error| local_error(&e, self.target, self.redactor);
+        repo::remove_stale_locks(repository.path());
+        repo::check_health(repository).map_err(local)?;
+        let previous = repo::head_commit(repository);
+        let commit = self
+            .net
+            .fetch_target(repository, &self.opts.git_ref, self.target)?;
+        if let Err(e) = repo::force_checkout(repository, commit) {
+            // Put the previous commit back rather than leave a half-written
+            // worktree (a full disk fails mid-way); best effort.
+            if let Some(previous) = previous {
+                let _ = repo::force_checkout(repository, previous);
+            }
+            return Err(local(e));
+        }
+        Ok(commit)
+    }
+
+    /// Re-clones beside the damaged checkout and swaps it in.
+    fn heal(&self, before: Option<Oid>, reason: String) -> Result<SyncOutcome, GitError> {
+        let reason = self.redactor.redact(&reason);
+        let commit = self.clone_and_install()?;
+        Ok(outcome(commit, before, Some(reason)))
+    }
+
+    /// Clones into a sibling temporary directory, then puts it at the target.
+    fn clone_and_install(&self) -> Result<Oid, GitError> {
+        let staging = Staging::create(self.target, "new")?;
+        let commit = self.clone_into(staging.path())?;
+        install(staging, self.target)?;
+        Ok(commit)
+    }
+
+    fn clone_into(&self, dir: &Path) -> Result<Oid, GitError> {
+        let local = |e: git2::Error| local_error(&e, self.target, self.redactor);
+        let repository = repo::init(dir, &redact_url(&self.opts.url)).map_err(local)?;
+        let commit = self
+            .net
+            .fetch_target(&repository, &self.opts.git_ref, self.target)?;
+        repo::force_checkout(&repository, commit).map_err(local)?;
+        Ok(commit)
+    }
+
+    /// A crash between the two renames of a swap leaves the target missing
+    /// and the previous checkout in a sibling: put it back. Then remove what
+    /// dead processes left.
+    fn recover_interrupted_swap(&self) -> Result<(), GitError> {
+        let leftovers = Staging::leftovers(self.target);
+        if !self.target.exists() {
+            if let Some(old) = leftovers.iter().find(|p| Staging::kind(p) == Some("old")) {
+                fs::rename(old, self.target)
+                    .map_err(|e| io_error(&e, self.target, "restoring the previous checkout"))?;
+            }
+        }
+        for path in leftovers.iter().filter(|p| p.exists()) {
+            let _ = fs::remove_dir_all(path);
+        }
+        Ok(())
+    }
+}
+
+/// Puts the complete clone at `target`. A missing target or an empty
+/// directory is replaced by one rename; an old checkout is first moved aside,
+/// then deleted only once the new one is in place (and moved back if that
+/// failed).
+fn install(staging: Staging, target: &Path) -> Result<(), GitError> {
+    if fs::rename(staging.path(), target).is_ok() {
+        staging.keep();
+        return Ok(());
+    }
+    let old = Staging::reserve(target, "old");
+    fs::rename(target, old.path())
+        .map_err(|e| io_error(&e, target, "moving the old checkout aside"))?;
+    if let Err(e) = fs::rename(staging.path(), target) {
+        let _ = fs::rename(old.path(), target);
+        old.keep();
+        return Err(io_error(&e, target, "moving the new checkout in place"));
+    }
+    staging.keep();
+    drop(old);
+    Ok(())
+}
+
+/// A sibling directory `.<name>.bc-gitops-<kind>-<pid>-<n>` of the target,
+/// removed on drop unless kept; same file system, so renames are atomic.
+struct Staging {
+    path: PathBuf,
+    keep: bool,
+}
+
+const STAGING_TAG: &str = ".bc-gitops-";
+
+impl Staging {
+    /// A fresh name, not created.
+    fn reserve(target: &Path, kind: &str) -> Staging {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!(
+            ".{name}{STAGING_TAG}{kind}-{}-{n}",
+            std::process::id()
+        ));
+        Staging { path, keep: false }
+    }
+
+    /// A fresh, created, empty directory (and its parent).
+    fn create(target: &Path, kind: &str) -> Result<Staging, GitError> {
+        let staging = Staging::reserve(target, kind);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| io_error(&e, parent, "creating the parent directory"))?;
+        }
+        fs::create_dir(&staging.path)
+            .map_err(|e| io_error(&e, &staging.path, "creating a staging directory"))?;
+        Ok(staging)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+    }
+
+    /// Staging directories of `target` left by processes that are gone.
+    fn leftovers(target: &Path) -> Vec<PathBuf> {
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!(".{}{STAGING_TAG}", name.to_string_lossy());
+        let Ok(entries) = fs::read_dir(parent) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let rest = file_name.strip_prefix(&prefix)?;
+                let pid: u32 = rest.split('-').nth(1)?.parse().ok()?;
+                // Ours are stale too: the path lock is held.
+                let alive =
+                    pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+                (!alive).then(|| entry.path())
+            })
+            .collect()
+    }
+
+    /// `new` or `old`, from a staging path's name.
+    fn kind(path: &Path) -> Option<&str> {
+        let name = path.file_name()?.to_str()?;
+        let rest = &name[name.find(STAGING_TAG)? + STAGING_TAG.len()..];
+        rest.split('-').next()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep && self.path.exists() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Serializes syncs of one path within the process.
+struct PathLock {
+    path: PathBuf,
+}
+
+fn busy_paths() -> &'static (Mutex<HashSet<PathBuf>>, Condvar) {
+    static BUSY: OnceLock<(Mutex<HashSet<PathBuf>>, Condvar)> = OnceLock::new();
+    BUSY.get_or_init(|| (Mutex::new(HashSet::new()), Condvar::new()))
+}
+
+fn lock_busy() -> MutexGuard<'static, HashSet<PathBuf>> {
+    busy_paths()
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PathLock {
+    fn acquire(path: &Path) -> PathLock {
+        let mut busy = lock_busy();
+        while busy.contains(path) {
+            busy = busy_paths()
+                .1
+                .wait(busy)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        busy.insert(path.to_path_buf());
+        PathLock {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        lock_busy().remove(&self.path);
+        busy_paths().1.notify_all();
+    }
+}

@@ -1,0 +1,265 @@
+//! Finding spec files under `<repo>/<apps_dir>/<app>/` and reading each one.
+
+use super::json::parse_json;
+use super::model::*;
+use super::validate::{Format, Validator};
+use crate::term_parse::parse_terms;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// A spec larger than this is refused unread: specs are small, and a huge
+/// file is a mistake or an attack.
+pub const SPEC_FILE_MAX_BYTES: u64 = 1024 * 1024;
+
+const TERM_FILE: &str = "app.config";
+const JSON_FILE: &str = "app.json";
+
+/// Why a whole apps directory could not be read. Per-app problems are never
+/// this: they go into [`ParseOutput::errors`].
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("apps_dir {0:?} must be a relative path inside the repository")]
+    AppsDirOutside(String),
+    #[error("apps_dir {0:?} does not exist in the repository")]
+    AppsDirMissing(String),
+    #[error("apps_dir {0:?} is not a directory")]
+    AppsDirNotDir(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads every app spec under `root/apps_dir`.
+pub fn parse_dir(root: &Path, apps_dir: &str) -> Result<ParseOutput, DirError> {
+    let dir = apps_dir_path(root, apps_dir)?;
+    let io_err = |source| DirError::Io {
+        path: apps_dir.to_string(),
+        source,
+    };
+    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let file_type = entry.file_type().map_err(io_err)?;
+        if file_type.is_dir() || file_type.is_symlink() {
+            entries.push((name, entry.path()));
+        }
+    }
+    entries.sort();
+    let mut out = ParseOutput::default();
+    let rel_dir = apps_dir.trim_matches('/');
+    for (app, path) in entries {
+        read_app(&mut out, &app, &path, &relative(rel_dir, &app));
+    }
+    out.specs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Resolves `apps_dir`, refusing anything that leaves the repository.
+fn apps_dir_path(root: &Path, apps_dir: &str) -> Result<PathBuf, DirError> {
+    let rel = Path::new(apps_dir);
+    let escapes = rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if escapes || apps_dir.is_empty() {
+        return Err(DirError::AppsDirOutside(apps_dir.to_string()));
+    }
+    let dir = root.join(rel);
+    let meta = match fs::metadata(&dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::AppsDirMissing(apps_dir.to_string()))
+        }
+        Err(source) => {
+            return Err(DirError::Io {
+                path: apps_dir.to_string(),
+                source,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Err(DirError::AppsDirNotDir(apps_dir.to_string()));
+    }
+    // A symlinked apps_dir must still point inside the repository.
+    let io_err = |source| DirError::Io {
+        path: apps_dir.to_string(),
+        source,
+    };
+    let real_root = fs::canonicalize(root).map_err(io_err)?;
+    let real_dir = fs::canonicalize(&dir).map_err(io_err)?;
+    if !real_dir.starts_with(&real_root) {
+        return Err(DirError::AppsDirOutside(apps_dir.to_string()));
+    }
+    Ok(real_dir)
+}
+
+fn relative(dir: &str, name: &str) -> String {
+    if dir.is_empty() || dir == "." {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Reads one app directory into `out`: a spec, or errors, or a warning.
+fn read_app(out: &mut ParseOutput, app: &str, path: &Path, rel: &str) {
+    let error = |kind, message| diagnostic(app, rel, kind, message);
+    if is_symlink(path) {
+        let message = "app directories must not be symbolic links".to_string();
+        out.errors.push(error(ErrorKind::Symlink, message));
+        return;
+    }
+    let term_file = path.join(TERM_FILE);
+    let json_file = path.join(JSON_FILE);
+    let found = (exists(&term_file), exists(&json_file));
+    let (file, format) = match found {
+        (true, true) => {
+            let message = format!("both {TERM_FILE} and {JSON_FILE} exist: keep one");
+            out.errors.push(error(ErrorKind::DuplicateSpec, message));
+            return;
+        }
+        (true, false) => (TERM_FILE, Format::Terms),
+        (false, true) => (JSON_FILE, Format::Json),
+        (false, false) => {
+            let message = format!("no {TERM_FILE} or {JSON_FILE}: directory ignored");
+            let warning = diagnostic(app, rel, WarningKind::NoSpecFile, message);
+            out.warnings.push(warning);
+            return;
+        }
+    };
+    let rel_file = format!("{rel}/{file}");
+    match parse_file(app, &path.join(file), &rel_file, format == Format::Json) {
+        FileResult::Spec(spec, warnings) => {
+            out.specs.push(*spec);
+            out.warnings.extend(warnings);
+        }
+        FileResult::Invalid(errors, warnings) => {
+            out.errors.extend(errors);
+            out.warnings.extend(warnings);
+        }
+    }
+}
+
+/// A diagnostic about a whole app directory or file (no line, no field).
+fn diagnostic<K>(app: &str, file: &str, kind: K, message: String) -> Diagnostic<K> {
+    Diagnostic {
+        app: app.to_string(),
+        file: file.to_string(),
+        line: None,
+        field: String::new(),
+        kind,
+        message,
+    }
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// What reading one spec file gives.
+#[derive(Debug)]
+pub enum FileResult {
+    Spec(Box<AppSpec>, Vec<SpecWarning>),
+    Invalid(Vec<SpecError>, Vec<SpecWarning>),
+}
+
+/// Reads and validates one spec file. `app` is the directory name the spec
+/// must carry; `rel_file` is how the file is named in diagnostics.
+pub fn parse_file(app: &str, path: &Path, rel_file: &str, json: bool) -> FileResult {
+    let format = if json { Format::Json } else { Format::Terms };
+    let mut v = Validator::new(app, rel_file, format);
+    if let Some(root) = read_root(&mut v, path) {
+        if let Some(spec) = v.app_spec(&root) {
+            return FileResult::Spec(Box::new(spec), v.warnings);
+        }
+    }
+    FileResult::Invalid(v.errors, v.warnings)
+}
+
+/// Reads the file's single top-level term, or records why not.
+fn read_root(v: &mut Validator<'_>, path: &Path) -> Option<crate::term::Spanned> {
+    let whole_file = |v: &mut Validator<'_>, kind, line: Option<u32>, message: String| {
+        v.error(None, "", kind, message);
+        if let Some(last) = v.errors.last_mut() {
+            last.line = line;
+        }
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            whole_file(v, ErrorKind::Io, None, format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    if meta.file_type().is_symlink() {
+        let message = "spec files must not be symbolic links".to_string();
+        whole_file(v, ErrorKind::Symlink, None, message);
+        return None;
+    }
+    if meta.len() > SPEC_FILE_MAX_BYTES {
+        let message = format!(
+            "{} bytes is over the {SPEC_FILE_MAX_BYTES}-byte limit",
+            meta.len()
+        );
+        whole_file(v, ErrorKind::TooLarge, None, message);
+        return None;
+    }
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            whole_file(v, ErrorKind::Io, None, format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let src = match String::from_utf8(bytes) {
+        Ok(src) => src,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+            let line = u32::try_from(line).ok();
+            whole_file(
+                v,
+                ErrorKind::Syntax,
+                line,
+                "the file is not valid UTF-8".to_string(),
+            );
+            return None;
+        }
+    };
+    match v.format {
+        Format::Json => match parse_json(&src) {
+            Ok(root) => Some(root),
+            Err((line, message)) => {
+                whole_file(v, ErrorKind::Syntax, Some(line), message);
+                None
+            }
+        },
+        Format::Terms => match parse_terms(&src) {
+            Ok(mut terms) if terms.len() == 1 => terms.pop(),
+            Ok(terms) => {
+                let line = terms.get(1).map(|t| t.line);
+                let message = format!(
+                    "a spec file holds exactly one term (a map #{{...}} ending in '.'), found {}",
+                    terms.len()
+                );
+                whole_file(v, ErrorKind::NotAMap, line, message);
+                None
+            }
+            Err(e) => {
+                whole_file(v, ErrorKind::Syntax, Some(e.line), e.message);
+                None
+            }
+        },
+    }
+}

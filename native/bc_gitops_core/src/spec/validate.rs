@@ -1,0 +1,546 @@
+//! Turns a parsed spec (a term tree, from either file format) into an
+//! [`AppSpec`], collecting every problem rather than stopping at the first.
+
+use super::model::*;
+use crate::term::{Spanned, Term};
+
+/// The longest app name: an atom may hold at most 255 characters.
+pub const APP_NAME_MAX_BYTES: usize = 255;
+
+/// `[a-z][a-z0-9_]*`, at most [`APP_NAME_MAX_BYTES`] bytes.
+pub fn is_app_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= APP_NAME_MAX_BYTES
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// How the spec was written. JSON has no atoms, so there text stands for
+/// names and enum values, and env keys become atoms only once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    Terms,
+    Json,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "version",
+    "description",
+    "source",
+    "env",
+    "health",
+    "depends_on",
+];
+const SOURCE_KEYS: &[&str] = &["type", "url", "ref", "sha256", "build"];
+const HEALTH_KEYS: &[&str] = &["type", "port", "path", "module", "interval", "timeout"];
+
+/// Collects the diagnostics of one spec file.
+pub(super) struct Validator<'a> {
+    pub app: &'a str,
+    pub file: &'a str,
+    pub format: Format,
+    pub errors: Vec<SpecError>,
+    pub warnings: Vec<SpecWarning>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(app: &'a str, file: &'a str, format: Format) -> Self {
+        Validator {
+            app,
+            file,
+            format,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn line(&self, at: &Spanned) -> Option<u32> {
+        // JSON values carry no position (line 0).
+        (at.line > 0).then_some(at.line)
+    }
+
+    pub fn error(&mut self, at: Option<&Spanned>, field: &str, kind: ErrorKind, message: String) {
+        let line = at.and_then(|s| self.line(s));
+        self.errors.push(Diagnostic {
+            app: self.app.to_string(),
+            file: self.file.to_string(),
+            line,
+            field: field.to_string(),
+            kind,
+            message,
+        });
+    }
+
+    fn warn(&mut self, at: &Spanned, field: &str, kind: WarningKind, message: String) {
+        let line = self.line(at);
+        self.warnings.push(Diagnostic {
+            app: self.app.to_string(),
+            file: self.file.to_string(),
+            line,
+            field: field.to_string(),
+            kind,
+            message,
+        });
+    }
+
+    fn wrong_type(&mut self, at: &Spanned, field: &str, expected: &str) {
+        let message = format!("expected {expected}, found {}", at.term.kind_name());
+        self.error(Some(at), field, ErrorKind::WrongType, message);
+    }
+
+    fn invalid(&mut self, at: &Spanned, field: &str, message: String) {
+        self.error(Some(at), field, ErrorKind::InvalidValue, message);
+    }
+
+    /// Validates the whole spec. `None` when any error was found (they are
+    /// in `self.errors`).
+    pub fn app_spec(&mut self, root: &Spanned) -> Option<AppSpec> {
+        let fields = self.fields(root, "", TOP_KEYS)?;
+        let name = match fields.required(self, root, "name") {
+            Some(at) => self.app_name_field(at, "name"),
+            None => None,
+        };
+        if let Some(name) = &name {
+            if name != self.app {
+                let message = format!(
+                    "name {name} does not match its directory {}: they must be equal",
+                    self.app
+                );
+                let at = fields.get("name");
+                self.error(at, "name", ErrorKind::NameMismatch, message);
+            }
+        }
+        let version = fields
+            .required(self, root, "version")
+            .and_then(|at| self.non_empty_text(at, "version"));
+        let description = fields
+            .get("description")
+            .and_then(|at| self.text(at, "description"));
+        let source = fields
+            .required(self, root, "source")
+            .and_then(|at| self.source(at));
+        let env = match fields.get("env") {
+            Some(at) => self.env(at),
+            None => Some(Vec::new()),
+        };
+        let health = match fields.get("health") {
+            Some(at) => self.health(at).map(Some),
+            None => Some(None),
+        };
+        let depends_on = match fields.get("depends_on") {
+            Some(at) => self.depends_on(at, name.as_deref()),
+            None => Some(Vec::new()),
+        };
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(AppSpec {
+            name: name?,
+            version: version?,
+            description,
+            source: source?,
+            env: env?,
+            health: health?,
+            depends_on: depends_on?,
+            file: self.file.to_string(),
+        })
+    }
+
+    /// Reads a map's entries by key, warning about keys it does not know.
+    fn fields<'t>(&mut self, at: &'t Spanned, prefix: &str, known: &[&str]) -> Option<Fields<'t>> {
+        let Term::Map(entries) = &at.term else {
+            if prefix.is_empty() {
+                let message = format!(
+                    "a spec must be a map #{{...}}, found {}",
+                    at.term.kind_name()
+                );
+                self.error(Some(at), "", ErrorKind::NotAMap, message);
+            } else {
+                self.wrong_type(at, prefix, "a map");
+            }
+            return None;
+        };
+        let mut fields = Fields {
+            prefix: prefix.to_string(),
+            entries: Vec::new(),
+        };
+        for (key, value) in entries {
+            let Some(name) = self.key_text(key) else {
+                let field = if prefix.is_empty() { "(key)" } else { prefix };
+                let message = format!("keys must be atoms, found {}", key.term.kind_name());
+                self.error(Some(key), field, ErrorKind::WrongType, message);
+                continue;
+            };
+            let path = join(prefix, name);
+            if known.contains(&name) {
+                // A later duplicate wins, as in an Erlang map literal.
+                fields.entries.retain(|(k, _)| *k != name);
+                fields.entries.push((name, value));
+            } else {
+                let message = format!("unknown key {name} is ignored");
+                self.warn(key, &path, WarningKind::UnknownKey, message);
+            }
+        }
+        Some(fields)
+    }
+
+    /// The text of a map key: an atom in term files, a string in JSON.
+    fn key_text<'t>(&self, key: &'t Spanned) -> Option<&'t str> {
+        match (&key.term, self.format) {
+            (Term::Atom(name), Format::Terms) => Some(name),
+            (Term::Binary(bytes), Format::Json) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// A name-like value: an atom in term files (text accepted too), a
+    /// string in JSON.
+    fn symbol(&mut self, at: &Spanned, field: &str, expected: &str) -> Option<String> {
+        if let Term::Atom(name) = &at.term {
+            return Some(name.clone());
+        }
+        match at.term.as_text() {
+            Some(text) => Some(text),
+            None => {
+                self.wrong_type(at, field, expected);
+                None
+            }
+        }
+    }
+
+    fn app_name_field(&mut self, at: &Spanned, field: &str) -> Option<String> {
+        let name = self.symbol(at, field, "an app name (an atom)")?;
+        if is_app_name(&name) {
+            Some(name)
+        } else {
+            let shown: String = name.chars().take(64).collect();
+            let message = format!(
+                "{shown:?} is not an app name: it must match [a-z][a-z0-9_]* and be at most {APP_NAME_MAX_BYTES} bytes"
+            );
+            self.invalid(at, field, message);
+            None
+        }
+    }
+
+    fn text(&mut self, at: &Spanned, field: &str) -> Option<String> {
+        match at.term.as_text() {
+            Some(text) => Some(text),
+            None => {
+                self.wrong_type(at, field, "a UTF-8 binary or string");
+                None
+            }
+        }
+    }
+
+    fn non_empty_text(&mut self, at: &Spanned, field: &str) -> Option<String> {
+        let text = self.text(at, field)?;
+        if text.trim().is_empty() {
+            self.invalid(at, field, "must not be empty".to_string());
+            return None;
+        }
+        Some(text)
+    }
+
+    fn one_of<T: Copy>(&mut self, at: &Spanned, field: &str, choices: &[(&str, T)]) -> Option<T> {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let expected = format!("one of {}", names.join(" | "));
+        let value = self.symbol(at, field, &expected)?;
+        match choices.iter().find(|(n, _)| *n == value) {
+            Some((_, choice)) => Some(*choice),
+            None => {
+                let shown: String = value.chars().take(64).collect();
+                self.invalid(at, field, format!("{shown:?} is not {expected}"));
+                None
+            }
+        }
+    }
+
+    fn positive_int(&mut self, at: &Spanned, field: &str) -> Option<u64> {
+        match at.term {
+            Term::Int(n) if n > 0 => u64::try_from(n).ok(),
+            Term::Int(n) => {
+                self.invalid(at, field, format!("must be positive, found {n}"));
+                None
+            }
+            _ => {
+                self.wrong_type(at, field, "a positive integer");
+                None
+            }
+        }
+    }
+
+    fn source(&mut self, at: &Spanned) -> Option<SourceSpec> {
+        let fields = self.fields(at, "source", SOURCE_KEYS)?;
+        let source_type = fields.required(self, at, "type").and_then(|t| {
+            self.one_of(
+                t,
+                "source.type",
+                &[
+                    ("hex", SourceType::Hex),
+                    ("git", SourceType::Git),
+                    ("release", SourceType::Release),
+                ],
+            )
+        });
+        let url = fields
+            .get("url")
+            .and_then(|u| self.non_empty_text(u, "source.url"));
+        let git_ref = fields
+            .get("ref")
+            .and_then(|r| self.non_empty_text(r, "source.ref"));
+        let sha256 = fields.get("sha256").and_then(|s| self.sha256(s));
+        let build = fields.get("build").and_then(|b| {
+            self.one_of(
+                b,
+                "source.build",
+                &[
+                    ("rebar3", BuildTool::Rebar3),
+                    ("mix", BuildTool::Mix),
+                    ("make", BuildTool::Make),
+                ],
+            )
+        });
+        let source_type = source_type?;
+        let needs_url = matches!(source_type, SourceType::Git | SourceType::Release);
+        if needs_url && fields.get("url").is_none() {
+            self.missing(at, "source.url", "a git or release source needs url");
+        }
+        if source_type == SourceType::Release {
+            if fields.get("sha256").is_none() {
+                self.missing(at, "source.sha256", "a release source needs sha256");
+            }
+            if let (Some(url), Some(url_at)) = (&url, fields.get("url")) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    let message = "a release url must start with http:// or https://".to_string();
+                    self.invalid(url_at, "source.url", message);
+                }
+            }
+        }
+        self.unused(
+            &fields,
+            "url",
+            source_type == SourceType::Hex,
+            "a hex source",
+        );
+        self.unused(
+            &fields,
+            "ref",
+            source_type != SourceType::Git,
+            "a non-git source",
+        );
+        self.unused(
+            &fields,
+            "sha256",
+            source_type != SourceType::Release,
+            "a non-release source",
+        );
+        Some(SourceSpec {
+            source_type,
+            url,
+            git_ref,
+            sha256,
+            build,
+        })
+    }
+
+    fn unused(&mut self, fields: &Fields<'_>, key: &str, unused: bool, what: &str) {
+        if let (true, Some(at)) = (unused, fields.get(key)) {
+            let message = format!("{what} does not use {key}; it is ignored");
+            self.warn(at, &join("source", key), WarningKind::UnusedField, message);
+        }
+    }
+
+    fn missing(&mut self, map: &Spanned, field: &str, message: &str) {
+        self.error(
+            Some(map),
+            field,
+            ErrorKind::MissingField,
+            message.to_string(),
+        );
+    }
+
+    fn sha256(&mut self, at: &Spanned) -> Option<String> {
+        let text = self.text(at, "source.sha256")?;
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(text.to_ascii_lowercase())
+        } else {
+            let message = format!(
+                "must be 64 hex digits, found {} characters",
+                text.chars().count()
+            );
+            self.invalid(at, "source.sha256", message);
+            None
+        }
+    }
+
+    fn health(&mut self, at: &Spanned) -> Option<HealthSpec> {
+        let fields = self.fields(at, "health", HEALTH_KEYS)?;
+        let health_type = fields.required(self, at, "type").and_then(|t| {
+            self.one_of(
+                t,
+                "health.type",
+                &[
+                    ("http", HealthType::Http),
+                    ("tcp", HealthType::Tcp),
+                    ("custom", HealthType::Custom),
+                ],
+            )
+        });
+        let port = fields.get("port").and_then(|p| self.port(p));
+        let path = fields.get("path").and_then(|p| {
+            let path = self.text(p, "health.path")?;
+            if path.starts_with('/') {
+                Some(path)
+            } else {
+                self.invalid(p, "health.path", "must start with /".to_string());
+                None
+            }
+        });
+        let module = fields.get("module").and_then(|m| self.module(m));
+        let interval_ms = match fields.get("interval") {
+            Some(i) => self.positive_int(i, "health.interval"),
+            None => Some(DEFAULT_HEALTH_INTERVAL_MS),
+        };
+        let timeout_ms = match fields.get("timeout") {
+            Some(t) => self.positive_int(t, "health.timeout"),
+            None => Some(DEFAULT_HEALTH_TIMEOUT_MS),
+        };
+        let health_type = health_type?;
+        match health_type {
+            HealthType::Http | HealthType::Tcp if fields.get("port").is_none() => {
+                self.missing(at, "health.port", "an http or tcp check needs port");
+            }
+            HealthType::Custom if fields.get("module").is_none() => {
+                self.missing(at, "health.module", "a custom check needs module");
+            }
+            _ => {}
+        }
+        Some(HealthSpec {
+            health_type,
+            port,
+            path,
+            module,
+            interval_ms: interval_ms?,
+            timeout_ms: timeout_ms?,
+        })
+    }
+
+    fn port(&mut self, at: &Spanned) -> Option<u16> {
+        match at.term {
+            Term::Int(n) => match u16::try_from(n) {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    self.invalid(at, "health.port", format!("must be in 1..65535, found {n}"));
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(at, "health.port", "an integer in 1..65535");
+                None
+            }
+        }
+    }
+
+    fn module(&mut self, at: &Spanned) -> Option<String> {
+        let module = self.symbol(at, "health.module", "a module name (an atom)")?;
+        if module.is_empty() || module.chars().count() > 255 {
+            self.invalid(
+                at,
+                "health.module",
+                "must be 1 to 255 characters".to_string(),
+            );
+            return None;
+        }
+        Some(module)
+    }
+
+    fn env(&mut self, at: &Spanned) -> Option<Vec<(String, Spanned)>> {
+        let Term::Map(entries) = &at.term else {
+            self.wrong_type(at, "env", "a map");
+            return None;
+        };
+        let mut env: Vec<(String, Spanned)> = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for (key, value) in entries {
+            match self.key_text(key) {
+                Some(name) if !name.is_empty() && name.chars().count() <= 255 => {
+                    env.retain(|(k, _)| k != name);
+                    env.push((name.to_string(), value.clone()));
+                }
+                Some(_) => {
+                    let message = "env keys must be 1 to 255 characters".to_string();
+                    self.invalid(key, "env", message);
+                    ok = false;
+                }
+                None => {
+                    let expected = match self.format {
+                        Format::Terms => "an atom key",
+                        Format::Json => "a string key",
+                    };
+                    self.wrong_type(key, "env", expected);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(env)
+    }
+
+    fn depends_on(&mut self, at: &Spanned, own_name: Option<&str>) -> Option<Vec<String>> {
+        let Term::List { items, tail: None } = &at.term else {
+            self.wrong_type(at, "depends_on", "a list of app names");
+            return None;
+        };
+        let mut deps: Vec<String> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("depends_on[{i}]");
+            let Some(dep) = self.app_name_field(item, &field) else {
+                ok = false;
+                continue;
+            };
+            if Some(dep.as_str()) == own_name {
+                self.invalid(item, &field, "an app cannot depend on itself".to_string());
+                ok = false;
+            } else if deps.contains(&dep) {
+                let message = format!("{dep} is listed twice");
+                self.warn(item, &field, WarningKind::DuplicateDependency, message);
+            } else {
+                deps.push(dep);
+            }
+        }
+        ok.then_some(deps)
+    }
+}
+
+/// The known entries of one map, by key.
+struct Fields<'t> {
+    prefix: String,
+    entries: Vec<(&'t str, &'t Spanned)>,
+}
+
+impl<'t> Fields<'t> {
+    fn get(&self, key: &str) -> Option<&'t Spanned> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+
+    /// The field, or a `missing_field` error located at the map.
+    fn required(&self, v: &mut Validator<'_>, map: &Spanned, key: &str) -> Option<&'t Spanned> {
+        let found = self.get(key);
+        if found.is_none() {
+            v.missing(map, &join(&self.prefix, key), &format!("{key} is required"));
+        }
+        found
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}

@@ -1,0 +1,84 @@
+//! Core values to Erlang terms.
+
+use bc_gitops_core::term::{Spanned, Term as CoreTerm};
+use rustler::types::tuple::make_tuple;
+use rustler::{Atom, Encoder, Env, NewBinary, Term};
+
+/// An Erlang term for a core term, exactly as `file:consult/1` builds it.
+///
+/// Only called for specs that passed validation: atoms in an invalid spec
+/// are never created.
+pub fn term<'a>(env: Env<'a>, value: &Spanned) -> Term<'a> {
+    match &value.term {
+        CoreTerm::Atom(name) => atom(env, name),
+        CoreTerm::Int(n) => n.encode(env),
+        CoreTerm::BigInt(n) => n.encode(env),
+        CoreTerm::Float(f) => f.encode(env),
+        CoreTerm::Binary(bytes) => binary(env, bytes),
+        CoreTerm::List { items, tail } => {
+            let mut list = match tail {
+                Some(tail) => term(env, tail),
+                None => Term::list_new_empty(env),
+            };
+            for item in items.iter().rev() {
+                list = list.list_prepend(term(env, item));
+            }
+            list
+        }
+        CoreTerm::Tuple(items) => {
+            let items: Vec<Term<'a>> = items.iter().map(|item| term(env, item)).collect();
+            make_tuple(env, &items)
+        }
+        CoreTerm::Map(entries) => {
+            let mut map = Term::map_new(env);
+            for (k, v) in entries {
+                // map_put overwrites: a later duplicate key wins, as in Erlang.
+                if let Ok(next) = map.map_put(term(env, k), term(env, v)) {
+                    map = next;
+                }
+            }
+            map
+        }
+    }
+}
+
+/// An atom from text that validation has already accepted.
+pub fn atom<'a>(env: Env<'a>, name: &str) -> Term<'a> {
+    match Atom::from_str(env, name) {
+        Ok(a) => a.encode(env),
+        // Only reachable for text over the atom length limit, which
+        // validation rejects; fall back to a binary rather than panic.
+        Err(_) => binary(env, name.as_bytes()),
+    }
+}
+
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut bin = NewBinary::new(env, bytes.len());
+    bin.as_mut_slice().copy_from_slice(bytes);
+    Term::from(bin)
+}
+
+pub fn text<'a>(env: Env<'a>, text: &str) -> Term<'a> {
+    binary(env, text.as_bytes())
+}
+
+/// A binary for `Some`, the atom `undefined` for `None`.
+pub fn opt_text<'a>(env: Env<'a>, value: Option<&str>) -> Term<'a> {
+    match value {
+        Some(t) => text(env, t),
+        None => atoms::undefined().encode(env),
+    }
+}
+
+pub mod atoms {
+    rustler::atoms! {
+        ok,
+        error,
+        undefined,
+        app_spec,
+        source_spec,
+        health_spec,
+        app_state,
+        bad_record,
+    }
+}

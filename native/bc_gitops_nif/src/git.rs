@@ -1,0 +1,97 @@
+//! `git_sync/1`: options map in, `{ok, Outcome} | {error, {Kind, Message}}`
+//! out. Runs on a dirty IO scheduler: a clone may take minutes and must
+//! never hold a normal scheduler. Messages are already redacted by core.
+
+use crate::encode::{atom, atoms, opt_text, text};
+use bc_gitops_core::git::{self, Auth, GitError, GitRef, SyncOptions};
+use rustler::types::tuple::make_tuple;
+use rustler::{Binary, Encoder, Env, NifResult, Term};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `timeout` is in milliseconds; see bc_gitops_git.erl for every key.
+#[rustler::nif(schedule = "DirtyIo")]
+fn git_sync<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
+    let opts = options(opts)?;
+    Ok(match git::sync(&opts) {
+        Ok(outcome) => {
+            let pairs = [
+                (atom(env, "commit"), text(env, &outcome.commit)),
+                (atom(env, "changed"), outcome.changed.encode(env)),
+                (
+                    atom(env, "healed"),
+                    opt_text(env, outcome.healed.as_deref()),
+                ),
+            ];
+            let map = Term::map_from_pairs(env, &pairs)?;
+            make_tuple(env, &[atoms::ok().encode(env), map])
+        }
+        Err(e) => {
+            let reason = make_tuple(env, &[atom(env, error_kind(&e)), text(env, &e.to_string())]);
+            make_tuple(env, &[atoms::error().encode(env), reason])
+        }
+    })
+}
+
+fn error_kind(e: &GitError) -> &'static str {
+    match e {
+        GitError::InvalidInput(_) => "invalid_input",
+        GitError::Unreachable { .. } => "unreachable",
+        GitError::Auth { .. } => "auth",
+        GitError::Certificate { .. } => "certificate",
+        GitError::RefNotFound { .. } => "ref_not_found",
+        GitError::Timeout { .. } => "timeout",
+        GitError::NotARepository { .. } => "not_a_repository",
+        GitError::DiskFull { .. } => "disk_full",
+        GitError::Io { .. } => "io",
+        GitError::Corrupt { .. } => "corrupt",
+        GitError::Other(_) => "other",
+    }
+}
+
+fn options(map: Term<'_>) -> NifResult<SyncOptions> {
+    let url = required_text(map, "url")?;
+    let local_path = required_text(map, "local_path")?;
+    let mut opts = SyncOptions::new(url, local_path);
+    if let Some(r) = opt(map, "ref")? {
+        opts.git_ref = GitRef::parse(&r);
+    }
+    if let Some(ms) = get(map, "timeout").and_then(|t| t.decode::<u64>().ok()) {
+        opts.timeout = Duration::from_millis(ms);
+    }
+    opts.auth = Auth {
+        ssh_key: opt(map, "ssh_key")?.map(PathBuf::from),
+        ssh_passphrase: opt(map, "ssh_passphrase")?,
+        ssh_known_hosts: opt(map, "ssh_known_hosts")?.map(PathBuf::from),
+        ssh_verify_host: get(map, "ssh_verify_host")
+            .and_then(|t| t.decode::<bool>().ok())
+            .unwrap_or(true),
+        username: opt(map, "username")?,
+        token: opt(map, "token")?,
+        ca_file: opt(map, "ca_file")?.map(PathBuf::from),
+    };
+    Ok(opts)
+}
+
+fn get<'a>(map: Term<'a>, key: &str) -> Option<Term<'a>> {
+    let env = map.get_env();
+    map.map_get(atom(env, key)).ok()
+}
+
+/// A binary option; absent or `undefined` is `None`, anything else that is
+/// not UTF-8 text is badarg.
+fn opt(map: Term<'_>, key: &str) -> NifResult<Option<String>> {
+    match get(map, key) {
+        None => Ok(None),
+        Some(t) if t.atom_to_string().ok().as_deref() == Some("undefined") => Ok(None),
+        Some(t) => {
+            let bin: Binary = t.decode()?;
+            let s = std::str::from_utf8(bin.as_slice()).map_err(|_| rustler::Error::BadArg)?;
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+fn required_text(map: Term<'_>, key: &str) -> NifResult<String> {
+    opt(map, key)?.ok_or(rustler::Error::BadArg)
+}

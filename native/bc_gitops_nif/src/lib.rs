@@ -1,0 +1,72 @@
+//! The rustler layer over `bc_gitops_core`: converts terms and calls core.
+//!
+//! Every function here may take more than a millisecond on real input, so
+//! each runs on a dirty scheduler. A panic inside a NIF is caught by rustler
+//! and raised as an Erlang exception; it never takes the VM down.
+
+mod encode;
+mod git;
+mod planning;
+mod records;
+
+use bc_gitops_core::spec::{self, DirError};
+use encode::{atom, atoms, text};
+use rustler::types::tuple::make_tuple;
+use rustler::{Encoder, Env, Term};
+use std::path::Path;
+
+/// `parse_dir(Root, AppsDir) -> {ok, Specs, Errors, Warnings} | {error, {Kind, Message}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn parse_dir<'a>(env: Env<'a>, root: String, apps_dir: String) -> Term<'a> {
+    match spec::parse_dir(Path::new(&root), &apps_dir) {
+        Ok(out) => {
+            let specs: Vec<Term<'a>> = out
+                .specs
+                .iter()
+                .map(|s| records::app_spec(env, s))
+                .collect();
+            let errors: Vec<Term<'a>> = out
+                .errors
+                .iter()
+                .map(|e| records::diagnostic(env, e, e.kind.as_str()))
+                .collect();
+            let warnings: Vec<Term<'a>> = out
+                .warnings
+                .iter()
+                .map(|w| records::diagnostic(env, w, w.kind.as_str()))
+                .collect();
+            make_tuple(
+                env,
+                &[
+                    atoms::ok().encode(env),
+                    specs.encode(env),
+                    errors.encode(env),
+                    warnings.encode(env),
+                ],
+            )
+        }
+        Err(e) => {
+            let kind = match &e {
+                DirError::AppsDirOutside(_) => "apps_dir_outside",
+                DirError::AppsDirMissing(_) => "apps_dir_missing",
+                DirError::AppsDirNotDir(_) => "apps_dir_not_dir",
+                DirError::Io { .. } => "io",
+            };
+            let reason = make_tuple(env, &[atom(env, kind), text(env, &e.to_string())]);
+            make_tuple(env, &[atoms::error().encode(env), reason])
+        }
+    }
+}
+
+/// `plan(Desired, Current, Invalid) -> {ok, Actions, Blocked}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn plan<'a>(
+    env: Env<'a>,
+    desired: Vec<Term<'a>>,
+    current: Vec<Term<'a>>,
+    invalid: Vec<String>,
+) -> rustler::NifResult<Term<'a>> {
+    planning::plan(env, &desired, &current, &invalid)
+}
+
+rustler::init!("bc_gitops_nif");

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Installs what bc_gitops needs to build and test, when it is missing:
+# Erlang/OTP (>= 25), rebar3, Elixir, the C build tools and OpenSSL headers
+# for the Rust NIF, and the servers the tests start on loopback.
+#
+# Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
+# everything is there. As root it installs through apt-get; as anyone else it
+# prints the command to run and stops.
+set -eu
+
+PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 \
+erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
+openssl openssh-server"
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found: install Rust >= 1.91 first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    for tool in erl rebar3 elixir git cc; do
+        command -v "$tool" >/dev/null 2>&1 || {
+            echo "setup: $tool not found; install Erlang/OTP >= 25, rebar3, Elixir, git and a C compiler" >&2
+            exit 1
+        }
+    done
+    exit 0
+fi
+
+missing=""
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    case "$status" in
+        *"install ok installed"*) ;;
+        *) missing="$missing $pkg" ;;
+    esac
+done
+
+[ -z "$missing" ] && exit 0
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$missing"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages:$missing" >&2
+    echo "setup: run this as root, then try again:" >&2
+    echo "  sudo sh -c '$cmd'" >&2
+    exit 1
+fi
+echo "setup: installing$missing"
+sh -c "$cmd"

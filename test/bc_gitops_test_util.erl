@@ -1,0 +1,34 @@
+%%% Helpers shared by the EUnit and Common Test suites: temporary
+%%% directories and spec files.
+-module(bc_gitops_test_util).
+
+-export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
+
+%% A fresh directory under the system temp dir.
+tmp_dir(Prefix) ->
+    Base = filename:basedir(user_cache, "bc_gitops_tests"),
+    Dir = filename:join(Base, Prefix ++ "_" ++ integer_to_list(erlang:unique_integer([positive]))
+                                    ++ "_" ++ os:getpid()),
+    ok = filelib:ensure_path(Dir),
+    Dir.
+
+%% A binary is written as it is; other chardata as UTF-8, as spec files are.
+write_file(Path, Content) when is_binary(Content) ->
+    ok = filelib:ensure_dir(Path),
+    ok = file:write_file(Path, Content);
+write_file(Path, Content) ->
+    write_file(Path, unicode:characters_to_binary(Content)).
+
+%% Writes Root/apps/App/FileName.
+write_spec(Root, {App, FileName}, Content) ->
+    write_file(filename:join([Root, "apps", App, FileName]), Content);
+write_spec(Root, App, Content) ->
+    write_spec(Root, {App, "app.config"}, Content).
+
+%% The smallest valid term spec for App (a string), as text.
+minimal_spec(App) ->
+    ["#{name => ", App, ", version => <<\"1.0.0\">>, source => #{type => hex}}.\n"].
+
+rm_rf(Dir) ->
+    _ = file:del_dir_r(Dir),
+    ok.
