@@ -11,7 +11,7 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync/1]).
+-export([parse_dir/2, plan/3, git_sync/1, redact_url/1]).
 
 -on_load(init/0).
 
@@ -83,4 +83,9 @@ not_loaded() ->
 %% IO scheduler. See {@link bc_gitops_git:sync/1}.
 -spec git_sync(map()) -> {ok, map()} | {error, {atom(), binary()}}.
 git_sync(_Opts) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc The URL with any credentials in it masked, for logs and status.
+-spec redact_url(binary()) -> binary().
+redact_url(_Url) ->
     erlang:nif_error(not_loaded()).

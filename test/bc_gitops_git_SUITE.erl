@@ -114,20 +114,6 @@ echo_loop(Echo, Syncer, Samples, Worst) ->
 write(Repo, Rel, Content) ->
     bc_gitops_test_util:write_file(filename:join(Repo, Rel), Content).
 
-commit(Repo, Message) ->
-    git(Repo, ["add", "-A"]),
-    git(Repo, ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", Message]),
-    string:trim(git(Repo, ["rev-parse", "HEAD"])).
+commit(Repo, Message) -> bc_gitops_test_util:commit(Repo, Message).
 
-git(Dir, Args) ->
-    Port = open_port({spawn_executable, os:find_executable("git")},
-                     [{args, Args}, {cd, Dir}, exit_status, stderr_to_stdout, binary]),
-    collect(Port, Args, []).
-
-collect(Port, Args, Acc) ->
-    receive
-        {Port, {data, D}} -> collect(Port, Args, [Acc, D]);
-        {Port, {exit_status, 0}} -> iolist_to_binary(Acc);
-        {Port, {exit_status, N}} -> ct:fail({git, Args, N, iolist_to_binary(Acc)})
-    after 60000 -> ct:fail({git_timeout, Args})
-    end.
+git(Dir, Args) -> bc_gitops_test_util:git(Dir, Args).

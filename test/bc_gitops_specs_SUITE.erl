@@ -94,21 +94,6 @@ spec(Repo, App, Version, Deps, Env) ->
 write(Repo, Rel, Content) ->
     bc_gitops_test_util:write_file(filename:join(Repo, Rel), Content).
 
-commit(Repo, Message) ->
-    git(Repo, ["add", "-A"]),
-    git(Repo, ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", Message]).
+commit(Repo, Message) -> bc_gitops_test_util:commit(Repo, Message).
 
-%% Runs git without a shell; fails the test with git's output on error.
-git(Dir, Args) ->
-    Git = os:find_executable("git"),
-    Port = open_port({spawn_executable, Git},
-                     [{args, Args}, {cd, Dir}, exit_status, stderr_to_stdout, binary]),
-    collect(Port, Args, []).
-
-collect(Port, Args, Acc) ->
-    receive
-        {Port, {data, D}} -> collect(Port, Args, [Acc, D]);
-        {Port, {exit_status, 0}} -> ok;
-        {Port, {exit_status, N}} -> ct:fail({git, Args, N, iolist_to_binary(Acc)})
-    after 30000 -> ct:fail({git_timeout, Args})
-    end.
+git(Dir, Args) -> bc_gitops_test_util:git(Dir, Args).

@@ -3,6 +3,7 @@
 -module(bc_gitops_test_util).
 
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
+-export([git/2, commit/2, init_repo/1]).
 
 %% A fresh directory under the system temp dir.
 tmp_dir(Prefix) ->
@@ -32,3 +33,29 @@ minimal_spec(App) ->
 rm_rf(Dir) ->
     _ = file:del_dir_r(Dir),
     ok.
+
+%% A new git repository with a `main' branch.
+init_repo(Dir) ->
+    ok = filelib:ensure_path(Dir),
+    _ = git(Dir, ["init", "-q", "-b", "main"]),
+    ok.
+
+%% Commits everything in Repo; returns the new commit's SHA.
+commit(Repo, Message) ->
+    _ = git(Repo, ["add", "-A"]),
+    _ = git(Repo, ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", Message]),
+    string:trim(git(Repo, ["rev-parse", "HEAD"])).
+
+%% Runs git without a shell; its output, or an error with that output.
+git(Dir, Args) ->
+    Port = open_port({spawn_executable, os:find_executable("git")},
+                     [{args, Args}, {cd, Dir}, exit_status, stderr_to_stdout, binary]),
+    collect(Port, Args, []).
+
+collect(Port, Args, Acc) ->
+    receive
+        {Port, {data, D}} -> collect(Port, Args, [Acc, D]);
+        {Port, {exit_status, 0}} -> iolist_to_binary(Acc);
+        {Port, {exit_status, N}} -> error({git, Args, N, iolist_to_binary(Acc)})
+    after 60000 -> error({git_timeout, Args})
+    end.

@@ -95,3 +95,10 @@ fn opt(map: Term<'_>, key: &str) -> NifResult<Option<String>> {
 fn required_text(map: Term<'_>, key: &str) -> NifResult<String> {
     opt(map, key)?.ok_or(rustler::Error::BadArg)
 }
+
+/// `redact_url/1`: the URL with any credentials masked. Cheap, so it runs
+/// on a normal scheduler.
+#[rustler::nif]
+fn redact_url(url: String) -> String {
+    git::redact_url(&url)
+}

@@ -1,0 +1,142 @@
+%%% @doc Reads and checks the reconciler's configuration, from the
+%%% application env or from a map given to `bc_gitops:start_reconciler/1'.
+%%%
+%%% Every value is checked before a reconciler starts; a bad one gives
+%%% `{error, {bad_config, Option, Why}}' naming the option, and nothing
+%%% half-configured runs. Unknown options are ignored, so a sys.config
+%%% written for a newer version still boots.
+-module(bc_gitops_config).
+
+-export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1]).
+
+-export_type([config/0]).
+
+-type config() :: #{
+    repo_url := binary() | undefined,
+    local_path := file:filename(),
+    branch := binary(),
+    apps_dir := binary(),
+    reconcile_interval := pos_integer(),
+    runtime_module := module(),
+    git_timeout := pos_integer(),
+    backoff_base := pos_integer(),
+    backoff_max := pos_integer(),
+    ssh_key => binary(),
+    ssh_passphrase => binary(),
+    ssh_known_hosts => binary(),
+    ssh_verify_host := boolean(),
+    git_username => binary(),
+    git_token => binary(),
+    ca_file => binary()
+}.
+
+-define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
+                        ca_file]).
+
+%% @doc The default of every option that has one.
+-spec defaults() -> map().
+defaults() ->
+    #{repo_url => undefined,
+      local_path => "/var/lib/bc_gitops",
+      branch => <<"main">>,
+      apps_dir => <<"apps">>,
+      reconcile_interval => 60000,
+      runtime_module => bc_gitops_runtime_default,
+      git_timeout => 60000,
+      backoff_base => 10000,
+      backoff_max => 600000,
+      ssh_verify_host => true}.
+
+%% @doc The configuration from the `bc_gitops' application env.
+-spec from_env() -> {ok, config()} | {error, {bad_config, atom(), binary()}}.
+from_env() ->
+    from_map(maps:from_list(application:get_all_env(bc_gitops))).
+
+%% @doc Checks `Map' (options missing from it take their defaults).
+-spec from_map(map()) -> {ok, config()} | {error, {bad_config, atom(), binary()}}.
+from_map(Map) when is_map(Map) ->
+    Given = maps:filter(fun(K, V) -> not (V =:= undefined andalso lists:member(K, ?OPTIONAL_TEXT)) end,
+                        maps:with(known(), Map)),
+    Merged = maps:merge(defaults(), Given),
+    try
+        Config = maps:map(fun check/2, Merged),
+        %% An idle reconciler (no repo) never calls its runtime, so a
+        %% runtime that is not there yet need not stop the boot.
+        _ = maps:get(repo_url, Config) =:= undefined
+            orelse check_runtime(maps:get(runtime_module, Config)),
+        {ok, Config}
+    catch
+        throw:{bad_config, _, _} = Bad -> {error, Bad}
+    end.
+
+-spec known() -> [atom()].
+known() -> maps:keys(defaults()) ++ ?OPTIONAL_TEXT.
+
+-spec check(atom(), term()) -> term().
+check(repo_url, undefined) -> undefined;
+check(repo_url, V) -> non_empty_text(repo_url, V);
+check(local_path, V) -> binary_to_list(non_empty_text(local_path, V));
+check(branch, V) -> non_empty_text(branch, V);
+check(apps_dir, V) -> non_empty_text(apps_dir, V);
+check(runtime_module, V) when is_atom(V) -> V;
+check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)");
+check(ssh_verify_host, V) when is_boolean(V) -> V;
+check(ssh_verify_host, _) -> bad(ssh_verify_host, "must be true or false");
+check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
+                 K =:= backoff_max ->
+    is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),
+    V;
+check(K, V) ->
+    true = lists:member(K, ?OPTIONAL_TEXT),
+    non_empty_text(K, V).
+
+-spec check_runtime(module()) -> true.
+check_runtime(Module) ->
+    case code:ensure_loaded(Module) of
+        {module, Module} ->
+            Missing = [F || {Name, Arity} = F <- bc_gitops_runtime:callbacks(),
+                            not erlang:function_exported(Module, Name, Arity)],
+            Missing =:= [] orelse
+                bad(runtime_module, io_lib:format("~p does not export ~p", [Module, Missing]));
+        {error, Why} ->
+            bad(runtime_module, io_lib:format("module ~p cannot be loaded: ~p", [Module, Why]))
+    end.
+
+-spec non_empty_text(atom(), term()) -> binary().
+non_empty_text(Key, V) when is_atom(V), V =/= undefined -> non_empty_text(Key, atom_to_list(V));
+non_empty_text(Key, V) ->
+    case catch unicode:characters_to_binary(V) of
+        B when is_binary(B), B =/= <<>> -> B;
+        _ -> bad(Key, "must be a non-empty string or binary")
+    end.
+
+-spec bad(atom(), iodata()) -> no_return().
+bad(Key, Why) ->
+    throw({bad_config, Key, iolist_to_binary(Why)}).
+
+%% @doc Where the gitops repository is checked out: `<local_path>/repo'.
+%% bc_gitops owns `local_path'; the checkout is forced to the remote, so
+%% nothing of ours may live inside it.
+-spec checkout_dir(config()) -> file:filename().
+checkout_dir(#{local_path := Base}) -> filename:join(Base, "repo").
+
+%% @doc Where the last applied state is persisted.
+-spec state_file(config()) -> file:filename().
+state_file(#{local_path := Base}) -> filename:join(Base, "state.bin").
+
+%% @doc The options of {@link bc_gitops_git:sync/1} for this config.
+-spec git_options(config()) -> bc_gitops_git:options().
+git_options(#{repo_url := Url, branch := Branch, git_timeout := Timeout,
+              ssh_verify_host := Verify} = Config) ->
+    Renamed = #{ssh_key => ssh_key, ssh_passphrase => ssh_passphrase,
+                ssh_known_hosts => ssh_known_hosts, git_username => username,
+                git_token => token, ca_file => ca_file},
+    maps:fold(fun(From, To, Acc) ->
+                      case Config of
+                          #{From := V} -> Acc#{To => V};
+                          _ -> Acc
+                      end
+              end,
+              #{url => Url, local_path => checkout_dir(Config), ref => Branch,
+                timeout => Timeout, ssh_verify_host => Verify},
+              Renamed).

@@ -1,0 +1,30 @@
+%%% @doc The behaviour a runtime implements: how apps are deployed,
+%%% upgraded, reconfigured and removed on this node.
+%%%
+%%% The reconciler decides what to do and when; the runtime does it. Every
+%%% callback runs in a worker process of the reconciler, never inside its
+%%% message loop, so a slow deploy never blocks `bc_gitops:status/0'.
+%%% Callbacks run one at a time. A callback that raises is treated as
+%%% `{error, {crashed, Class, Reason}}' for that app only.
+-module(bc_gitops_runtime).
+
+-include("bc_gitops.hrl").
+
+-export([callbacks/0]).
+
+%% Fetch, build and start an app that is not running.
+-callback deploy(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
+%% Stop and remove an app.
+-callback remove(atom()) -> ok | {error, term()}.
+%% Move a running app to the spec's version; the second argument is the
+%% version it runs now.
+-callback upgrade(#app_spec{}, binary()) -> {ok, #app_state{}} | {error, term()}.
+%% Apply a changed env to a running app at the same version.
+-callback reconfigure(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
+%% Every app this runtime manages, by name.
+-callback get_current_state() -> {ok, #{atom() => #app_state{}}}.
+
+%% @doc The callbacks, for checking that a module implements them.
+-spec callbacks() -> [{atom(), arity()}].
+callbacks() ->
+    [{deploy, 1}, {remove, 1}, {upgrade, 2}, {reconfigure, 1}, {get_current_state, 0}].

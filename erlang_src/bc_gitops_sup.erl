@@ -1,0 +1,52 @@
+%%% @doc The top supervisor: it holds the reconciler, started from the
+%%% application env at boot or from {@link bc_gitops:start_reconciler/1}.
+-module(bc_gitops_sup).
+
+-behaviour(supervisor).
+
+-export([start_link/1, start_reconciler/1, stop_reconciler/0]).
+-export([init/1]).
+
+-define(CHILD, bc_gitops_reconciler).
+
+%% @doc `Config' is the reconciler's checked configuration, or `none' to
+%% start without a reconciler.
+-spec start_link(bc_gitops_config:config() | none) -> supervisor:startlink_ret().
+start_link(Config) ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, Config).
+
+%% @doc Replaces any running reconciler with one for `Config'.
+-spec start_reconciler(bc_gitops_config:config()) -> {ok, pid()} | {error, term()}.
+start_reconciler(Config) ->
+    ok = stop_reconciler(),
+    case supervisor:start_child(?MODULE, child(Config)) of
+        {ok, Pid} -> {ok, Pid};
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Stops the reconciler, if one runs.
+-spec stop_reconciler() -> ok.
+stop_reconciler() ->
+    _ = supervisor:terminate_child(?MODULE, ?CHILD),
+    _ = supervisor:delete_child(?MODULE, ?CHILD),
+    ok.
+
+%% @private
+-spec init(bc_gitops_config:config() | none) ->
+    {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init(none) ->
+    {ok, {flags(), []}};
+init(Config) ->
+    {ok, {flags(), [child(Config)]}}.
+
+-spec flags() -> supervisor:sup_flags().
+flags() -> #{strategy => one_for_one, intensity => 5, period => 60}.
+
+-spec child(bc_gitops_config:config()) -> supervisor:child_spec().
+child(Config) ->
+    #{id => ?CHILD,
+      start => {bc_gitops_reconciler, start_link, [Config]},
+      restart => permanent,
+      shutdown => 10000,
+      type => worker,
+      modules => [bc_gitops_reconciler]}.

@@ -1,0 +1,422 @@
+%%% The bc_gitops application end to end, driven by commits to a real git
+%%% repository, with a runtime written for the tests
+%%% (bc_gitops_test_runtime) so that the reconciler itself is what is
+%%% under test.
+-module(bc_gitops_reconciler_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("bc_gitops.hrl").
+
+-export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
+-export([commits_drive_the_node/1, broken_spec_next_to_good_ones/1, cycle_is_reported/1,
+         idle_without_repo_url/1, bad_config_names_the_option/1,
+         wrong_repo_url_then_right/1, status_answers_during_slow_deploy/1,
+         telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
+         suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
+         failed_app_backs_off/1, manual_actions/1]).
+
+-import(bc_gitops_test_util, [commit/2]).
+
+all() ->
+    [commits_drive_the_node, broken_spec_next_to_good_ones, cycle_is_reported,
+     idle_without_repo_url, bad_config_names_the_option, wrong_repo_url_then_right,
+     status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
+     corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
+     triggers_are_coalesced, failed_app_backs_off, manual_actions].
+
+init_per_suite(Config) ->
+    ok = bc_gitops_test_runtime:start(),
+    Config.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_testcase(_Case, Config) ->
+    Dir = bc_gitops_test_util:tmp_dir("ct_reconciler"),
+    Origin = filename:join(Dir, "origin"),
+    ok = bc_gitops_test_util:init_repo(Origin),
+    ets:delete_all_objects(bc_gitops_test_runtime_apps),
+    ok = bc_gitops_test_runtime:clear_calls(),
+    bc_gitops_test_runtime:set_delay(0),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    [{dir, Dir}, {origin, Origin}, {local_path, filename:join(Dir, "state")} | Config].
+
+end_per_testcase(_Case, Config) ->
+    ok = application:stop(bc_gitops),
+    [application:unset_env(bc_gitops, K) || {K, _} <- application:get_all_env(bc_gitops)],
+    persistent_term:put({bc_gitops_test_runtime, fail}, #{}),
+    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+
+%%% Cases
+
+commits_drive_the_node(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1.0.0", [], "#{pool => 5}"),
+    spec(Origin, "web", "1.0.0", ["db"], "#{port => 8080}"),
+    C1 = commit(Origin, "v1"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, db, <<"1.0.0">>}, {deploy, web, <<"1.0.0">>}], calls()),
+    {ok, S1} = bc_gitops:status(),
+    ?assertMatch(#{status := synced, last_commit := C1, app_count := 2, healthy_count := 2,
+                   spec_errors := [], blocked := []}, S1),
+    ?assertMatch({ok, #app_state{name = web, version = <<"1.0.0">>}},
+                 bc_gitops:get_app_status(web)),
+    ?assertMatch({ok, #{db := #app_spec{}, web := #app_spec{}}}, bc_gitops:get_desired_state()),
+
+    spec(Origin, "db", "1.0.0", [], "#{pool => 10}"),
+    spec(Origin, "web", "1.1.0", ["db"], "#{port => 8080}"),
+    _ = commit(Origin, "v2"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{reconfigure, db, #{pool => 10}}, {upgrade, web, <<"1.0.0">>, <<"1.1.0">>}],
+                 calls()),
+
+    ok = file:del_dir_r(filename:join([Origin, "apps", "web"])),
+    C3 = commit(Origin, "drop web"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{remove, web}], calls()),
+    ?assertMatch({ok, #{status := synced, last_commit := C3, app_count := 1}},
+                 bc_gitops:status()),
+    %% Nothing changed: nothing to do, and nothing is redeployed.
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([], calls()).
+
+broken_spec_next_to_good_ones(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "good", "1.0.0", [], "#{}"),
+    write(Origin, "apps/bad/app.config",
+          "#{name => bad,\n  version => <<\"1\">>,\n  source => #{type => svn}}.\n"),
+    _ = commit(Origin, "one good, one bad"),
+    start(Config),
+    ?assertMatch({error, {out_of_sync, #{spec_errors := [#{app := <<"bad">>}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([{deploy, good, <<"1.0.0">>}], calls()),
+    {ok, #{status := out_of_sync, spec_errors := [E]}} = bc_gitops:status(),
+    ?assertMatch(#{app := <<"bad">>, file := <<"apps/bad/app.config">>, line := 3,
+                   field := <<"source.type">>}, E).
+
+cycle_is_reported(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "a", "1", ["b"], "#{}"),
+    spec(Origin, "b", "1", ["a"], "#{}"),
+    spec(Origin, "c", "1", [], "#{}"),
+    _ = commit(Origin, "cycle"),
+    start(Config),
+    ?assertMatch({error, {out_of_sync, #{blocked := [{a, _}, {b, _}]}}}, bc_gitops:reconcile()),
+    ?assertEqual([{deploy, c, <<"1">>}], calls()),
+    ?assertMatch({ok, #{status := out_of_sync,
+                        blocked := [{a, {cycle, [a, b]}}, {b, {cycle, [a, b]}}]}},
+                 bc_gitops:status()).
+
+idle_without_repo_url(_Config) ->
+    ?assertMatch({ok, #{status := idle, repo := undefined}}, bc_gitops:status()),
+    ?assertEqual({error, not_configured}, bc_gitops:reconcile()),
+    ?assertEqual({error, not_configured}, bc_gitops:plan()).
+
+bad_config_names_the_option(Config) ->
+    Base = #{repo_url => "file:///x", local_path => ?config(local_path, Config),
+             runtime_module => bc_gitops_test_runtime},
+    ?assertMatch({error, {bad_config, reconcile_interval, _}},
+                 bc_gitops:start_reconciler(Base#{reconcile_interval => -1})),
+    ?assertMatch({error, {bad_config, runtime_module, _}},
+                 bc_gitops:start_reconciler(Base#{runtime_module => no_such_module})),
+    ?assertMatch({error, {bad_config, branch, _}},
+                 bc_gitops:start_reconciler(Base#{branch => <<>>})),
+    %% Nothing half-configured was left running: still the idle one.
+    ?assertMatch({ok, #{status := idle}}, bc_gitops:status()),
+    %% The same check at boot: the application refuses to start.
+    ok = application:stop(bc_gitops),
+    ok = application:set_env(bc_gitops, repo_url, "file:///x"),
+    ok = application:set_env(bc_gitops, git_timeout, zero),
+    ?assertMatch({error, {{bad_config, git_timeout, _}, _}}, application:start(bc_gitops)),
+    ok = application:unset_env(bc_gitops, git_timeout),
+    ok = application:unset_env(bc_gitops, repo_url),
+    {ok, _} = application:ensure_all_started(bc_gitops).
+
+wrong_repo_url_then_right(Config) ->
+    Later = filename:join(?config(dir, Config), "later"),
+    start(Config, #{repo_url => "file://" ++ Later}),
+    ?assertMatch({error, {git, {unreachable, _}}}, bc_gitops:reconcile()),
+    ?assertMatch({ok, #{status := error, last_error := {git, {unreachable, _}}}},
+                 bc_gitops:status()),
+    ok = bc_gitops_test_util:init_repo(Later),
+    spec(Later, "app", "1", [], "#{}"),
+    _ = commit(Later, "now it exists"),
+    ok = bc_gitops:reconcile(),
+    ?assertMatch({ok, #{status := synced, last_error := undefined}}, bc_gitops:status()).
+
+status_answers_during_slow_deploy(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "slow", "1", [], "#{}"),
+    _ = commit(Origin, "slow"),
+    bc_gitops_test_runtime:set_delay(10000),
+    ok = start_nowait(Config, #{}),
+    Self = self(),
+    spawn_link(fun() -> Self ! {reconciled, bc_gitops:reconcile()} end),
+    ok = wait_for(fun() -> logged() =:= [{deploy, slow, <<"1">>}] end, 5000),
+    Latencies = [begin
+                     T0 = erlang:monotonic_time(microsecond),
+                     {ok, #{status := reconciling}} = bc_gitops:status(),
+                     timer:sleep(50),
+                     erlang:monotonic_time(microsecond) - T0 - 50000
+                 end || _ <- lists:seq(1, 20)],
+    ct:pal("status latencies during a 10 s deploy (us): ~p", [Latencies]),
+    ?assert(lists:max(Latencies) < 100000),
+    receive {reconciled, R} -> ?assertEqual(ok, R) after 20000 -> ct:fail(no_result) end.
+
+telemetry_events(Config) ->
+    Origin = ?config(origin, Config),
+    start(Config, #{reconcile_interval => 3600000}),
+    spec(Origin, "db", "1", [], "#{}"),
+    C1 = commit(Origin, "one"),
+    Self = self(),
+    Events = [[bc_gitops, reconcile, start], [bc_gitops, reconcile, stop],
+              [bc_gitops, reconcile, error], [bc_gitops, git, pull], [bc_gitops, parse, stop],
+              [bc_gitops, deploy, start], [bc_gitops, deploy, stop],
+              [bc_gitops, upgrade, start], [bc_gitops, upgrade, stop],
+              [bc_gitops, remove, start], [bc_gitops, remove, stop]],
+    ok = telemetry:attach_many(<<"ct">>, Events,
+                               fun(E, M, Meta, _) -> Self ! {event, E, M, Meta} end, none),
+    try
+        ok = bc_gitops:reconcile(),
+        Got = drain(),
+        ?assertMatch([{[bc_gitops, reconcile, start], _, #{repo := _}},
+                      {[bc_gitops, git, pull], #{duration := _},
+                       #{commit := C1, changed := true, branch := <<"main">>}},
+                      {[bc_gitops, parse, stop], #{duration := _, spec_count := 1,
+                                                   error_count := 0}, _},
+                      {[bc_gitops, deploy, start], _, #{app := db}},
+                      {[bc_gitops, deploy, stop], #{duration := _}, #{app := db, result := ok}},
+                      {[bc_gitops, reconcile, stop], #{duration := _}, #{status := synced}}
+                      | _],
+                     Got),
+        [{_, #{duration := D}, _}] = [X || {[_, reconcile, stop], _, _} = X <- Got],
+        ?assert(is_integer(D) andalso D > 0),
+        %% Manual actions emit the same events.
+        ok = bc_gitops:remove(db),
+        ?assertMatch([{[bc_gitops, remove, start], _, #{app := db}},
+                      {[bc_gitops, remove, stop], _, #{app := db, result := ok}}],
+                     drain()),
+        %% A failed reconcile emits the error event.
+        ok = file:del_dir_r(Origin),
+        {error, _} = bc_gitops:reconcile(),
+        ?assertMatch([{[bc_gitops, reconcile, start], _, _},
+                      {[bc_gitops, reconcile, error], #{duration := _},
+                       #{error := {git, {unreachable, _}}}}],
+                     drain())
+    after
+        telemetry:detach(<<"ct">>)
+    end.
+
+state_survives_restart(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    C1 = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, db, <<"1">>}], calls()),
+    ok = application:stop(bc_gitops),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    %% A fresh reconciler knows the last applied commit before it reconciles...
+    start(Config, #{reconcile_interval => 3600000}),
+    ?assertMatch({ok, #{last_commit := C1}}, bc_gitops:status()),
+    %% ...and does not redeploy what already runs.
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([], calls()).
+
+corrupt_state_file_is_ignored(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    C1 = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    StateFile = filename:join(?config(local_path, Config), "state.bin"),
+    {ok, Bin} = file:read_file(StateFile),
+    %% Torn (the first half only), then garbage: detected and ignored; the
+    %% reconciler starts, reconciles, and writes a good file again.
+    [begin
+         ok = bc_gitops:stop_reconciler(),
+         ok = file:write_file(StateFile, Bad),
+         ?assertEqual(#{last_commit => undefined, apps => #{}}, bc_gitops_store:load(StateFile)),
+         start(Config, #{reconcile_interval => 3600000}),
+         ok = bc_gitops:reconcile(),
+         ?assertMatch(#{last_commit := C1, apps := #{db := #{version := <<"1">>}}},
+                      bc_gitops_store:load(StateFile))
+     end || Bad <- [binary:part(Bin, 0, byte_size(Bin) div 2), <<"garbage">>]].
+
+suspend_and_resume(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "one", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{reconcile_interval => 100}),
+    %% The interval timer reconciles by itself, from the end of the last one.
+    spec(Origin, "zero", "1", [], "#{}"),
+    _ = commit(Origin, "zero"),
+    ok = wait_for(fun() -> lists:member({deploy, zero, <<"1">>}, logged()) end, 5000),
+    ?assertEqual([{deploy, one, <<"1">>}, {deploy, zero, <<"1">>}], calls()),
+    ok = bc_gitops:suspend(),
+    ?assertMatch({ok, #{suspended := true}}, bc_gitops:status()),
+    spec(Origin, "two", "1", [], "#{}"),
+    _ = commit(Origin, "two"),
+    timer:sleep(600),
+    ?assertEqual([], calls()),
+    %% A manual reconcile still works while suspended.
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, two, <<"1">>}], calls()),
+    spec(Origin, "three", "1", [], "#{}"),
+    _ = commit(Origin, "three"),
+    timer:sleep(300),
+    ?assertEqual([], calls()),
+    ok = bc_gitops:resume(),
+    ?assertMatch({ok, #{suspended := false}}, bc_gitops:status()),
+    ok = wait_for(fun() -> lists:member({deploy, three, <<"1">>}, logged()) end, 5000).
+
+plan_is_a_dry_run(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{reconcile_interval => 3600000}),
+    ok = bc_gitops:reconcile(),
+    ok = bc_gitops_test_runtime:clear_calls(),
+    spec(Origin, "db", "2", [], "#{}"),
+    spec(Origin, "web", "1", ["db"], "#{}"),
+    _ = commit(Origin, "two"),
+    {ok, #{actions := Actions, blocked := []}} = bc_gitops:plan(),
+    ?assertMatch([{upgrade, #app_spec{name = db, version = <<"2">>}, <<"1">>},
+                  {deploy, #app_spec{name = web}}], Actions),
+    ?assertEqual([], calls()),
+    ?assertMatch({ok, #app_state{version = <<"1">>}}, bc_gitops:get_app_status(db)).
+
+triggers_are_coalesced(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    Self = self(),
+    ok = telemetry:attach(<<"count">>, [bc_gitops, reconcile, start],
+                          fun(_, _, _, _) -> Self ! reconcile_started end, none),
+    try
+        bc_gitops_test_runtime:set_delay(500),
+        ok = start_nowait(Config, #{}),
+        ok = wait_for(fun() -> logged() =/= [] end, 5000),
+        %% The first reconcile is running (it started with the reconciler).
+        Callers = [spawn_link(fun() -> Self ! {done, bc_gitops:reconcile()} end)
+                   || _ <- lists:seq(1, 5)],
+        Results = [receive {done, R} -> R after 20000 -> timeout end || _ <- Callers],
+        ?assertEqual(lists:duplicate(5, ok), Results),
+        timer:sleep(200),
+        %% One running, then one follow-up for all five triggers.
+        ?assertEqual(2, count(reconcile_started))
+    after
+        telemetry:detach(<<"count">>)
+    end.
+
+failed_app_backs_off(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "flaky", "1", [], "#{}"),
+    spec(Origin, "needs_flaky", "1", ["flaky"], "#{}"),
+    spec(Origin, "fine", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    bc_gitops_test_runtime:fail(flaky, true),
+    %% The first reconcile (at start) fails flaky and holds its dependent.
+    start(Config, #{reconcile_interval => 3600000, backoff_base => 1000, backoff_max => 60000}),
+    ?assertEqual([{deploy, fine, <<"1">>}, {deploy, flaky, <<"1">>}], calls()),
+    {ok, #{status := out_of_sync, app_errors := #{flaky := #{attempts := 1, retry_in_ms := R1}},
+           waiting := Waiting1}} = bc_gitops:status(),
+    ?assert(R1 > 0 andalso R1 =< 1000),
+    ?assertEqual([{needs_flaky, {dependency_not_ready, flaky}}], Waiting1),
+    %% Within the backoff: not retried, however often asked.
+    ?assertMatch({error, {out_of_sync, #{waiting := [{flaky, {backoff, 1, _}},
+                                                     {needs_flaky, _}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([], calls()),
+    %% After it: retried, and the next delay doubles.
+    timer:sleep(1100),
+    ?assertMatch({error, {out_of_sync, #{failed := [{flaky, {start_failed, flaky}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([{deploy, flaky, <<"1">>}], calls()),
+    {ok, #{app_errors := #{flaky := #{attempts := 2, retry_in_ms := R2}}}} = bc_gitops:status(),
+    ?assert(R2 > 1000 andalso R2 =< 2000),
+    %% A new version is not held by the old one's backoff, and once it
+    %% starts, its dependent follows.
+    bc_gitops_test_runtime:fail(flaky, false),
+    spec(Origin, "flaky", "2", [], "#{}"),
+    _ = commit(Origin, "fix flaky"),
+    ok = bc_gitops:reconcile(),
+    ?assertMatch({ok, #{status := synced, app_errors := #{}}}, bc_gitops:status()).
+
+manual_actions(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{reconcile_interval => 3600000}),
+    ok = bc_gitops:reconcile(),
+    ok = bc_gitops:upgrade(db, <<"9">>),
+    ?assertMatch({ok, #app_state{version = <<"9">>}}, bc_gitops:get_app_status(db)),
+    ?assertEqual({error, not_found}, bc_gitops:upgrade(nope, <<"1">>)),
+    %% Git wins at the next reconcile.
+    ok = bc_gitops:reconcile(),
+    ?assertMatch({ok, #app_state{version = <<"1">>}}, bc_gitops:get_app_status(db)),
+    Spec = #app_spec{name = extra, version = <<"1">>, source = #source_spec{type = hex}},
+    ok = bc_gitops:deploy(Spec),
+    ?assertMatch({ok, #app_state{}}, bc_gitops:get_app_status(extra)),
+    ok = bc_gitops:remove(extra),
+    ?assertEqual({error, not_found}, bc_gitops:get_app_status(extra)).
+
+%%% Helpers
+
+start(Config) ->
+    start(Config, #{}).
+
+%% Starts a reconciler and waits for its first reconcile to end.
+start(Config, Extra) ->
+    ok = start_nowait(Config, Extra),
+    wait_for(fun() -> case bc_gitops:status() of
+                          {ok, #{last_reconcile := undefined}} -> false;
+                          {ok, #{status := reconciling}} -> false;
+                          {ok, _} -> true
+                      end
+             end, 30000).
+
+start_nowait(Config, Extra) ->
+    Opts = maps:merge(#{repo_url => "file://" ++ ?config(origin, Config),
+                        local_path => ?config(local_path, Config),
+                        runtime_module => bc_gitops_test_runtime,
+                        reconcile_interval => 3600000}, Extra),
+    {ok, _} = bc_gitops:start_reconciler(Opts),
+    ok.
+
+%% The runtime's calls so far, leaving them for calls/0.
+logged() ->
+    bc_gitops_test_runtime:calls().
+
+%% The runtime's calls since the last look.
+calls() ->
+    Calls = bc_gitops_test_runtime:calls(),
+    ok = bc_gitops_test_runtime:clear_calls(),
+    Calls.
+
+spec(Repo, App, Version, Deps, Env) ->
+    write(Repo, filename:join(["apps", App, "app.config"]),
+          ["#{name => ", App, ",\n  version => <<\"", Version, "\">>,\n",
+           "  source => #{type => hex},\n  env => ", Env, ",\n",
+           "  depends_on => [", lists:join(", ", Deps), "]}.\n"]).
+
+write(Repo, Rel, Content) ->
+    bc_gitops_test_util:write_file(filename:join(Repo, Rel), Content).
+
+wait_for(Fun, Timeout) when Timeout =< 0 ->
+    ct:fail({condition_not_met, Fun});
+wait_for(Fun, Timeout) ->
+    case Fun() of
+        true -> ok;
+        false -> timer:sleep(20), wait_for(Fun, Timeout - 20)
+    end.
+
+drain() ->
+    receive {event, E, M, Meta} -> [{E, M, Meta} | drain()]
+    after 100 -> []
+    end.
+
+count(Msg) ->
+    receive Msg -> 1 + count(Msg) after 0 -> 0 end.
