@@ -31,7 +31,7 @@ erlang-test: compile
 	$(REBAR) dialyzer
 
 fuzz:
-	sh fuzz/run.sh $(SECONDS)
+	bash fuzz/run.sh $(SECONDS)
 
 docs: compile
 	$(REBAR) edoc

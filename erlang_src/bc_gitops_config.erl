@@ -7,7 +7,8 @@
 %%% written for a newer version still boots.
 -module(bc_gitops_config).
 
--export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1]).
+-export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1,
+         workspace_dir/1]).
 
 -export_type([config/0]).
 
@@ -27,11 +28,13 @@
     ssh_verify_host := boolean(),
     git_username => binary(),
     git_token => binary(),
-    ca_file => binary()
+    ca_file => binary(),
+    workspace_dir => binary(),
+    build_timeout := pos_integer()
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
-                        ca_file]).
+                        ca_file, workspace_dir]).
 
 %% @doc The default of every option that has one.
 -spec defaults() -> map().
@@ -45,6 +48,7 @@ defaults() ->
       git_timeout => 60000,
       backoff_base => 10000,
       backoff_max => 600000,
+      build_timeout => 600000,
       ssh_verify_host => true}.
 
 %% @doc The configuration from the `bc_gitops' application env.
@@ -75,7 +79,7 @@ known() -> maps:keys(defaults()) ++ ?OPTIONAL_TEXT.
 -spec check(atom(), term()) -> term().
 check(repo_url, undefined) -> undefined;
 check(repo_url, V) -> non_empty_text(repo_url, V);
-check(local_path, V) -> binary_to_list(non_empty_text(local_path, V));
+check(local_path, V) -> unicode:characters_to_list(non_empty_text(local_path, V));
 check(branch, V) -> non_empty_text(branch, V);
 check(apps_dir, V) -> non_empty_text(apps_dir, V);
 check(runtime_module, V) when is_atom(V) -> V;
@@ -83,7 +87,7 @@ check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)
 check(ssh_verify_host, V) when is_boolean(V) -> V;
 check(ssh_verify_host, _) -> bad(ssh_verify_host, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
-                 K =:= backoff_max ->
+                 K =:= backoff_max; K =:= build_timeout ->
     is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),
     V;
 check(K, V) ->
@@ -119,6 +123,12 @@ bad(Key, Why) ->
 %% nothing of ours may live inside it.
 -spec checkout_dir(config()) -> file:filename().
 checkout_dir(#{local_path := Base}) -> filename:join(Base, "repo").
+
+%% @doc Where the default runtime fetches and builds apps:
+%% `workspace_dir', by default `<local_path>/workspace'.
+-spec workspace_dir(config()) -> file:filename().
+workspace_dir(#{workspace_dir := Dir}) -> unicode:characters_to_list(Dir);
+workspace_dir(#{local_path := Base}) -> filename:join(Base, "workspace").
 
 %% @doc Where the last applied state is persisted.
 -spec state_file(config()) -> file:filename().

@@ -1,6 +1,6 @@
 %%% @doc Keeps a local checkout of a git repository at a ref, in the Rust NIF
-%%% (libgit2 through git2) on a dirty IO scheduler: the calling process
-%%% waits, no normal scheduler does.
+%%% (libgit2 through git2) on a thread of its own: the calling process waits
+%%% for a message, and no scheduler, normal or dirty, is held.
 %%%
 %%% The checkout is forced to the fetched commit: local edits and stray
 %%% files are overwritten, never merged. A damaged clone is re-cloned beside
@@ -46,12 +46,40 @@
 %% @doc Clones `url' into `local_path' when needed, then fetches `ref' and
 %% checks it out.
 -spec sync(options()) -> {ok, outcome()} | {error, {error_kind(), binary()}}.
-sync(Opts) ->
+sync(#{url := _, local_path := _} = Opts) ->
     Texts = [url, local_path, ref, ssh_key, ssh_passphrase, ssh_known_hosts, username,
              token, ca_file],
-    bc_gitops_nif:git_sync(maps:map(fun(K, V) -> encode(lists:member(K, Texts), V) end, Opts)).
+    try maps:map(fun(K, V) -> encode(lists:member(K, Texts), K, V) end, Opts) of
+        Encoded ->
+            Ref = make_ref(),
+            case bc_gitops_nif:git_sync_start(Encoded, Ref) of
+                ok -> wait(Ref, maps:get(timeout, Opts, 60000));
+                {error, _} = Error -> Error
+            end
+    catch
+        throw:{invalid, K} ->
+            {error, {invalid_input, iolist_to_binary(io_lib:format("bad value for ~p", [K]))}}
+    end;
+sync(_Opts) ->
+    {error, {invalid_input, <<"url and local_path are required">>}}.
 
--spec encode(boolean(), term()) -> term().
-encode(true, V) when is_binary(V) -> V;
-encode(true, V) -> unicode:characters_to_binary(V);
-encode(false, V) -> V.
+-spec encode(boolean(), atom(), term()) -> term().
+encode(true, _K, V) when is_binary(V) -> V;
+encode(true, K, V) ->
+    case catch unicode:characters_to_binary(V) of
+        B when is_binary(B) -> B;
+        _ -> throw({invalid, K})
+    end;
+encode(false, timeout, V) when is_integer(V), V > 0 -> V;
+encode(false, ssh_verify_host, V) when is_boolean(V) -> V;
+encode(false, K, _V) -> throw({invalid, K}).
+
+%% The NIF enforces the timeout itself; the guard here only covers a thread
+%% that never answers.
+-spec wait(reference(), pos_integer()) -> {ok, outcome()} | {error, {error_kind(), binary()}}.
+wait(Ref, Timeout) ->
+    receive
+        {bc_gitops_git, Ref, Result} -> Result
+    after 2 * Timeout + 60000 ->
+        {error, {timeout, <<"git sync thread did not answer">>}}
+    end.

@@ -11,30 +11,36 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync/1, redact_url/1]).
+-export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1]).
 
 -on_load(init/0).
 
 -define(LOAD_ERROR_KEY, {?MODULE, load_error}).
 
--spec init() -> ok.
+%% A missing library still lets the module load, so that load_error/0 can
+%% say which file is missing. Any other failure fails the load: above all
+%% a reload of this module (rustler registers no upgrade callback), which
+%% must keep the old, working code instead of replacing it with stubs.
+-spec init() -> ok | {error, term()}.
 init() ->
     Path = library_path(),
-    Result =
-        case filelib:is_regular(Path ++ ".so") of
-            false -> {error, {library_missing, Path ++ ".so"}};
-            true -> erlang:load_nif(Path, 0)
-        end,
-    case Result of
-        ok ->
-            persistent_term:erase(?LOAD_ERROR_KEY),
-            ok;
-        {error, Reason} ->
+    case filelib:is_regular(Path ++ ".so") of
+        false ->
+            Reason = {library_missing, Path ++ ".so"},
             persistent_term:put(?LOAD_ERROR_KEY, Reason),
-            logger:error("bc_gitops: cannot load the NIF library ~ts: ~p. "
-                         "Build it with `rebar3 compile` (needs cargo).",
-                         [Path ++ ".so", Reason]),
-            ok
+            logger:error("bc_gitops: the NIF library ~ts is missing. "
+                         "Build it with `rebar3 compile` (needs cargo).", [Path ++ ".so"]),
+            ok;
+        true ->
+            case erlang:load_nif(Path, 0) of
+                ok ->
+                    persistent_term:erase(?LOAD_ERROR_KEY),
+                    ok;
+                {error, Reason} = Error ->
+                    logger:error("bc_gitops: cannot load the NIF library ~ts: ~p",
+                                 [Path ++ ".so", Reason]),
+                    Error
+            end
     end.
 
 %% @doc `ok' when the NIF library is loaded, else why it is not.
@@ -79,10 +85,11 @@ plan(_Desired, _Current, _Invalid) ->
 not_loaded() ->
     {bc_gitops_nif_not_loaded, library_path() ++ ".so", load_error()}.
 
-%% @doc Clones or fetches a repository and checks out a ref. Runs on a dirty
-%% IO scheduler. See {@link bc_gitops_git:sync/1}.
--spec git_sync(map()) -> {ok, map()} | {error, {atom(), binary()}}.
-git_sync(_Opts) ->
+%% @doc Starts a clone or fetch on a thread of its own; the caller gets
+%% `{bc_gitops_git, Ref, Result}' when it ends. See
+%% {@link bc_gitops_git:sync/1}.
+-spec git_sync_start(map(), reference()) -> ok | {error, {invalid_input, binary()}}.
+git_sync_start(_Opts, _Ref) ->
     erlang:nif_error(not_loaded()).
 
 %% @doc The URL with any credentials in it masked, for logs and status.

@@ -34,10 +34,14 @@ stop_reconciler() ->
 %% @private
 -spec init(bc_gitops_config:config() | none) ->
     {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
-init(none) ->
-    {ok, {flags(), []}};
 init(Config) ->
-    {ok, {flags(), [child(Config)]}}.
+    %% The default runtime's record of the apps it runs: owned here, so it
+    %% lives exactly as long as the application.
+    _ = ets:new(bc_gitops_runtime_default:table(), [named_table, public, set]),
+    case Config of
+        none -> {ok, {flags(), []}};
+        _ -> {ok, {flags(), [child(Config)]}}
+    end.
 
 -spec flags() -> supervisor:sup_flags().
 flags() -> #{strategy => one_for_one, intensity => 5, period => 60}.

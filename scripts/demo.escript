@@ -94,8 +94,9 @@ git(Repo, Args) -> _ = git_out(Repo, Args), ok.
 
 %% git without a shell; any failure stops the demo with git's output.
 git_out(Repo, Args) ->
+    Env = [{"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}],
     Port = open_port({spawn_executable, os:find_executable("git")},
-                     [{args, Args}, {cd, Repo}, exit_status, stderr_to_stdout]),
+                     [{args, Args}, {cd, Repo}, {env, Env}, exit_status, stderr_to_stdout]),
     collect(Port, Args, []).
 
 collect(Port, Args, Acc) ->

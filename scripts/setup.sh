@@ -17,6 +17,14 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# rustup's minimal profile has no rustfmt or clippy; make test needs both.
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$component" ||
+            rustup component add "$component"
+    done
+fi
+
 if ! command -v dpkg-query >/dev/null 2>&1; then
     for tool in erl rebar3 elixir git cc; do
         command -v "$tool" >/dev/null 2>&1 || {

@@ -61,7 +61,11 @@ errors_are_typed_and_redacted(Config) ->
         bc_gitops_git:sync(#{url => Url, local_path => Checkout ++ "2", timeout => 5000,
                              token => <<"another-s3cr3t">>}),
     ?assertEqual(nomatch, binary:match(Message, [<<"s3cr3t">>, <<"deploy:">>])),
-    ?assertError(badarg, bc_gitops_git:sync(#{url => Origin})).
+    ?assertMatch({error, {invalid_input, _}}, bc_gitops_git:sync(#{url => Origin})),
+    ?assertMatch({error, {invalid_input, _}},
+                 bc_gitops_git:sync(#{url => Origin, local_path => Checkout, timeout => -1})),
+    ?assertMatch({error, {invalid_input, _}},
+                 bc_gitops_git:sync(#{url => Origin, local_path => <<255, 0>>})).
 
 %% While a clone of tens of MB runs in the NIF, a process on the node's
 %% only normal scheduler keeps answering within 5 ms. The node is a peer

@@ -14,7 +14,13 @@ loaded_test() ->
 %% Every field of every record, set and read back by record syntax: proves
 %% the NIF's positional encoding matches include/bc_gitops.hrl.
 record_layout_test() ->
-    Root = tmp_dir("layout"),
+    with_root(fun record_layout/1).
+
+with_root(Fun) ->
+    Root = tmp_dir("nif"),
+    try Fun(Root) after rm_rf(Root) end.
+
+record_layout(Root) ->
     write_spec(Root, "full", [
         "%% every field\n"
         "#{name => full, version => <<\"2.1.0\">>, description => <<\"All fields\">>,\n"
@@ -46,43 +52,48 @@ record_layout_test() ->
                            health = undefined, env = #{}, depends_on = []}, Rel),
     ?assertEqual(#source_spec{type = release, url = <<"https://example.test/rel.tar.gz">>,
                               sha256 = list_to_binary(lists:duplicate(64, $a))},
-                 Rel#app_spec.source),
-    rm_rf(Root).
+                 Rel#app_spec.source).
 
 %% Health defaults are the record defaults.
 health_defaults_test() ->
-    Root = tmp_dir("health"),
+    with_root(fun health_defaults/1).
+
+health_defaults(Root) ->
     write_spec(Root, "web", "#{name => web, version => <<\"1\">>, source => #{type => hex},\n"
                             "  health => #{type => http, port => 8080}}.\n"),
     {ok, #{specs := [#app_spec{health = H}]}} = bc_gitops_specs:parse_dir(Root, "apps"),
-    ?assertEqual(#health_spec{type = http, port = 8080}, H),
-    rm_rf(Root).
+    ?assertEqual(#health_spec{type = http, port = 8080}, H).
 
 %% Env values: each written in a spec file, read by the NIF and by
 %% file:consult/1; the two must be exactly equal (=:=).
 consult_equivalence_test_() ->
-    Root = tmp_dir("consult"),
     Cases = lists:zip(lists:seq(1, length(env_corpus())), env_corpus()),
-    [begin
-         App = "c" ++ integer_to_list(N),
-         write_spec(Root, App, ["#{name => ", App, ", version => <<\"1\">>,\n"
-                                "  source => #{type => hex},\n"
-                                "  env => #{value => ", Src, "\n}}.\n"])
-     end || {N, Src} <- Cases],
-    {ok, #{specs := Specs, errors := Errors}} = bc_gitops_specs:parse_dir(Root, "apps"),
-    ByName = maps:from_list([{atom_to_list(S#app_spec.name), S} || S <- Specs]),
-    Tests =
-        [{lists:flatten(io_lib:format("~ts", [Src])),
-          fun() ->
-                  App = "c" ++ integer_to_list(N),
-                  File = filename:join([Root, "apps", App, "app.config"]),
-                  {ok, [#{env := #{value := Expected}}]} = file:consult(File),
-                  ?assertEqual([], [E || E = #{app := A} <- Errors, A =:= list_to_binary(App)]),
-                  #app_spec{env = #{value := Got}} = maps:get(App, ByName),
-                  ?assert(Expected =:= Got)
-          end}
-         || {N, Src} <- Cases],
-    {setup, fun() -> ok end, fun(_) -> rm_rf(Root) end, Tests}.
+    {setup,
+     fun() ->
+             Root = tmp_dir("consult"),
+             [write_spec(Root, app_name(N), ["#{name => ", app_name(N), ", version => <<\"1\">>,\n"
+                                             "  source => #{type => hex},\n"
+                                             "  env => #{value => ", Src, "\n}}.\n"])
+              || {N, Src} <- Cases],
+             {Root, bc_gitops_specs:parse_dir(Root, "apps")}
+     end,
+     fun({Root, _}) -> rm_rf(Root) end,
+     fun({Root, {ok, #{specs := Specs, errors := Errors}}}) ->
+             ByName = maps:from_list([{atom_to_list(S#app_spec.name), S} || S <- Specs]),
+             [{lists:flatten(io_lib:format("~ts", [Src])),
+               fun() ->
+                       App = app_name(N),
+                       File = filename:join([Root, "apps", App, "app.config"]),
+                       {ok, [#{env := #{value := Expected}}]} = file:consult(File),
+                       ?assertEqual([], [E || E = #{app := A} <- Errors,
+                                              A =:= list_to_binary(App)]),
+                       #app_spec{env = #{value := Got}} = maps:get(App, ByName),
+                       ?assert(Expected =:= Got)
+               end}
+              || {N, Src} <- Cases]
+     end}.
+
+app_name(N) -> "c" ++ integer_to_list(N).
 
 env_corpus() ->
     [
@@ -115,6 +126,9 @@ junk_names_make_no_atoms_test_() ->
 
 junk_names_make_no_atoms() ->
     Root = tmp_dir("junk"),
+    try junk_names_make_no_atoms(Root) after rm_rf(Root) end.
+
+junk_names_make_no_atoms(Root) ->
     Tag = "q" ++ integer_to_list(erlang:unique_integer([positive])) ++ "x",
     lists:foreach(
       fun(N) ->
@@ -140,8 +154,7 @@ junk_names_make_no_atoms() ->
     ?assertEqual(Before, After),
     ?assertError(badarg, list_to_existing_atom("envval" ++ Tag ++ "2")),
     ?assertError(badarg, list_to_existing_atom("other" ++ Tag ++ "1")),
-    ?assertError(badarg, list_to_existing_atom("dep" ++ Tag ++ "5")),
-    rm_rf(Root).
+    ?assertError(badarg, list_to_existing_atom("dep" ++ Tag ++ "5")).
 
 %% Without the library the module still loads, and a call names the file
 %% that is missing. Runs in a separate node that has a copy of the beam
@@ -168,3 +181,10 @@ missing_library() ->
         peer:stop(Peer),
         rm_rf(Dir)
     end.
+
+%% Reloading the module (a shell l/1, a release upgrade) must not replace
+%% the working NIF with stubs: the load fails and the old code stays.
+reload_keeps_the_nif_test() ->
+    ?assertMatch({error, on_load_failure}, code:load_file(bc_gitops_nif)),
+    ?assertEqual(ok, bc_gitops_nif:load_error()),
+    ?assertEqual(<<"https://***@h/x">>, bc_gitops_nif:redact_url(<<"https://u:p@h/x">>)).

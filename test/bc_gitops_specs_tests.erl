@@ -67,15 +67,21 @@ error_kinds_test_() ->
                     " env => #{\"port\" => 1}}.\n",
          wrong_type, 2, <<"env">>}
     ],
-    Root = tmp_dir("kinds"),
-    [write_spec(Root, App, Src) || {App, Src, _, _, _} <- Cases],
-    {ok, #{specs := Specs, errors := Errors}} = bc_gitops_specs:parse_dir(Root, "apps"),
-    {setup, fun() -> ok end, fun(_) -> rm_rf(Root) end,
-     [?_assertEqual([], Specs)
-      | [{App, ?_assertMatch([#{kind := Kind, line := Line, field := Field,
-                                file := <<"apps/", _/binary>>}],
-                             [E || E = #{app := A} <- Errors, A =:= list_to_binary(App)])}
-         || {App, _, Kind, Line, Field} <- Cases]]}.
+    {setup,
+     fun() ->
+             Root = tmp_dir("kinds"),
+             [write_spec(Root, App, Src) || {App, Src, _, _, _} <- Cases],
+             {Root, bc_gitops_specs:parse_dir(Root, "apps")}
+     end,
+     fun({Root, _}) -> rm_rf(Root) end,
+     fun({_, {ok, #{specs := Specs, errors := Errors}}}) ->
+             [?_assertEqual([], Specs)
+              | [{App, ?_assertMatch([#{kind := Kind, line := Line, field := Field,
+                                        file := <<"apps/", _/binary>>}],
+                                     [E || E = #{app := A} <- Errors,
+                                           A =:= list_to_binary(App)])}
+                 || {App, _, Kind, Line, Field} <- Cases]]
+     end}.
 
 unknown_keys_are_warnings_test() ->
     with_root(fun(Root) ->
@@ -134,8 +140,8 @@ symlinked_app_dir_is_refused_test() ->
         ok = filelib:ensure_path(filename:join(Root, "apps")),
         ok = file:make_symlink(Outside, filename:join([Root, "apps", "sneaky"])),
         {ok, #{specs := [], errors := [E]}} = bc_gitops_specs:parse_dir(Root, "apps"),
-        ?assertMatch(#{kind := symlink, app := <<"sneaky">>}, E),
-        rm_rf(Outside)
+        rm_rf(Outside),
+        ?assertMatch(#{kind := symlink, app := <<"sneaky">>}, E)
     end).
 
 apps_dir_errors_test() ->

@@ -5,9 +5,13 @@
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
 -export([git/2, commit/2, init_repo/1]).
 
-%% A fresh directory under the system temp dir.
+%% A fresh directory under the system temp dir ($TMPDIR, else /tmp).
 tmp_dir(Prefix) ->
-    Base = filename:basedir(user_cache, "bc_gitops_tests"),
+    Base = filename:join(case os:getenv("TMPDIR") of
+                             false -> "/tmp";
+                             "" -> "/tmp";
+                             T -> T
+                         end, "bc_gitops_tests"),
     Dir = filename:join(Base, Prefix ++ "_" ++ integer_to_list(erlang:unique_integer([positive]))
                                     ++ "_" ++ os:getpid()),
     ok = filelib:ensure_path(Dir),
@@ -47,9 +51,13 @@ commit(Repo, Message) ->
     string:trim(git(Repo, ["rev-parse", "HEAD"])).
 
 %% Runs git without a shell; its output, or an error with that output.
+%% The machine's and the user's git config are ignored (hooks, signing,
+%% templates), so the tests run the same everywhere.
 git(Dir, Args) ->
+    Env = [{"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}],
     Port = open_port({spawn_executable, os:find_executable("git")},
-                     [{args, Args}, {cd, Dir}, exit_status, stderr_to_stdout, binary]),
+                     [{args, Args}, {cd, Dir}, {env, Env}, exit_status, stderr_to_stdout,
+                      binary]),
     collect(Port, Args, []).
 
 collect(Port, Args, Acc) ->

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bc_gitops_core::git::{sync, Auth, GitError, SyncOptions};
-use support::{ca_and_leaf, lighttpd, read, self_signed, status, HttpSetup, Upstream};
+use support::{
+    ca_and_leaf, ca_and_leaf_for, isolate, lighttpd, read, self_signed, status, HttpSetup, Upstream,
+};
 
 fn options(url: String, dest: &Path, auth: Auth) -> SyncOptions {
     let mut opts = SyncOptions::new(url, dest);
@@ -20,6 +22,7 @@ fn options(url: String, dest: &Path, auth: Auth) -> SyncOptions {
 
 #[test]
 fn http_clone_update_and_force_push() {
+    isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
     let server = lighttpd(up.dir.path(), conf.path(), &HttpSetup::default());
@@ -47,6 +50,7 @@ fn http_clone_update_and_force_push() {
 
 #[test]
 fn https_self_signed_needs_the_ca_file() {
+    isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(conf.path(), "server");
@@ -90,6 +94,7 @@ fn https_self_signed_needs_the_ca_file() {
 
 #[test]
 fn https_ca_signed_leaf() {
+    isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
     let (ca, leaf, leaf_key) = ca_and_leaf(conf.path());
@@ -119,19 +124,43 @@ fn https_ca_signed_leaf() {
     };
     let dest = up.dir.path().join("with-ca");
     assert_eq!(sync(&options(url, &dest, auth)).unwrap().commit, up.head());
+}
 
-    // The certificate names localhost, not this address: refused even with the CA.
-    let by_ip = format!("https://127.0.0.2:{}/git/upstream.git", server.port);
-    let auth = Auth {
-        ca_file: Some(ca),
-        ..Auth::default()
-    };
-    let result = sync(&options(by_ip, &up.dir.path().join("by-ip"), auth));
-    assert!(result.is_err(), "{result:?}");
+#[test]
+fn https_name_mismatch_is_a_certificate_error() {
+    isolate();
+    // A leaf the trusted CA signed, but for another name than the one used:
+    // the server is reached (same address and port) and refused.
+    let up = Upstream::new();
+    let conf = tempfile::tempdir().unwrap();
+    let (ca, leaf, leaf_key) = ca_and_leaf_for(conf.path(), "DNS:other.example.org");
+    let server = lighttpd(
+        up.dir.path(),
+        conf.path(),
+        &HttpSetup {
+            tls: Some((&leaf, &leaf_key)),
+            ..HttpSetup::default()
+        },
+    );
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{}/git/upstream.git", server.port);
+        let auth = Auth {
+            ca_file: Some(ca.clone()),
+            ..Auth::default()
+        };
+        let dest = up.dir.path().join(format!("mismatch-{host}"));
+        let result = sync(&options(url, &dest, auth));
+        assert!(
+            matches!(result, Err(GitError::Certificate { .. })),
+            "{host}: {result:?}"
+        );
+        assert!(!dest.exists());
+    }
 }
 
 #[test]
 fn basic_auth_with_token() {
+    isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(conf.path(), "server");
@@ -191,6 +220,7 @@ fn basic_auth_with_token() {
 
 #[test]
 fn plain_http_keeps_the_host_header() {
+    isolate();
     // git is served to the name `localhost` only, as a name-based virtual host.
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ fn options(url: &str, path: &Path) -> SyncOptions {
 
 #[test]
 fn clones_then_follows_the_branch() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -49,6 +50,7 @@ fn clones_then_follows_the_branch() {
 
 #[test]
 fn plain_path_remote_works() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let out = sync(&options(up.bare.to_str().unwrap(), &dest)).unwrap();
@@ -57,6 +59,7 @@ fn plain_path_remote_works() {
 
 #[test]
 fn local_edits_and_stray_files_are_overwritten() {
+    support::isolate();
     let up = Upstream::new();
     up.commit(&[(".gitignore", b"*.log\n")], "ignore logs");
     let dest = up.dir.path().join("checkout");
@@ -80,6 +83,7 @@ fn local_edits_and_stray_files_are_overwritten() {
 
 #[test]
 fn force_pushed_history_is_followed() {
+    support::isolate();
     let up = Upstream::new();
     up.commit(&[("v.txt", b"1\n")], "v1");
     let dest = up.dir.path().join("checkout");
@@ -98,6 +102,7 @@ fn force_pushed_history_is_followed() {
 
 #[test]
 fn tags_commits_and_named_refs() {
+    support::isolate();
     let up = Upstream::new();
     let v1 = up.commit(&[("v.txt", b"1\n")], "v1");
     up.tag("v1.0.0", Some("release 1"));
@@ -136,6 +141,7 @@ fn tags_commits_and_named_refs() {
 
 #[test]
 fn missing_refs_are_clear_errors_and_keep_the_checkout() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let mut opts = options(&up.file_url(), &dest);
@@ -166,6 +172,7 @@ fn missing_refs_are_clear_errors_and_keep_the_checkout() {
 
 #[test]
 fn invalid_refs_are_refused() {
+    support::isolate();
     let up = Upstream::new();
     let mut opts = options(&up.file_url(), &up.dir.path().join("c"));
     for bad in ["a:b", "a*", "..", "x y", ""] {
@@ -179,6 +186,7 @@ fn invalid_refs_are_refused() {
 
 #[test]
 fn unreachable_local_remote() {
+    support::isolate();
     let dir = tempfile::tempdir().unwrap();
     let opts = options("/nonexistent/repo.git", &dir.path().join("c"));
     match sync(&opts) {
@@ -189,6 +197,7 @@ fn unreachable_local_remote() {
 
 #[test]
 fn deleted_objects_are_healed_by_a_reclone() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -210,7 +219,41 @@ fn deleted_objects_are_healed_by_a_reclone() {
 }
 
 #[test]
+fn a_failed_fetch_is_reported_not_healed() {
+    support::isolate();
+    // The remote serves a damaged object: the transfer fails, the local
+    // clone is fine and must be neither called corrupt nor re-cloned.
+    let up = Upstream::new();
+    let dest = up.dir.path().join("checkout");
+    let opts = options(&up.file_url(), &dest);
+    let good = sync(&opts).unwrap().commit;
+    fs::write(dest.join(".git/keep-me"), "marker").unwrap();
+
+    up.commit(&[("new.bin", &noise(4_000, 7))], "new");
+    let blob = git(&up.work, &["rev-parse", "HEAD:new.bin"]);
+    let loose = up.bare.join("objects").join(&blob[..2]).join(&blob[2..]);
+    assert!(loose.exists(), "the push left no loose object to damage");
+    fs::remove_file(&loose).unwrap();
+    fs::write(&loose, b"this is not zlib data").unwrap();
+
+    for _ in 0..2 {
+        let result = sync(&opts);
+        assert!(
+            matches!(
+                result,
+                Err(GitError::Other(_) | GitError::Unreachable { .. })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(checkout_head(&dest), good);
+        assert!(dest.join(".git/keep-me").exists(), "the clone was replaced");
+        assert_eq!(leftovers(up.dir.path()), Vec::<String>::new());
+    }
+}
+
+#[test]
 fn truncated_packfile_is_healed() {
+    support::isolate();
     let up = Upstream::new();
     for i in 0..5 {
         up.commit(&[(&format!("f{i}.bin"), &noise(20_000, i))], "more");
@@ -239,6 +282,7 @@ fn truncated_packfile_is_healed() {
 
 #[test]
 fn stale_index_lock_is_removed() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -258,6 +302,7 @@ fn stale_index_lock_is_removed() {
 
 #[test]
 fn broken_head_is_healed() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -272,6 +317,7 @@ fn broken_head_is_healed() {
 
 #[test]
 fn failed_heal_keeps_the_last_checkout() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -291,6 +337,7 @@ fn failed_heal_keeps_the_last_checkout() {
 
 #[test]
 fn non_repository_directories_are_left_alone() {
+    support::isolate();
     let up = Upstream::new();
     let root = up.dir.path();
 
@@ -348,6 +395,7 @@ fn non_repository_directories_are_left_alone() {
 
 #[test]
 fn interrupted_swap_is_recovered() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -367,6 +415,7 @@ fn interrupted_swap_is_recovered() {
 
 #[test]
 fn concurrent_syncs_of_one_path_are_serialized() {
+    support::isolate();
     let up = Upstream::new();
     let dest = up.dir.path().join("checkout");
     let opts = options(&up.file_url(), &dest);
@@ -384,6 +433,7 @@ fn concurrent_syncs_of_one_path_are_serialized() {
 
 #[test]
 fn full_disk_is_reported_and_keeps_the_checkout() {
+    support::isolate();
     let up = Upstream::new();
     let disk = Tmpfs::mount("1m");
     let dest = disk.path().join("checkout");
@@ -412,6 +462,7 @@ fn full_disk_is_reported_and_keeps_the_checkout() {
 
 #[test]
 fn secrets_never_show() {
+    support::isolate();
     assert_eq!(
         redact_url("https://user:token@host/x"),
         "https://***@host/x"
@@ -423,9 +474,44 @@ fn secrets_never_show() {
         ssh_passphrase: Some("pass-phrase".into()),
         ..Auth::default()
     };
-    let debug = format!("{opts:?}");
-    for secret in ["hunter2", "bob", "alice", "s3cr3t-token", "pass-phrase"] {
-        assert!(!debug.contains(secret), "{debug}");
+    // The user of an http(s) URL may be a token; an ssh or git user is an
+    // account name, kept on purpose (see `redact_url`).
+    let secrets = ["hunter2", "alice", "s3cr3t-token", "pass-phrase"];
+    let mut shown = vec![
+        format!("{opts:?}"),
+        format!("{opts:#?}"),
+        format!("{:?}", opts.auth),
+        format!("{:#?}", opts.auth),
+    ];
+    assert!(shown.iter().all(|text| !text.contains("bob")), "{shown:?}");
+    // Every error a sync with these secrets gives, for each URL form.
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "https://bob:hunter2@127.0.0.1:1/x.git",
+        "http://hunter2@127.0.0.1:1/x.git",
+        "ssh://bob:hunter2@127.0.0.1:1/x.git",
+        "[bob:hunter2@127.0.0.1:1]:x.git",
+        "git://bob:hunter2@127.0.0.1:1/x.git",
+        "ftp://bob:hunter2@127.0.0.1:1/x.git",
+    ] {
+        let mut failing = opts.clone();
+        failing.url = url.to_string();
+        failing.local_path = dir.path().join("c");
+        failing.timeout = Duration::from_secs(30);
+        shown.push(format!("{failing:?}"));
+        let err = sync(&failing).unwrap_err();
+        shown.push(format!("{err:?} {err:#?} {err}"));
+    }
+    let outcome = bc_gitops_core::git::SyncOutcome {
+        commit: "0".repeat(40),
+        changed: true,
+        healed: Some(redact_url("https://bob:hunter2@h/x")),
+    };
+    shown.push(format!("{outcome:?}"));
+    for text in &shown {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 }
 

@@ -57,6 +57,7 @@ fn home_with(dir: &Path, known_hosts: &str, key: Option<&Path>) {
 
 #[test]
 fn default_keys_agent_and_known_hosts() {
+    support::isolate();
     let up = Upstream::new();
     let keys = tempfile::tempdir().unwrap();
     let key = ssh_key(keys.path(), "client", "");

@@ -498,3 +498,55 @@ fn app_names() {
         assert!(!is_app_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn atoms_beyond_latin1_are_refused_with_their_line() {
+    let root = tempfile::tempdir().unwrap();
+    write(
+        root.path(),
+        "apps/wide/app.config",
+        "#{name => wide, version => <<\"1\">>, source => #{type => hex},\n\
+         env => #{ok => 'caf\u{e9}',\n\
+         nested => [{x, 'λ'}]}}.\n",
+    );
+    write(
+        root.path(),
+        "apps/widekey/app.json",
+        "{\"name\": \"widekey\", \"version\": \"1\", \"source\": {\"type\": \"hex\"}, \"env\": {\"λ\": 1}}",
+    );
+    write(
+        root.path(),
+        "apps/widemod/app.config",
+        "#{name => widemod, version => <<\"1\">>, source => #{type => hex},\n\
+         health => #{type => custom, module => 'λmod'}}.\n",
+    );
+    write(
+        root.path(),
+        "apps/latin/app.config",
+        "#{name => latin, version => <<\"1\">>, source => #{type => hex},\n\
+         env => #{'caf\u{e9}' => '\u{ff}'}}.\n",
+    );
+    let out = parse_dir(root.path(), "apps").unwrap();
+    let find = |app: &str| {
+        out.errors
+            .iter()
+            .find(|e| e.app == app)
+            .unwrap_or_else(|| panic!("{app}: {:?}", out))
+    };
+    let wide = find("wide");
+    assert_eq!(
+        (wide.kind, wide.line, wide.field.as_str()),
+        (ErrorKind::InvalidValue, Some(3), "env.nested")
+    );
+    assert!(wide.message.contains("U+00FF"), "{}", wide.message);
+    assert_eq!(find("widekey").kind, ErrorKind::InvalidValue);
+    assert_eq!(find("widemod").field, "health.module");
+    // Latin-1 atoms are fine.
+    assert_eq!(
+        out.specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["latin"]
+    );
+}

@@ -46,8 +46,9 @@ pub fn term<'a>(env: Env<'a>, value: &Spanned) -> Term<'a> {
 pub fn atom<'a>(env: Env<'a>, name: &str) -> Term<'a> {
     match Atom::from_str(env, name) {
         Ok(a) => a.encode(env),
-        // Only reachable for text over the atom length limit, which
-        // validation rejects; fall back to a binary rather than panic.
+        // Unreachable for validated specs: validation refuses atoms that
+        // are too long or not Latin-1 (all that OTP 25's NIF API can make).
+        // A binary rather than a panic, should that ever change.
         Err(_) => binary(env, name.as_bytes()),
     }
 }

@@ -1,19 +1,48 @@
-//! `git_sync/1`: options map in, `{ok, Outcome} | {error, {Kind, Message}}`
-//! out. Runs on a dirty IO scheduler: a clone may take minutes and must
-//! never hold a normal scheduler. Messages are already redacted by core.
+//! `git_sync_start/2`: starts a sync on a thread of its own and returns at
+//! once; the thread sends `{bc_gitops_git, Ref, {ok, Outcome} | {error,
+//! {Kind, Message}}}` to the caller when done. A clone may take minutes:
+//! it must hold neither a normal scheduler nor one of the dirty IO
+//! schedulers that the node's file I/O and code loading share. Messages are
+//! already redacted by core.
 
 use crate::encode::{atom, atoms, opt_text, text};
-use bc_gitops_core::git::{self, Auth, GitError, GitRef, SyncOptions};
+use bc_gitops_core::git::{self, Auth, GitError, GitRef, SyncOptions, SyncOutcome};
 use rustler::types::tuple::make_tuple;
-use rustler::{Binary, Encoder, Env, NifResult, Term};
+use rustler::{Binary, Encoder, Env, NifResult, OwnedEnv, Term};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// `timeout` is in milliseconds; see bc_gitops_git.erl for every key.
-#[rustler::nif(schedule = "DirtyIo")]
-fn git_sync<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
-    let opts = options(opts)?;
-    Ok(match git::sync(&opts) {
+/// Options are checked here, in the caller: a bad one is
+/// `{error, {invalid_input, Message}}` at once.
+#[rustler::nif]
+fn git_sync_start<'a>(env: Env<'a>, opts: Term<'a>, reference: Term<'a>) -> NifResult<Term<'a>> {
+    let Ok(opts) = options(opts) else {
+        let message = "url and local_path are required; text options must be UTF-8 binaries";
+        let reason = make_tuple(env, &[atom(env, "invalid_input"), text(env, message)]);
+        return Ok(make_tuple(env, &[atoms::error().encode(env), reason]));
+    };
+    let caller = env.pid();
+    let mut owned = OwnedEnv::new();
+    let saved = owned.save(reference);
+    std::thread::Builder::new()
+        .name("bc_gitops_git".to_string())
+        .spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| git::sync(&opts)))
+                .unwrap_or_else(|_| Err(GitError::Other("git sync panicked".to_string())));
+            // The caller may be gone; then there is no one to tell.
+            let _ = owned.send_and_clear(&caller, |env| {
+                let tag = atom(env, "bc_gitops_git");
+                make_tuple(env, &[tag, saved.load(env), encode_result(env, result)])
+            });
+        })
+        .map_err(|_| rustler::Error::Term(Box::new("cannot start a git thread")))?;
+    Ok(atoms::ok().encode(env))
+}
+
+fn encode_result(env: Env<'_>, result: Result<SyncOutcome, GitError>) -> Term<'_> {
+    match result {
         Ok(outcome) => {
             let pairs = [
                 (atom(env, "commit"), text(env, &outcome.commit)),
@@ -23,14 +52,16 @@ fn git_sync<'a>(env: Env<'a>, opts: Term<'a>) -> NifResult<Term<'a>> {
                     opt_text(env, outcome.healed.as_deref()),
                 ),
             ];
-            let map = Term::map_from_pairs(env, &pairs)?;
-            make_tuple(env, &[atoms::ok().encode(env), map])
+            match Term::map_from_pairs(env, &pairs) {
+                Ok(map) => make_tuple(env, &[atoms::ok().encode(env), map]),
+                Err(_) => atoms::error().encode(env),
+            }
         }
         Err(e) => {
             let reason = make_tuple(env, &[atom(env, error_kind(&e)), text(env, &e.to_string())]);
             make_tuple(env, &[atoms::error().encode(env), reason])
         }
-    })
+    }
 }
 
 fn error_kind(e: &GitError) -> &'static str {

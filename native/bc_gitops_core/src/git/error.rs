@@ -84,10 +84,12 @@ pub(crate) fn io_error(err: &io::Error, path: &Path, doing: &str) -> GitError {
     }
 }
 
-/// Maps a libgit2 failure on the local repository at `path`: a full disk is
-/// reported as such, anything else means the clone is damaged (and is healed
-/// by the caller).
-pub(crate) fn local_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
+/// Maps a failure reading what the local clone at `path` already held (its
+/// objects, references or index, as the health check reads them): a full
+/// disk is reported as such, anything else means the clone is damaged (and
+/// is healed by the caller). Only the health checks may call this: a failure
+/// of anything else (a transfer, a checkout) is not proof of damage.
+pub(crate) fn corrupt_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
     let message = redactor.redact(err.message());
     if says_disk_full(&message) {
         GitError::DiskFull {
@@ -96,6 +98,24 @@ pub(crate) fn local_error(err: &git2::Error, path: &Path, redactor: &Redactor) -
         }
     } else {
         GitError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
+/// Maps a libgit2 failure of a local operation on `path` that is not a read
+/// of existing data (creating a repository, writing the worktree): a full
+/// disk, or else an I/O error. Never `Corrupt`: retrying it must not re-clone.
+pub(crate) fn local_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
+    let message = redactor.redact(err.message());
+    if says_disk_full(&message) {
+        GitError::DiskFull {
+            path: path.to_path_buf(),
+            message,
+        }
+    } else {
+        GitError::Io {
             path: path.to_path_buf(),
             message,
         }
@@ -159,16 +179,19 @@ pub(crate) fn net_error(
             );
             GitError::Certificate { url, message }
         }
-        // Local object database, index or reference trouble: the clone is
-        // damaged, not the remote.
-        (_, Class::Odb | Class::Zlib | Class::Index | Class::Object | Class::Tree)
-        | (_, Class::Reference | Class::Filesystem | Class::Checkout | Class::FetchHead) => {
+        // Writing what was received failed locally (permissions, a lock
+        // held by another process): the previous checkout is kept.
+        (Code::Locked, _) | (_, Class::Filesystem) => {
             let path = local_path.to_path_buf();
-            GitError::Corrupt { path, message }
+            GitError::Io { path, message }
         }
-        (Code::Locked, _) => {
-            let path = local_path.to_path_buf();
-            GitError::Corrupt { path, message }
+        // Bad data in the transfer (or a failure storing it): a failure of
+        // this fetch, never proof that the local clone is damaged (that is
+        // for the health checks to say), so nothing is re-cloned for it.
+        (_, Class::Odb | Class::Zlib | Class::Index | Class::Object | Class::Tree)
+        | (_, Class::Reference | Class::Checkout | Class::FetchHead | Class::Indexer)
+        | (_, Class::Repository | Class::Invalid) => {
+            GitError::Other(format!("fetching from {url} failed: {message}"))
         }
         _ => GitError::Unreachable { url, message },
     }

@@ -225,3 +225,10 @@ pub struct SyncOutcome {
 pub fn sync(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     sync::run(opts)
 }
+
+/// How many threads of the deadline relay are running in the process, for
+/// tests: none is left once [`sync`] has returned.
+#[doc(hidden)]
+pub fn live_relay_threads() -> usize {
+    relay::live_threads()
+}

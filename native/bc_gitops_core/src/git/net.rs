@@ -11,7 +11,7 @@ use git2::{
 };
 
 use super::auth::Credentials;
-use super::error::{io_error, local_error, net_error, GitError, NetFacts};
+use super::error::{io_error, net_error, GitError, NetFacts};
 use super::hostkey::{key_type, HostKeyCheck};
 use super::redact::Redactor;
 use super::relay::{Mode, Relay};
@@ -129,10 +129,27 @@ impl<'a> Network<'a> {
             None => refname.clone(),
         };
         session.fetch(&[&format!("+{refname}:{local_ref}")])?;
-        let peeled = repo.find_object(oid, None).and_then(|o| o.peel_to_commit());
-        peeled
+        // What the fetch brought, not what `list` saw: the ref may have moved
+        // (a force-push) between the two connections.
+        let reference = match repo.find_reference(&local_ref) {
+            Ok(reference) => reference,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Err(not_found()),
+            Err(e) => return Err(self.unreadable_fetch(git_ref, &e)),
+        };
+        reference
+            .peel_to_commit()
             .map(|c| c.id())
-            .map_err(|e| local_error(&e, path, self.redactor))
+            .map_err(|e| self.unreadable_fetch(git_ref, &e))
+    }
+
+    /// The fetch succeeded but its result cannot be read: a failure of this
+    /// fetch (the transfer), not a sign that the local clone is damaged.
+    fn unreadable_fetch(&self, git_ref: &GitRef, err: &git2::Error) -> GitError {
+        GitError::Other(format!(
+            "fetched {git_ref} from {} but cannot read it: {}",
+            self.redactor.redact(self.url),
+            self.redactor.redact(err.message())
+        ))
     }
 }
 

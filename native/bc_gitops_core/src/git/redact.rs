@@ -77,6 +77,9 @@ impl Redactor {
                 add(&percent_decode(user));
                 add(user);
             }
+        } else if let Some(password) = scp_password(url) {
+            add(&percent_decode(password));
+            add(password);
         }
         all.sort_by_key(|s| std::cmp::Reverse(s.len()));
         all.dedup();
@@ -124,6 +127,21 @@ fn url_userinfo(url: &str) -> Option<(&str, Option<&str>)> {
         Some((user, password)) => (user, Some(password)),
         None => (userinfo, None),
     })
+}
+
+/// The password of a scp-like `user:password@host:path` or
+/// `[user:password@host:port]:path` remote (never valid there, but possible
+/// in a typo, and then a secret all the same).
+fn scp_password(url: &str) -> Option<&str> {
+    if url.contains("://") {
+        return None;
+    }
+    let rest = url.strip_prefix('[').unwrap_or(url);
+    let userinfo = &rest[..rest.find('@')?];
+    if userinfo.contains('/') {
+        return None;
+    }
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 fn percent_encode(s: &str) -> String {
@@ -190,5 +208,11 @@ mod tests {
         let text = "failed for 'https://bob:s%2Fcret@host/x': tok3n alice s/cret";
         let out = r.redact(text);
         assert_eq!(out, "failed for 'https://***@host/x': *** *** ***");
+
+        let r = Redactor::new("[bob:hunter2@host:22]:x.git", []);
+        assert_eq!(
+            r.redact("[bob:hunter2@host:22]:x.git"),
+            "[bob:***@host:22]:x.git"
+        );
     }
 }

@@ -19,12 +19,52 @@
 //! The relay only ever connects to the one host and port of the remote URL.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::url::split_host_port;
+
+/// Relay threads (watchdog, acceptor, per-connection) now running.
+static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many relay threads are running in the process. Every one is joined
+/// before [`super::sync`] returns (only a name lookup still in the system
+/// resolver may outlive it; that is not a relay thread: see `Resolver`).
+pub(crate) fn live_threads() -> usize {
+    LIVE_THREADS.load(Ordering::SeqCst)
+}
+
+/// Counts one relay thread from before it is spawned until its closure ends
+/// (dropped with the closure if the spawn fails).
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        LIVE_THREADS.fetch_add(1, Ordering::SeqCst);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        LIVE_THREADS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Spawns a counted relay thread.
+fn spawn<F>(name: &str, work: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let counted = Counted::new();
+    thread::Builder::new().name(name.into()).spawn(move || {
+        let _counted = counted;
+        work();
+    })
+}
 
 /// How the client (libgit2) reaches the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +107,8 @@ struct State {
 
 /// How long the accept loop sleeps when no client is waiting.
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
+/// How often a wait for the name resolver checks for a stop.
+const RESOLVE_POLL: Duration = Duration::from_millis(10);
 /// How long a possible start of the `Host` line is held back waiting for
 /// the rest (libgit2 writes a request head in one go).
 const HOLD_BACK: Duration = Duration::from_millis(20);
@@ -111,17 +153,13 @@ impl Relay {
             threads: Vec::new(),
         };
         let watcher = Arc::clone(&shared);
-        relay.threads.push(
-            thread::Builder::new()
-                .name("git-relay-watchdog".into())
-                .spawn(move || watcher.watch())?,
-        );
+        relay
+            .threads
+            .push(spawn("git-relay-watchdog", move || watcher.watch())?);
         let acceptor = Arc::clone(&shared);
-        relay.threads.push(
-            thread::Builder::new()
-                .name("git-relay-accept".into())
-                .spawn(move || acceptor.accept_loop(&listener))?,
-        );
+        relay.threads.push(spawn("git-relay-accept", move || {
+            acceptor.accept_loop(&listener)
+        })?);
         Ok(relay)
     }
 
@@ -220,10 +258,13 @@ impl Shared {
         }
     }
 
+    /// Accepts until stopped, then joins every connection thread (whose
+    /// sockets the stop has shut down, so they end promptly).
     fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
+        let mut connections: Vec<JoinHandle<()>> = Vec::new();
         loop {
             if self.lock().stopped {
-                return;
+                break;
             }
             match listener.accept() {
                 Ok((client, _)) => {
@@ -231,15 +272,18 @@ impl Shared {
                         continue;
                     }
                     let shared = Arc::clone(self);
-                    let spawned = thread::Builder::new()
-                        .name("git-relay-conn".into())
-                        .spawn(move || shared.serve(client));
-                    if spawned.is_err() {
-                        self.record_upstream_error("relay could not start a thread".into());
+                    match spawn("git-relay-conn", move || shared.serve(client)) {
+                        Ok(handle) => connections.push(handle),
+                        Err(_) => {
+                            self.record_upstream_error("relay could not start a thread".into())
+                        }
                     }
                 }
                 Err(_) => thread::sleep(ACCEPT_POLL),
             }
+        }
+        for connection in connections {
+            let _ = connection.join();
         }
     }
 
@@ -255,20 +299,66 @@ impl Shared {
         }
     }
 
+    /// The server's addresses: an IP literal as is; a name through the
+    /// system resolver, on a thread of its own waited for only until the
+    /// deadline or a stop (`getaddrinfo` cannot be cancelled).
+    fn resolve(&self) -> Option<Vec<SocketAddr>> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Some(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let answer = Arc::new((Mutex::new(None), Condvar::new()));
+        let slot = Arc::clone(&answer);
+        let (host, port) = (self.host.clone(), self.port);
+        let spawned = thread::Builder::new()
+            .name("git-relay-resolve".into())
+            .spawn(move || {
+                let found = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect::<Vec<_>>);
+                let (lock, ready) = &*slot;
+                *lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(found);
+                ready.notify_all();
+            });
+        if let Err(e) = spawned {
+            self.record_upstream_error(format!("could not resolve {}: {e}", self.host));
+            return None;
+        }
+        let (lock, ready) = &*answer;
+        let mut found = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(result) = found.take() {
+                return match result {
+                    Ok(addrs) => Some(addrs),
+                    Err(e) => {
+                        self.record_upstream_error(format!("could not resolve {}: {e}", self.host));
+                        None
+                    }
+                };
+            }
+            let left = self.remaining();
+            if left.is_zero() || self.lock().stopped {
+                return None;
+            }
+            // Short waits: a stop does not signal this condition variable.
+            found = match ready.wait_timeout(found, left.min(RESOLVE_POLL)) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
     /// Connects to the real server within the time left.
     fn connect_upstream(&self) -> Option<TcpStream> {
         let target = format!("{}:{}", self.host, self.port);
-        let addrs = match (self.host.as_str(), self.port).to_socket_addrs() {
-            Ok(addrs) => addrs.collect::<Vec<_>>(),
-            Err(e) => {
-                self.record_upstream_error(format!("could not resolve {}: {e}", self.host));
-                return None;
-            }
-        };
+        let addrs = self.resolve()?;
         let mut last = None;
         for addr in addrs {
             let left = self.remaining();
-            if left.is_zero() {
+            if left.is_zero() || self.lock().stopped {
                 return None;
             }
             match TcpStream::connect_timeout(&addr, left) {
@@ -348,19 +438,17 @@ fn pump(client: TcpStream, server: TcpStream, rewrite: Option<(Vec<u8>, Vec<u8>)
     let (Ok(client_read), Ok(server_write)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    let upload = thread::Builder::new()
-        .name("git-relay-up".into())
-        .spawn(move || {
-            match rewrite {
-                Some((from, to)) => {
-                    let _ = copy_replacing(&client_read, &server_write, &from, &to);
-                }
-                None => {
-                    let _ = io::copy(&mut &client_read, &mut &server_write);
-                }
+    let upload = spawn("git-relay-up", move || {
+        match rewrite {
+            Some((from, to)) => {
+                let _ = copy_replacing(&client_read, &server_write, &from, &to);
             }
-            let _ = server_write.shutdown(Shutdown::Write);
-        });
+            None => {
+                let _ = io::copy(&mut &client_read, &mut &server_write);
+            }
+        }
+        let _ = server_write.shutdown(Shutdown::Write);
+    });
     let _ = io::copy(&mut &server, &mut &client);
     let _ = client.shutdown(Shutdown::Write);
     if let Ok(upload) = upload {

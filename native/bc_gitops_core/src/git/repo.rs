@@ -151,10 +151,12 @@ pub(crate) fn head_commit_on_disk(path: &Path) -> Option<Oid> {
     Oid::from_str(text.trim()).ok()
 }
 
-/// Checks that HEAD's commit and every object of its tree can be read, so
-/// that a damaged clone is found (and healed) before it is trusted. Unborn
-/// HEAD (fresh repository) passes.
+/// Checks that the index, HEAD's commit and every object of its tree can be
+/// read, so that a damaged clone is found (and healed) before it is trusted.
+/// Unborn HEAD (fresh repository) passes.
 pub(crate) fn check_health(repo: &Repository) -> Result<(), git2::Error> {
+    let mut index = repo.index()?;
+    index.read(true)?;
     let Some(head) = head_commit(repo) else {
         return Ok(());
     };
@@ -180,6 +182,28 @@ pub(crate) fn check_health(repo: &Repository) -> Result<(), git2::Error> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Reads every object of the local object database in full: the deeper
+/// check, run only when a fetch failed for a reason that is not the network,
+/// to tell a local object the fetch tripped over (which heals) from a bad
+/// transfer (which does not).
+pub(crate) fn check_objects(repo: &Repository) -> Result<(), git2::Error> {
+    let odb = repo.odb()?;
+    let mut failure = None;
+    let walked = odb.foreach(|oid| match odb.read(*oid) {
+        Ok(_) => true,
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        // `foreach` reports the stop we asked for as an error: only a
+        // failure of the listing itself counts.
+        None => walked,
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use git2::{Oid, Reference, Repository};
 
-use super::error::{io_error, local_error, GitError};
+use super::error::{corrupt_error, io_error, local_error, GitError};
 use super::net::Network;
 use super::redact::{redact_url, Redactor};
 use super::repo::{self, Slot};
@@ -97,12 +97,25 @@ impl Job<'_> {
     /// Fetches and force-checks-out the ref in the existing clone.
     fn update(&self, repository: &Repository) -> Result<Oid, GitError> {
         let local = |e: git2::Error| local_error(&e, self.target, self.redactor);
+        let corrupt = |e: git2::Error| corrupt_error(&e, self.target, self.redactor);
         repo::remove_stale_locks(repository.path());
-        repo::check_health(repository).map_err(local)?;
+        repo::check_health(repository).map_err(corrupt)?;
         let previous = repo::head_commit(repository);
-        let commit = self
+        let commit = match self
             .net
-            .fetch_target(repository, &self.opts.git_ref, self.target)?;
+            .fetch_target(repository, &self.opts.git_ref, self.target)
+        {
+            Ok(commit) => commit,
+            // A fetch that failed on something other than the network may
+            // have tripped over a damaged local object the health check does
+            // not read (history, other refs): only reading it again locally
+            // can tell. The fetch's own error never counts as corruption.
+            Err(e @ (GitError::Other(_) | GitError::Io { .. })) => {
+                repo::check_objects(repository).map_err(corrupt)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if let Err(e) = repo::force_checkout(repository, commit) {
             // Put the previous commit back rather than leave a half-written
             // worktree (a full disk fails mid-way); best effort.

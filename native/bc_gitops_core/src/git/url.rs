@@ -1,6 +1,8 @@
 //! Remote URL parsing: which transport a URL uses, which host and port it
 //! reaches, and how to point it at the local deadline relay instead.
 
+use std::fmt;
+
 use super::error::GitError;
 use super::redact::redact_url;
 
@@ -20,7 +22,8 @@ pub(crate) enum Transport {
 }
 
 /// A parsed remote URL, as far as the relay and the host-key check need it.
-#[derive(Debug, Clone)]
+/// `Debug` masks the user part (it may be `user:password`, or a token).
+#[derive(Clone)]
 pub(crate) struct RemoteUrl {
     pub transport: Transport,
     /// Host without IPv6 brackets; empty for local remotes.
@@ -150,6 +153,19 @@ impl RemoteUrl {
     }
 }
 
+impl fmt::Debug for RemoteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteUrl")
+            .field("transport", &self.transport)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user.as_ref().map(|_| "***"))
+            .field("path", &self.path)
+            .field("scp", &self.scp)
+            .finish()
+    }
+}
+
 fn scp_url(user: Option<&str>, host: String, port: u16, path: &str) -> RemoteUrl {
     RemoteUrl {
         transport: Transport::Ssh,
@@ -221,6 +237,21 @@ mod tests {
         assert_eq!(u.relayed("", 9), "[root@127.0.0.1:9]:/srv/x.git");
 
         assert!(RemoteUrl::parse("ftp://h/x").is_err());
+    }
+
+    #[test]
+    fn debug_masks_the_user_part() {
+        for url in [
+            "https://bob:hunter2@example.org/x.git",
+            "http://hunter2@example.org/x.git",
+            "ssh://bob:hunter2@example.org:2222/x.git",
+            "[bob:hunter2@example.org:2222]:x.git",
+        ] {
+            let parsed = RemoteUrl::parse(url).unwrap();
+            let debug = format!("{parsed:?} {parsed:#?}");
+            assert!(!debug.contains("hunter2"), "{url}: {debug}");
+            assert!(debug.contains("example.org"), "{url}: {debug}");
+        }
         assert!(RemoteUrl::parse("ssh://h:notaport/x").is_err());
     }
 }

@@ -12,4 +12,4 @@ mod validate;
 
 pub use discover::{parse_dir, parse_file, DirError, FileResult, SPEC_FILE_MAX_BYTES};
 pub use model::*;
-pub use validate::{is_app_name, APP_NAME_MAX_BYTES};
+pub use validate::{is_app_name, is_atom_text, APP_NAME_MAX_BYTES};

@@ -15,6 +15,37 @@ pub fn is_app_name(name: &str) -> bool {
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
+/// Whether `text` can be an atom on every supported OTP: at most 255
+/// characters, all in Latin-1. (OTP 25's NIF API makes atoms from Latin-1
+/// only; wider atoms are rejected with a clear error rather than turned
+/// into something else.)
+pub fn is_atom_text(text: &str) -> bool {
+    !text.is_empty() && text.chars().count() <= 255 && text.chars().all(|c| u32::from(c) <= 0xFF)
+}
+
+/// The first atom in `value` that [`is_atom_text`] refuses, if any.
+fn wide_atom(value: &Spanned) -> Option<&Spanned> {
+    let mut stack = vec![value];
+    while let Some(node) = stack.pop() {
+        match &node.term {
+            Term::Atom(name) if !name.is_empty() && !is_atom_text(name) => return Some(node),
+            Term::List { items, tail } => {
+                stack.extend(items.iter());
+                stack.extend(tail.iter().map(|t| t.as_ref()));
+            }
+            Term::Tuple(items) => stack.extend(items.iter()),
+            Term::Map(entries) => {
+                for (k, v) in entries {
+                    stack.push(k);
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// How the spec was written. JSON has no atoms, so there text stands for
 /// names and enum values, and env keys become atoms only once validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,12 +475,9 @@ impl<'a> Validator<'a> {
 
     fn module(&mut self, at: &Spanned) -> Option<String> {
         let module = self.symbol(at, "health.module", "a module name (an atom)")?;
-        if module.is_empty() || module.chars().count() > 255 {
-            self.invalid(
-                at,
-                "health.module",
-                "must be 1 to 255 characters".to_string(),
-            );
+        if !is_atom_text(&module) {
+            let message = "must be 1 to 255 Latin-1 characters".to_string();
+            self.invalid(at, "health.module", message);
             return None;
         }
         Some(module)
@@ -464,12 +492,21 @@ impl<'a> Validator<'a> {
         let mut ok = true;
         for (key, value) in entries {
             match self.key_text(key) {
-                Some(name) if !name.is_empty() && name.chars().count() <= 255 => {
+                Some(name) if is_atom_text(name) => {
+                    if let Some(bad) = wide_atom(value) {
+                        let message = format!(
+                            "atom {} has characters above U+00FF, which OTP 25 cannot make from a NIF; use a binary",
+                            bad.term
+                        );
+                        self.invalid(bad, &join("env", name), message);
+                        ok = false;
+                        continue;
+                    }
                     env.retain(|(k, _)| k != name);
                     env.push((name.to_string(), value.clone()));
                 }
                 Some(_) => {
-                    let message = "env keys must be 1 to 255 characters".to_string();
+                    let message = "env keys must be 1 to 255 Latin-1 characters".to_string();
                     self.invalid(key, "env", message);
                     ok = false;
                 }

@@ -5,17 +5,60 @@
 //! saying what to install; nothing is skipped.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+/// Makes the test process independent of the machine's git and ssh setup:
+/// `HOME` and `XDG_CONFIG_HOME` point at an empty directory (libgit2 reads
+/// its global config there, once, when it initializes, so this must run
+/// before any libgit2 call), the git CLI children ignore the system and
+/// global config, and no ssh-agent is reached. Every test calls it first;
+/// the first call does the work while the others wait. libgit2 still reads
+/// `/etc/gitconfig`: ignoring it needs `git2::opts::set_search_path`, which
+/// is `unsafe`.
+pub fn isolate() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let home = std::env::temp_dir().join(format!("bc-gitops-test-home-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&home);
+        fs::create_dir_all(home.join(".config")).unwrap();
+        std::env::set_var("HOME", &home);
+        std::env::set_var("XDG_CONFIG_HOME", home.join(".config"));
+        std::env::set_var("GIT_CONFIG_NOSYSTEM", "1");
+        std::env::set_var("GIT_CONFIG_GLOBAL", "/dev/null");
+        std::env::remove_var("SSH_AUTH_SOCK");
+    });
+}
+
+/// Runs `work` on its own thread and fails the test if it has not finished
+/// within `limit` (a hang guard, not a speed check); re-raises its panic.
+pub fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => {
+            let _ = handle.join();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sent nothing and did not panic"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {limit:?}"),
+    }
+}
 
 /// Fails the test unless `path` exists, naming the Debian package.
 pub fn require(path: &str, package: &str) {
@@ -72,6 +115,7 @@ pub struct Upstream {
 impl Upstream {
     /// `upstream.git` with one commit on `main` (README.md).
     pub fn new() -> Upstream {
+        isolate();
         let dir = tempfile::tempdir().unwrap();
         let bare = dir.path().join("upstream.git");
         let work = dir.path().join("work");
@@ -132,8 +176,20 @@ impl Upstream {
     /// Rewrites history: drops the last commit, commits something else, and
     /// force-pushes.
     pub fn rewrite_last(&self, files: &[(&str, &[u8])]) -> String {
-        git(&self.work, &["reset", "-q", "--hard", "HEAD~1"]);
-        self.commit(files, "rewritten")
+        Upstream::rewrite_last_in(&self.work, files)
+    }
+
+    /// `rewrite_last` on the working clone at `work` (for hooks that cannot
+    /// borrow the `Upstream`).
+    pub fn rewrite_last_in(work: &Path, files: &[(&str, &[u8])]) -> String {
+        git(work, &["reset", "-q", "--hard", "HEAD~1"]);
+        for (name, content) in files {
+            fs::write(work.join(name), content).unwrap();
+        }
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-q", "--allow-empty", "-m", "rewritten"]);
+        git(work, &["push", "-q", "--force", "origin", "HEAD"]);
+        git(work, &["rev-parse", "HEAD"])
     }
 
     pub fn file_url(&self) -> String {
@@ -141,13 +197,67 @@ impl Upstream {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
+/// A port nobody listened on a moment ago: only a candidate, since anyone
+/// may take it before the server does (`Server::start` retries then).
+fn candidate_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// it is held by a connected socket (bound, never listening), so no one can
+/// start listening on it meanwhile.
+pub struct ClosedPort {
+    pub port: u16,
+    _held: (TcpStream, TcpStream),
+}
+
+pub fn closed_port() -> ClosedPort {
+    isolate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(listener);
+    let port = client.local_addr().unwrap().port();
+    let probe = TcpStream::connect(("127.0.0.1", port));
+    assert!(probe.is_err(), "port {port} should refuse connections");
+    ClosedPort {
+        port,
+        _held: (client, accepted),
+    }
+}
+
+/// Whether process `pid` itself has a TCP socket listening on `port` (read
+/// from /proc: a connect could reach someone else's listener).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    ["tcp", "tcp6"].iter().any(|table| {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        text.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9
+                && fields[1].rsplit(':').next() == Some(&format!("{port:04X}"))
+                && fields[3] == "0A"
+                && inodes.contains(fields[9])
+        })
+    })
 }
 
 /// A child server process, killed on drop.
@@ -159,43 +269,59 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `cmd` and waits until `port` accepts connections.
-    pub fn start(name: &'static str, cmd: &mut Command, port: u16, log: Option<PathBuf>) -> Server {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}; is it installed?"));
-        let mut server = Server {
-            child,
-            port,
-            name,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = server.child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
+    /// Starts the server `make` builds for a port, and waits until that very
+    /// process listens on it. A server that exits first (most often: the
+    /// port was taken meanwhile) is started again on another port.
+    pub fn start(
+        name: &'static str,
+        log: Option<PathBuf>,
+        mut make: impl FnMut(u16) -> Command,
+    ) -> Server {
+        isolate();
+        let mut failures = Vec::new();
+        for _attempt in 0..10 {
+            let port = candidate_port();
+            let mut cmd = make(port);
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}; is it installed?"));
+            let mut server = Server {
+                child,
+                port,
+                name,
+                log: log.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if listens(server.child.id(), port) {
+                    return server;
                 }
-                let log = server
-                    .log
-                    .as_ref()
-                    .and_then(|l| fs::read_to_string(l).ok())
-                    .unwrap_or_default();
-                panic!("{name} exited with {status} before listening on {port}: {stderr}\n{log}");
+                if let Some(status) = server.child.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = server.child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut stderr);
+                    }
+                    let log = server
+                        .log
+                        .as_ref()
+                        .and_then(|l| fs::read_to_string(l).ok())
+                        .unwrap_or_default();
+                    failures.push(format!(
+                        "port {port}: exited with {status}: {stderr}\n{log}"
+                    ));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} did not listen on port {port} within 30 s"
+                );
+                thread::sleep(Duration::from_millis(20));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not listen on port {port} within 10 s"
-            );
-            thread::sleep(Duration::from_millis(20));
         }
+        panic!("{name} never started: {}", failures.join("\n"));
     }
 }
 
@@ -213,17 +339,20 @@ pub fn git_daemon(base: &Path) -> Server {
     let exec_path = run(git_cmd(base).arg("--exec-path"));
     let daemon = Path::new(&exec_path).join("git-daemon");
     assert!(daemon.exists(), "{} is missing (git)", daemon.display());
-    let port = free_port();
-    let mut cmd = Command::new(daemon);
-    cmd.current_dir(base).args([
-        "--export-all",
-        &format!("--base-path={}", base.display()),
-        &format!("--port={port}"),
-        "--listen=127.0.0.1",
-        "--reuseaddr",
-        &base.display().to_string(),
-    ]);
-    Server::start("git daemon", &mut cmd, port, None)
+    Server::start("git daemon", None, |port| {
+        let mut cmd = Command::new(&daemon);
+        cmd.current_dir(base)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args([
+                "--export-all",
+                &format!("--base-path={}", base.display()),
+                &format!("--port={port}"),
+                "--listen=127.0.0.1",
+                &base.display().to_string(),
+            ]);
+        cmd
+    })
 }
 
 /// How a lighttpd instance serves git.
@@ -245,7 +374,6 @@ pub fn lighttpd(root: &Path, dir: &Path, setup: &HttpSetup<'_>) -> Server {
     let exec_path = run(git_cmd(root).arg("--exec-path"));
     let backend = Path::new(&exec_path).join("git-http-backend");
     assert!(backend.exists(), "{} is missing (git)", backend.display());
-    let port = free_port();
     let docroot = dir.join("www");
     fs::create_dir_all(&docroot).unwrap();
     let log = dir.join("lighttpd-error.log");
@@ -276,7 +404,9 @@ pub fn lighttpd(root: &Path, dir: &Path, setup: &HttpSetup<'_>) -> Server {
         .map(|m| format!("\"{m}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let config = format!(
+    let config_path = dir.join("lighttpd.conf");
+    let start = |port: u16| {
+        let config = format!(
         "server.modules = ( {modules} )\n\
          server.document-root = \"{docroot}\"\n\
          server.bind = \"127.0.0.1\"\n\
@@ -286,7 +416,7 @@ pub fn lighttpd(root: &Path, dir: &Path, setup: &HttpSetup<'_>) -> Server {
          $HTTP[\"host\"] =~ \"^{host}\" {{\n\
          $HTTP[\"url\"] =~ \"^/git\" {{\n\
            cgi.assign = ( \"\" => \"\" )\n\
-           setenv.add-environment = ( \"GIT_PROJECT_ROOT\" => \"{root}\", \"GIT_HTTP_EXPORT_ALL\" => \"1\" )\n\
+           setenv.add-environment = ( \"GIT_PROJECT_ROOT\" => \"{root}\", \"GIT_HTTP_EXPORT_ALL\" => \"1\", \"GIT_CONFIG_NOSYSTEM\" => \"1\", \"GIT_CONFIG_GLOBAL\" => \"/dev/null\" )\n\
          }}\n\
          }}\n{extra}",
         host = setup.only_host.unwrap_or(""),
@@ -295,11 +425,12 @@ pub fn lighttpd(root: &Path, dir: &Path, setup: &HttpSetup<'_>) -> Server {
         backend = backend.display(),
         root = root.display(),
     );
-    let config_path = dir.join("lighttpd.conf");
-    fs::write(&config_path, config).unwrap();
-    let mut cmd = Command::new("/usr/sbin/lighttpd");
-    cmd.arg("-D").arg("-f").arg(&config_path);
-    Server::start("lighttpd", &mut cmd, port, Some(log))
+        fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new("/usr/sbin/lighttpd");
+        cmd.arg("-D").arg("-f").arg(&config_path);
+        cmd
+    };
+    Server::start("lighttpd", Some(log.clone()), start)
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert, key).
@@ -333,6 +464,12 @@ pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A CA and a leaf for `localhost` signed by it: (ca cert, leaf cert, leaf key).
 pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    ca_and_leaf_for(dir, "DNS:localhost,IP:127.0.0.1")
+}
+
+/// A CA and a leaf with subjectAltName `san` (e.g. `DNS:other.example`)
+/// signed by it: (ca cert, leaf cert, leaf key).
+pub fn ca_and_leaf_for(dir: &Path, san: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (ca, _ca_key) = self_signed(dir, "ca");
     let ca_key = dir.join("ca.key");
     let (csr, leaf, leaf_key) = (
@@ -357,7 +494,11 @@ pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .arg("-out")
         .arg(&csr));
     let ext = dir.join("leaf.ext");
-    fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n").unwrap();
+    fs::write(
+        &ext,
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
         .arg("-in")
@@ -403,8 +544,9 @@ pub fn sshd(dir: &Path, authorized: &[&Path]) -> Sshd {
     let authorized_keys = dir.join("authorized_keys");
     fs::write(&authorized_keys, keys).unwrap();
     let user = run(Command::new("id").arg("-un"));
-    let port = free_port();
-    let config = format!(
+    let config_path = dir.join("sshd_config");
+    let start = |port: u16| {
+        let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {dir}/sshd.pid\n\
          AuthorizedKeysFile {keys}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
          KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
@@ -413,11 +555,12 @@ pub fn sshd(dir: &Path, authorized: &[&Path]) -> Sshd {
         dir = dir.display(),
         keys = authorized_keys.display(),
     );
-    let config_path = dir.join("sshd_config");
-    fs::write(&config_path, config).unwrap();
-    let mut cmd = Command::new("/usr/sbin/sshd");
-    cmd.args(["-D", "-e", "-f"]).arg(&config_path);
-    let server = Server::start("sshd", &mut cmd, port, None);
+        fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f"]).arg(&config_path);
+        cmd
+    };
+    let server = Server::start("sshd", None, start);
     let public = fs::read_to_string(host_key.with_extension("pub")).unwrap();
     let host_key = public
         .split_whitespace()
@@ -431,30 +574,148 @@ pub fn sshd(dir: &Path, authorized: &[&Path]) -> Sshd {
     }
 }
 
-/// A TCP listener that accepts connections and never says anything.
+/// A TCP listener that accepts connections and never says anything; it
+/// reads (and drops) what clients send, and records each connection's end
+/// (EOF or reset) as the server sees it.
 pub struct Silent {
     pub port: u16,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Silent {
     pub fn start() -> Silent {
+        isolate();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (flag, accepts, ends) = (
+            Arc::clone(&stop),
+            Arc::clone(&accepted),
+            Arc::clone(&closed),
+        );
+        let thread = thread::spawn(move || {
+            let mut open: Vec<TcpStream> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).unwrap();
+                    open.push(stream);
+                    accepts.fetch_add(1, Ordering::SeqCst);
+                }
+                open.retain_mut(|stream| loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break false,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break false,
+                    }
+                });
+                ends.store(
+                    accepts.load(Ordering::SeqCst) - open.len(),
+                    Ordering::SeqCst,
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Silent {
+            port,
+            accepted,
+            closed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `limit`, a hang guard) until every accepted connection
+    /// has been closed by the client side; false if some stayed open.
+    pub fn all_closed_within(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Read `closed` first: it never exceeds the `accepted` seen after.
+            let closed = self.closed.load(Ordering::SeqCst);
+            if closed == self.accepted() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TCP forwarder in front of `upstream_port` that calls `before(n)` as it
+/// accepts its `n`th connection (from 0), before connecting upstream: a hook
+/// to change the server between two connections of one sync.
+pub struct Proxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(upstream_port: u16, before: impl FnMut(usize) + Send + 'static) -> Proxy {
+        isolate();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let before = Mutex::new(before);
         let thread = thread::spawn(move || {
-            let mut held = Vec::new();
+            let mut n = 0;
+            let mut pumps = Vec::new();
+            let mut sockets = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => held.push(stream),
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                (before.lock().unwrap())(n);
+                n += 1;
+                let server = TcpStream::connect(("127.0.0.1", upstream_port)).unwrap();
+                sockets.push(client.try_clone().unwrap());
+                sockets.push(server.try_clone().unwrap());
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    pumps.push(thread::spawn(move || {
+                        let _ = io::copy(&mut &from, &mut &to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    }));
                 }
             }
+            for socket in sockets {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            for pump in pumps {
+                let _ = pump.join();
+            }
         });
-        Silent {
+        Proxy {
             port,
             stop,
             thread: Some(thread),
@@ -462,7 +723,7 @@ impl Silent {
     }
 }
 
-impl Drop for Silent {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {

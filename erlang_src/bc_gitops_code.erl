@@ -1,0 +1,108 @@
+%%% @doc Code paths and application lifecycle for the default runtime.
+%%%
+%%% A fetched build's ebin directories go to the FRONT of the code path, so
+%%% that the fetched version wins over an older copy on the node. The ebin
+%%% of a dependency that already runs on the node is left out: it is not
+%%% loaded twice. The spec's env is set between `application:load/1' and
+%%% `application:ensure_all_started/1'.
+-module(bc_gitops_code).
+
+-export([start/3, stop/2, reconfigure/3, app_of_ebin/1]).
+
+%% @doc Adds `Ebins' to the front of the code path (but those of apps
+%% already running), loads `App', sets `Env' and starts it with its
+%% dependencies. Returns the paths it added, for {@link stop/2}.
+-spec start(atom(), [file:filename()], map()) ->
+    {ok, [file:filename()]} | {error, term()}.
+start(App, Ebins, Env) ->
+    Running = [A || {A, _, _} <- application:which_applications()],
+    Added = [E || E <- Ebins, not lists:member(app_of_ebin(E), Running) orelse
+                              app_of_ebin(E) =:= App],
+    ok = code:add_pathsa(Added),
+    case load(App) of
+        ok ->
+            _ = [application:set_env(App, K, V, [{persistent, true}]) || {K, V} <- maps:to_list(Env)],
+            case application:ensure_all_started(App) of
+                {ok, _} ->
+                    {ok, Added};
+                {error, Why} ->
+                    _ = stop(App, Added),
+                    {error, {start_failed, Why}}
+            end;
+        {error, Why} ->
+            _ = [code:del_path(E) || E <- Added],
+            {error, {load_failed, Why}}
+    end.
+
+-spec load(atom()) -> ok | {error, term()}.
+load(App) ->
+    case application:load(App) of
+        ok -> ok;
+        {error, {already_loaded, App}} -> ok;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Stops and unloads `App', purges and deletes its modules, and drops
+%% `Paths' from the code path. Modules of another loaded application are
+%% kept.
+-spec stop(atom(), [file:filename()]) -> ok.
+stop(App, Paths) ->
+    Modules = case application:get_key(App, modules) of
+                  {ok, Ms} -> Ms;
+                  undefined -> []
+              end,
+    _ = application:stop(App),
+    _ = application:unload(App),
+    Others = lists:append([Ms || {A, _, _} <- application:loaded_applications(),
+                                 {ok, Ms} <- [application:get_key(A, modules)]]),
+    _ = [begin
+             _ = code:purge(M),
+             _ = code:delete(M),
+             code:purge(M)
+         end || M <- Modules, not lists:member(M, Others)],
+    _ = [code:del_path(P) || P <- Paths],
+    ok.
+
+%% @doc Applies a new spec env to a running `App': `set_env' for changed
+%% and new keys, `unset_env' for keys the previous spec set and this one
+%% does not, then `Mod:config_change(Changed, New, Removed)' where `Mod' is
+%% the callback module of its `.app' `mod' key (not assumed from its name).
+-spec reconfigure(atom(), map(), map()) -> ok | {error, term()}.
+reconfigure(App, OldEnv, Env) ->
+    Current = maps:from_list(application:get_all_env(App)),
+    Changed = [{K, V} || {K, V} <- maps:to_list(Env), maps:is_key(K, Current),
+                         maps:get(K, Current) =/= V],
+    New = [{K, V} || {K, V} <- maps:to_list(Env), not maps:is_key(K, Current)],
+    Removed = [K || K <- maps:keys(OldEnv), not maps:is_key(K, Env)],
+    _ = [application:set_env(App, K, V, [{persistent, true}]) || {K, V} <- Changed ++ New],
+    _ = [application:unset_env(App, K, [{persistent, true}]) || K <- Removed],
+    case application:get_key(App, mod) of
+        {ok, {Mod, _}} ->
+            _ = code:ensure_loaded(Mod),
+            case erlang:function_exported(Mod, config_change, 3) of
+                true ->
+                    try Mod:config_change(Changed, New, Removed) of
+                        ok -> ok;
+                        Other -> {error, {config_change, Other}}
+                    catch
+                        Class:Reason -> {error, {config_change, Class, Reason}}
+                    end;
+                false ->
+                    ok
+            end;
+        _ ->
+            ok
+    end.
+
+%% @doc The application an ebin directory belongs to: from its `.app'
+%% file's name; `undefined' when it has none.
+-spec app_of_ebin(file:filename()) -> atom() | undefined.
+app_of_ebin(Ebin) ->
+    case filelib:wildcard(filename:join(Ebin, "*.app")) of
+        %% An app that has no atom yet cannot be running: no atom is made.
+        [AppFile] ->
+            try list_to_existing_atom(filename:basename(AppFile, ".app"))
+            catch error:badarg -> undefined
+            end;
+        _ -> undefined
+    end.

@@ -1,0 +1,243 @@
+%%% @doc The runtime that works out of the box: it fetches an app's code,
+%%% builds it, and runs it on this node.
+%%%
+%%% Sources:
+%%% <ul>
+%%% <li>`git': the repository is cloned at `ref' (a branch, a tag or a
+%%%     commit SHA; the spec's `version' when `ref' is absent) with the same
+%%%     git code as the reconciler, and built with rebar3, mix or make
+%%%     ({@link bc_gitops_build});</li>
+%%% <li>`release': the tarball is downloaded, its SHA-256 verified before
+%%%     anything is unpacked, and unpacked safely
+%%%     ({@link bc_gitops_release});</li>
+%%% <li>`hex': not supported yet (`{error, {unsupported_source, hex}}').</li>
+%%% </ul>
+%%% Each version is built in its own directory,
+%%% `<workspace_dir>/<app>/<version>'. A build that completed is marked, so
+%%% after a node restart an app at the same version starts from its existing
+%%% build without fetching again.
+%%%
+%%% `upgrade/2' restarts the app at the new version (the old build stays on
+%%% disk until the new version has started, and the old version is started
+%%% again if the new one fails to start).
+-module(bc_gitops_runtime_default).
+
+-behaviour(bc_gitops_runtime).
+
+-include_lib("kernel/include/logger.hrl").
+-include("bc_gitops.hrl").
+
+-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).
+-export([table/0]).
+
+-define(TABLE, bc_gitops_runtime_default_apps).
+-define(BUILT, ".bc_gitops_built").
+
+%% What the runtime remembers of an app it started.
+-record(entry, {state :: #app_state{}, paths = [] :: [file:filename()],
+                dir :: file:filename()}).
+
+%% @doc The ETS table of the apps this runtime runs (owned by bc_gitops_sup).
+-spec table() -> atom().
+table() -> ?TABLE.
+
+%% @doc Fetches, builds and starts the app.
+-spec deploy(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
+deploy(#app_spec{} = Spec) ->
+    case prepare(Spec) of
+        {ok, Dir, Ebins} -> start_or_error(Spec, Dir, Ebins);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Stops the app, unloads its code, and deletes its builds.
+-spec remove(atom()) -> ok.
+remove(App) ->
+    case lookup(App) of
+        {ok, #entry{paths = Paths}} -> ok = bc_gitops_code:stop(App, Paths);
+        error -> ok
+    end,
+    ets:delete(?TABLE, App),
+    _ = file:del_dir_r(filename:join(workspace(), atom_to_list(App))),
+    ok.
+
+%% @doc Moves the app to the spec's version by a restart: build the new
+%% version, stop the old, start the new; if the new one does not start,
+%% start the old one again and report the error.
+-spec upgrade(#app_spec{}, binary()) -> {ok, #app_state{}} | {error, term()}.
+upgrade(#app_spec{name = App} = Spec, _From) ->
+    case {lookup(App), prepare(Spec)} of
+        {_, {error, _} = Error} ->
+            Error;
+        {error, {ok, Dir, Ebins}} ->
+            start_or_error(Spec, Dir, Ebins);
+        {{ok, #entry{state = Old, paths = OldPaths, dir = OldDir}}, {ok, Dir, Ebins}} ->
+            ok = bc_gitops_code:stop(App, OldPaths),
+            case start_or_error(Spec, Dir, Ebins) of
+                {ok, _} = Ok ->
+                    ok = delete_build(OldDir, Dir),
+                    Ok;
+                {error, Why} ->
+                    OldSpec = Spec#app_spec{version = Old#app_state.version, env = Old#app_state.env},
+                    case start_or_error(OldSpec, OldDir, OldPaths) of
+                        {ok, _} -> {error, {rolled_back, Why}};
+                        {error, Again} -> {error, {rollback_failed, Why, Again}}
+                    end
+            end
+    end.
+
+%% @doc Applies a changed env to the running app and calls its
+%% `config_change/3'.
+-spec reconfigure(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
+reconfigure(#app_spec{name = App, env = Env}) ->
+    case lookup(App) of
+        {ok, #entry{state = #app_state{env = OldEnv} = State} = Entry} ->
+            case bc_gitops_code:reconfigure(App, OldEnv, Env) of
+                ok ->
+                    New = State#app_state{env = Env},
+                    true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
+                    {ok, New};
+                {error, _} = Error ->
+                    Error
+            end;
+        error ->
+            {error, not_running}
+    end.
+
+%% @doc Every app this runtime started, with its status read now.
+-spec get_current_state() -> {ok, #{atom() => #app_state{}}}.
+get_current_state() ->
+    Running = [A || {A, _, _} <- application:which_applications()],
+    {ok, maps:from_list(
+           [{App, refresh(State, lists:member(App, Running))}
+            || {App, #entry{state = State}} <- ets:tab2list(?TABLE)])}.
+
+%%% Internals
+
+-spec refresh(#app_state{}, boolean()) -> #app_state{}.
+refresh(#app_state{name = App} = S, true) -> S#app_state{status = running, pid = top_pid(App)};
+refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
+
+-spec start_or_error(#app_spec{}, file:filename(), [file:filename()]) ->
+    {ok, #app_state{}} | {error, term()}.
+start_or_error(#app_spec{name = App} = Spec, Dir, Ebins) ->
+    case start(Spec, Dir, Ebins) of
+        ok -> {ok, (element(2, lookup(App)))#entry.state};
+        {error, _} = Error -> Error
+    end.
+
+-spec start(#app_spec{}, file:filename(), [file:filename()]) -> ok | {error, term()}.
+start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebins) ->
+    case bc_gitops_code:start(App, Ebins, Env) of
+        {ok, Paths} ->
+            State = #app_state{name = App, version = V, status = running, path = Dir,
+                               pid = top_pid(App), started_at = erlang:system_time(millisecond),
+                               env = Env, depends_on = Deps},
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
+            ok;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% The build directory and its ebins: an existing completed build of this
+%% version, or a fresh fetch and build.
+-spec prepare(#app_spec{}) -> {ok, file:filename(), [file:filename()]} | {error, term()}.
+prepare(#app_spec{name = App, version = V} = Spec) ->
+    Dir = filename:join([workspace(), atom_to_list(App), safe_name(V)]),
+    Marker = filename:join(Dir, ?BUILT),
+    case file:consult(Marker) of
+        {ok, [{ebins, Ebins}]} ->
+            {ok, Dir, Ebins};
+        _ ->
+            _ = file:del_dir_r(Dir),
+            case fetch_and_build(Spec, Dir) of
+                {ok, Ebins} ->
+                    ok = file:write_file(Marker, io_lib:format("~tp.~n", [{ebins, Ebins}])),
+                    {ok, Dir, Ebins};
+                {error, _} = Error ->
+                    _ = file:del_dir_r(Dir),
+                    Error
+            end
+    end.
+
+-spec fetch_and_build(#app_spec{}, file:filename()) -> {ok, [file:filename()]} | {error, term()}.
+fetch_and_build(#app_spec{version = V, source = #source_spec{type = git, url = Url, ref = Ref,
+                                                              build = Tool}}, Dir) ->
+    Src = filename:join(Dir, "src"),
+    Config = config(),
+    GitOpts = (bc_gitops_config:git_options(Config))#{url => Url, local_path => Src,
+                                                      ref => case Ref of
+                                                                 undefined -> V;
+                                                                 _ -> Ref
+                                                             end},
+    case bc_gitops_git:sync(GitOpts) of
+        {ok, _} ->
+            case bc_gitops_build:detect(Src, Tool) of
+                {ok, Detected} ->
+                    bc_gitops_build:build(Detected, Src, maps:get(build_timeout, Config));
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, Why} ->
+            {error, {fetch_failed, Why}}
+    end;
+fetch_and_build(#app_spec{name = App, version = V,
+                          source = #source_spec{type = release, url = Url, sha256 = Sha}}, Dir) ->
+    Config = config(),
+    Opts = maps:with([ca_file], Config),
+    case bc_gitops_release:fetch(App, V, Url, Sha, filename:join(Dir, "release"), Opts) of
+        {ok, #{lib_dirs := Libs}} -> {ok, [filename:join(L, "ebin") || L <- Libs]};
+        {error, _} = Error -> Error
+    end;
+fetch_and_build(#app_spec{source = #source_spec{type = Type}}, _Dir) ->
+    {error, {unsupported_source, Type}}.
+
+%% The old build goes once the new version runs.
+-spec delete_build(file:filename(), file:filename()) -> ok.
+delete_build(Same, Same) ->
+    ok;
+delete_build(Old, _New) ->
+    case file:del_dir_r(Old) of
+        ok -> ok;
+        {error, Why} -> ?LOG_WARNING("bc_gitops: cannot delete old build ~ts: ~p", [Old, Why])
+    end.
+
+-spec lookup(atom()) -> {ok, #entry{}} | error.
+lookup(App) ->
+    case ets:lookup(?TABLE, App) of
+        [{App, Entry}] -> {ok, Entry};
+        [] -> error
+    end.
+
+-spec top_pid(atom()) -> pid() | undefined.
+top_pid(App) ->
+    case application_controller:get_master(App) of
+        Master when is_pid(Master) ->
+            try application_master:get_child(Master) of
+                {Pid, _Mod} when is_pid(Pid) -> Pid;
+                _ -> undefined
+            catch _:_ -> undefined
+            end;
+        _ ->
+            undefined
+    end.
+
+-spec config() -> bc_gitops_config:config().
+config() ->
+    case bc_gitops_reconciler:config() of
+        {ok, Config} -> Config;
+        {error, _} -> element(2, bc_gitops_config:from_env())
+    end.
+
+-spec workspace() -> file:filename().
+workspace() ->
+    bc_gitops_config:workspace_dir(config()).
+
+%% A version as a directory name: nothing that could leave the workspace.
+-spec safe_name(binary()) -> string().
+safe_name(V) ->
+    [case C of
+         $/ -> $_;
+         $\\ -> $_;
+         0 -> $_;
+         _ -> C
+     end || C <- unicode:characters_to_list(V)] ++ [$_ || V =:= <<"..">> orelse V =:= <<".">>].

@@ -1,0 +1,208 @@
+%%% The default runtime with real builds: small apps the tests write, put
+%%% in git repositories, and deploy through the bc_gitops application.
+-module(bc_gitops_runtime_default_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("bc_gitops.hrl").
+
+-export([all/0, init_per_testcase/2, end_per_testcase/2]).
+-export([rebar3_app_lifecycle/1, makefile_app/1, failed_build_output/1,
+         hung_build_is_killed/1, restart_uses_existing_build/1]).
+
+-import(bc_gitops_test_util, [commit/2, write_file/2]).
+
+all() ->
+    [rebar3_app_lifecycle, makefile_app, failed_build_output, hung_build_is_killed,
+     restart_uses_existing_build].
+
+init_per_testcase(_Case, Config) ->
+    Dir = bc_gitops_test_util:tmp_dir("ct_runtime"),
+    Gitops = filename:join(Dir, "gitops"),
+    ok = bc_gitops_test_util:init_repo(Gitops),
+    %% git keeps no empty directory: without this, removing the last app
+    %% would remove apps/, which bc_gitops refuses as a misconfiguration.
+    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    [{dir, Dir}, {gitops, Gitops} | Config].
+
+end_per_testcase(_Case, Config) ->
+    ok = application:stop(bc_gitops),
+    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+
+%% Deploy, reconfigure (config_change/3 called), upgrade and remove of a
+%% rebar3 app from git, each driven by a commit.
+rebar3_app_lifecycle(Config) ->
+    App = "rt_rebar",
+    Repo = app_repo(Config, App, rebar3),
+    write_app(Repo, App, rebar3, "1.0.0", "hello"),
+    _ = commit(Repo, "v1"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
+    spec(Config, App, "1.0.0", Repo, "v1.0.0", "#{greeting => <<\"from git\">>}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"hello">>, <<"from git">>}, rt_rebar_server:info()),
+    ?assertMatch({ok, #app_state{status = running, version = <<"1.0.0">>, pid = Pid}}
+                   when is_pid(Pid), bc_gitops:get_app_status(rt_rebar)),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_rebar, 1, application:which_applications())),
+
+    spec(Config, App, "1.0.0", Repo, "v1.0.0", "#{greeting => <<\"changed\">>, extra => 1}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"hello">>, <<"changed">>}, rt_rebar_server:info()),
+    ?assertEqual({[{greeting, <<"changed">>}], [{extra, 1}], []},
+                 persistent_term:get(rt_rebar_config_change)),
+
+    write_app(Repo, App, rebar3, "2.0.0", "bonjour"),
+    _ = commit(Repo, "v2"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
+    spec(Config, App, "2.0.0", Repo, "v2.0.0", "#{greeting => <<\"changed\">>}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"bonjour">>, <<"changed">>}, rt_rebar_server:info()),
+    ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_rebar, 1, application:which_applications())),
+
+    ok = file:del_dir_r(filename:join([?config(gitops, Config), "apps", App])),
+    _ = commit(?config(gitops, Config), "remove"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(false, lists:keyfind(rt_rebar, 1, application:which_applications())),
+    ?assertEqual(false, code:is_loaded(rt_rebar_server)),
+    ?assertEqual(non_existing, code:which(rt_rebar_server)),
+    ?assertEqual({error, not_found}, bc_gitops:get_app_status(rt_rebar)).
+
+makefile_app(Config) ->
+    App = "rt_make",
+    Repo = app_repo(Config, App, make),
+    write_app(Repo, App, make, "0.1.0", "made"),
+    _ = commit(Repo, "v0.1.0"),
+    spec(Config, App, "0.1.0", Repo, "main", "#{greeting => <<\"by make\">>}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"made">>, <<"by make">>}, rt_make_server:info()).
+
+failed_build_output(Config) ->
+    App = "rt_broken",
+    Repo = app_repo(Config, App, rebar3),
+    write_app(Repo, App, rebar3, "1.0.0", "x"),
+    write_file(filename:join([Repo, "src", "rt_broken_bad.erl"]),
+               "-module(rt_broken_bad).\n-export([f/0]).\nf() -> this is not erlang.\n"),
+    _ = commit(Repo, "broken"),
+    spec(Config, App, "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    {build_failed, rebar3, {exit_status, _, Tail}} = failure(rt_broken),
+    ct:pal("build error tail:~n~ts", [Tail]),
+    ?assertNotEqual(nomatch, binary:match(Tail, <<"rt_broken_bad.erl">>)),
+    ?assertEqual(false, lists:keyfind(rt_broken, 1, application:which_applications())).
+
+hung_build_is_killed(Config) ->
+    App = "rt_hang",
+    Repo = app_repo(Config, App, make),
+    Marker = integer_to_list(900000 + erlang:unique_integer([positive]) rem 99999),
+    write_file(filename:join(Repo, "Makefile"), ["all:\n\tsleep ", Marker, "\n"]),
+    write_file(filename:join([Repo, "src", "rt_hang.app.src"]), "{application, rt_hang, []}.\n"),
+    _ = commit(Repo, "hangs"),
+    spec(Config, App, "1", Repo, "main", "#{}"),
+    T0 = erlang:monotonic_time(millisecond),
+    start(Config, #{build_timeout => 2000}),
+    ?assertMatch({build_failed, make, {timeout, _}}, failure(rt_hang)),
+    ?assert(erlang:monotonic_time(millisecond) - T0 < 30000),
+    timer:sleep(200),
+    ?assertEqual([], [L || L <- processes_args(), string:find(L, "sleep " ++ Marker) =/= nomatch]).
+
+%% After a restart of bc_gitops, an app at the same version starts from its
+%% existing build: the app's repository is gone by then, so a fetch would
+%% fail.
+restart_uses_existing_build(Config) ->
+    App = "rt_again",
+    Repo = app_repo(Config, App, make),
+    write_app(Repo, App, make, "1.0.0", "again"),
+    _ = commit(Repo, "v1"),
+    spec(Config, App, "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ok = application:stop(rt_again),
+    ok = application:stop(bc_gitops),
+    ok = file:del_dir_r(Repo),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"again">>, undefined}, rt_again_server:info()).
+
+%%% Helpers
+
+%% Starts a reconciler and waits for its first reconcile to end.
+start(Config, Extra) ->
+    {ok, _} = bc_gitops:start_reconciler(
+                maps:merge(#{repo_url => ?config(gitops, Config),
+                             local_path => filename:join(?config(dir, Config), "state"),
+                             reconcile_interval => 3600000}, Extra)),
+    wait_reconciled(200).
+
+wait_reconciled(0) ->
+    ct:fail(first_reconcile_did_not_end);
+wait_reconciled(N) ->
+    case bc_gitops:status() of
+        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
+        _ -> timer:sleep(100), wait_reconciled(N - 1)
+    end.
+
+%% Why the app's last action failed, from status/0.
+failure(App) ->
+    {ok, #{app_errors := #{App := #{reason := Why}}}} = bc_gitops:status(),
+    Why.
+
+app_repo(Config, App, _Tool) ->
+    Repo = filename:join(?config(dir, Config), App),
+    ok = bc_gitops_test_util:init_repo(Repo),
+    Repo.
+
+spec(Config, App, Version, Repo, Ref, Env) ->
+    write_file(filename:join([?config(gitops, Config), "apps", App, "app.config"]),
+               ["#{name => ", App, ", version => <<\"", Version, "\">>,\n",
+                "  source => #{type => git, url => <<\"", Repo, "\">>, ref => <<\"", Ref, "\">>},\n",
+                "  env => ", Env, "}.\n"]),
+    _ = commit(?config(gitops, Config), "spec " ++ App ++ " " ++ Version).
+
+%% An OTP app: an application callback (with config_change/3), a
+%% supervisor, and a gen_server answering {Word, greeting env}.
+write_app(Repo, App, Tool, Vsn, Word) ->
+    Src = filename:join(Repo, "src"),
+    W = fun(Name, Text) -> write_file(filename:join(Src, Name), Text) end,
+    W(App ++ ".app.src",
+      ["{application, ", App, ", [{vsn, \"", Vsn, "\"}, {mod, {", App, "_app, []}},\n",
+       " {applications, [kernel, stdlib]}, {modules, [", App, "_app, ", App, "_sup, ",
+       App, "_server]}, {registered, []}, {env, []}]}.\n"]),
+    W(App ++ "_app.erl",
+      ["-module(", App, "_app).\n-behaviour(application).\n",
+       "-export([start/2, stop/1, config_change/3]).\n",
+       "start(_, _) -> ", App, "_sup:start_link().\nstop(_) -> ok.\n",
+       "config_change(C, N, R) -> persistent_term:put(", App, "_config_change, {C, N, R}), ok.\n"]),
+    W(App ++ "_sup.erl",
+      ["-module(", App, "_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n",
+       "start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n",
+       "init([]) -> {ok, {#{}, [#{id => s, start => {", App, "_server, start_link, []}}]}}.\n"]),
+    W(App ++ "_server.erl",
+      ["-module(", App, "_server).\n-behaviour(gen_server).\n",
+       "-export([start_link/0, info/0, init/1, handle_call/3, handle_cast/2]).\n",
+       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n",
+       "info() -> gen_server:call(?MODULE, info).\n",
+       "init([]) -> {ok, none}.\n",
+       "handle_call(info, _, S) -> {reply, {<<\"", Word, "\">>, application:get_env(", App,
+       ", greeting, undefined)}, S}.\n",
+       "handle_cast(_, S) -> {noreply, S}.\n"]),
+    case Tool of
+        rebar3 -> write_file(filename:join(Repo, "rebar.config"), "{erl_opts, [debug_info]}.\n");
+        make -> write_file(filename:join(Repo, "Makefile"),
+                           ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n",
+                            "\tcp src/", App, ".app.src ebin/", App, ".app\n"])
+    end.
+
+processes_args() ->
+    Port = open_port({spawn_executable, os:find_executable("ps")},
+                     [{args, ["-eo", "args"]}, exit_status, binary, stderr_to_stdout]),
+    Out = collect(Port, <<>>),
+    string:split(binary_to_list(Out), "\n", all).
+
+collect(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> collect(Port, <<Acc/binary, D/binary>>);
+        {Port, {exit_status, _}} -> Acc
+    end.
