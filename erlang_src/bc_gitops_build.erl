@@ -33,7 +33,7 @@ detect(Dir, undefined) ->
     {ok, [file:filename()]} | {error, {build_failed, tool(), bc_gitops_exec:error()}}.
 build(Tool, Dir, Timeout) ->
     case run(Tool, Dir, Timeout) of
-        ok -> {ok, ebins(Tool, Dir)};
+        ok -> {ok, ebins(Tool, Dir) ++ runtime_ebins(Tool, Timeout)};
         {error, Why} -> {error, {build_failed, Tool, Why}}
     end.
 
@@ -56,6 +56,28 @@ exec(Program, Args, Dir, Env, Timeout) ->
         {ok, _Output} -> ok;
         {error, _} = Error -> Error
     end.
+
+%% An Elixir app needs Elixir itself (elixir, logger) on the code path. A
+%% node that does not have it yet gets the installation that built the app.
+-spec runtime_ebins(tool(), pos_integer()) -> [file:filename()].
+runtime_ebins(mix, Timeout) ->
+    case code:lib_dir(elixir) of
+        {error, bad_name} ->
+            Args = ["-e", "IO.puts(:code.lib_dir(:elixir))"],
+            case bc_gitops_exec:run("elixir", Args, #{timeout => Timeout}) of
+                {ok, Out} ->
+                    %% The last line: anything Elixir warned about comes first.
+                    Dir = lists:last([""] ++ string:lexemes(binary_to_list(Out), "\r\n")),
+                    Lib = filename:dirname(Dir),
+                    [filename:join([Lib, App, "ebin"]) || App <- ["elixir", "logger"]];
+                {error, _} ->
+                    []
+            end;
+        _ ->
+            []
+    end;
+runtime_ebins(_, _) ->
+    [].
 
 %% rebar3 and mix leave every app, dependencies included, under
 %% _build/prod/lib; make leaves ebin/ and deps/*/ebin.

@@ -29,7 +29,8 @@
 %% as `<<"source.sha256">>', empty for the file as a whole. Error kinds:
 %% `io | too_large | syntax | not_a_map | missing_field | wrong_type |
 %% invalid_value | name_mismatch | duplicate_spec | symlink'. Warning kinds:
-%% `unknown_key | no_spec_file | duplicate_dependency | unused_field'.
+%% `unknown_key | no_spec_file | duplicate_dependency | unused_field |
+%% abbreviated_commit'.
 
 -type parse_result() :: #{
     specs := [#app_spec{}],

@@ -7,14 +7,14 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
--export([rebar3_app_lifecycle/1, makefile_app/1, failed_build_output/1,
-         hung_build_is_killed/1, restart_uses_existing_build/1]).
+-export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
+         failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
-    [rebar3_app_lifecycle, makefile_app, failed_build_output, hung_build_is_killed,
-     restart_uses_existing_build].
+    [rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
+     hung_build_is_killed, restart_uses_existing_build].
 
 init_per_testcase(_Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_runtime"),
@@ -77,6 +77,38 @@ makefile_app(Config) ->
     start(Config, #{}),
     ok = bc_gitops:reconcile(),
     ?assertEqual({<<"made">>, <<"by make">>}, rt_make_server:info()).
+
+mix_app(Config) ->
+    Repo = app_repo(Config, "rt_mix", mix),
+    write_mix_app(Repo, "elixir"),
+    _ = commit(Repo, "mix app"),
+    spec(Config, "rt_mix", "1.0.0", Repo, "main", "#{greeting => <<\"from mix\">>}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"elixir">>, <<"from mix">>}, gen_server:call('Elixir.RtMix.Server', info)),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_mix, 1, application:which_applications())).
+
+%% A rebar3 app whose own dependency comes from another git repository.
+app_with_git_dependency(Config) ->
+    Dep = app_repo(Config, "rt_dep", rebar3),
+    write_file(filename:join([Dep, "src", "rt_dep.app.src"]),
+               "{application, rt_dep, [{vsn, \"0.1.0\"}, {applications, [kernel, stdlib]}]}.\n"),
+    write_file(filename:join([Dep, "src", "rt_dep_word.erl"]),
+               "-module(rt_dep_word).\n-export([word/0]).\nword() -> <<\"from the dependency\">>.\n"),
+    write_file(filename:join(Dep, "rebar.config"), "{erl_opts, []}.\n"),
+    _ = commit(Dep, "dep"),
+    App = "rt_withdep",
+    Repo = app_repo(Config, App, rebar3),
+    write_app(Repo, App, rebar3, "1.0.0", "unused"),
+    write_file(filename:join(Repo, "rebar.config"),
+               ["{deps, [{rt_dep, {git, \"file://", Dep, "\", {branch, \"main\"}}}]}.\n"]),
+    _ = commit(Repo, "with a git dependency"),
+    spec(Config, App, "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(<<"from the dependency">>, rt_dep_word:word()),
+    %% Loaded from the dependency's build in the app's workspace.
+    ?assertNotEqual(nomatch, string:find(code:which(rt_dep_word), "/workspace/rt_withdep/")).
 
 failed_build_output(Config) ->
     App = "rt_broken",
@@ -206,3 +238,21 @@ collect(Port, Acc) ->
         {Port, {data, D}} -> collect(Port, <<Acc/binary, D/binary>>);
         {Port, {exit_status, _}} -> Acc
     end.
+
+%% An Elixir project built with mix (MIX_ENV=prod), started on this node.
+write_mix_app(Repo, Word) ->
+    write_file(filename:join(Repo, "mix.exs"),
+               "defmodule RtMix.MixProject do\n  use Mix.Project\n"
+               "  def project, do: [app: :rt_mix, version: \"1.0.0\", elixir: \"~> 1.14\", deps: []]\n"
+               "  def application, do: [mod: {RtMix.App, []}, extra_applications: [:logger]]\n"
+               "end\n"),
+    write_file(filename:join([Repo, "lib", "rt_mix.ex"]),
+               ["defmodule RtMix.App do\n  use Application\n"
+                "  def start(_, _), do: Supervisor.start_link([RtMix.Server], strategy: :one_for_one)\n"
+                "end\n"
+                "defmodule RtMix.Server do\n  use GenServer\n"
+                "  def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)\n"
+                "  def init(s), do: {:ok, s}\n"
+                "  def handle_call(:info, _, s), do: {:reply, {\"", Word,
+                "\", Application.get_env(:rt_mix, :greeting)}, s}\n"
+                "end\n"]).

@@ -282,6 +282,14 @@ const BROKEN: &[BrokenCase] = &[
         "depends_on[0]",
     ),
     (
+        "bad_ref",
+        "app.config",
+        "#{name => bad_ref, version => <<\"1\">>,\n source => #{type => git, url => <<\"u\">>,\n ref => <<\"v1..2\">>}}.\n",
+        ErrorKind::InvalidValue,
+        Some(3),
+        "source.ref",
+    ),
+    (
         "mismatch",
         "app.config",
         "#{name => not_mismatch, version => <<\"1\">>, source => #{type => hex}}.\n",
@@ -549,4 +557,63 @@ fn atoms_beyond_latin1_are_refused_with_their_line() {
             .collect::<Vec<_>>(),
         ["latin"]
     );
+}
+
+#[test]
+fn refs_follow_git_rules() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = |name: &str, git_ref: &str| {
+        format!(
+            "#{{name => {name}, version => <<\"1\">>,\n source => #{{type => git, url => <<\"u\">>, ref => <<\"{git_ref}\">>}}}}.\n"
+        )
+    };
+    let good = [
+        ("branch", "main"),
+        ("nested", "release/1.x"),
+        ("tag", "v1.2.3"),
+        ("sha", "0123456789abcdef0123456789abcdef01234567"),
+        ("short", "abc1234"),
+    ];
+    let bad = [
+        ("space", "my branch"),
+        ("colon", "a:b"),
+        ("star", "v*"),
+        ("dots", "a..b"),
+        ("dash", "-x"),
+        ("lock", "main.lock"),
+        ("hidden", "a/.b"),
+    ];
+    for (app, git_ref) in good.iter().chain(bad.iter()) {
+        write(
+            root.path(),
+            &format!("apps/{app}/app.config"),
+            &spec(app, git_ref),
+        );
+    }
+    let out = parse_dir(root.path(), "apps").unwrap();
+    let mut valid: Vec<&str> = out.specs.iter().map(|s| s.name.as_str()).collect();
+    valid.sort_unstable();
+    assert_eq!(valid, ["branch", "nested", "sha", "short", "tag"]);
+    for (app, _) in bad {
+        let e = out.errors.iter().find(|e| e.app == app).unwrap();
+        assert_eq!(
+            (e.kind, e.field.as_str()),
+            (ErrorKind::InvalidValue, "source.ref"),
+            "{app}"
+        );
+    }
+    let w = out.warnings.iter().find(|w| w.app == "short").unwrap();
+    assert_eq!(w.kind, WarningKind::AbbreviatedCommit);
+}
+
+#[test]
+fn links_to_files_are_ignored_like_files() {
+    let root = tempfile::tempdir().unwrap();
+    write(root.path(), "apps/real/app.config", &minimal("real"));
+    write(root.path(), "notes.md", "x");
+    std::os::unix::fs::symlink(root.path().join("notes.md"), root.path().join("apps/notes"))
+        .unwrap();
+    let out = parse_dir(root.path(), "apps").unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(out.specs.len(), 1);
 }

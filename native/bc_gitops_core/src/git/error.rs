@@ -90,35 +90,35 @@ pub(crate) fn io_error(err: &io::Error, path: &Path, doing: &str) -> GitError {
 /// is healed by the caller). Only the health checks may call this: a failure
 /// of anything else (a transfer, a checkout) is not proof of damage.
 pub(crate) fn corrupt_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
-    let message = redactor.redact(err.message());
-    if says_disk_full(&message) {
-        GitError::DiskFull {
-            path: path.to_path_buf(),
-            message,
-        }
-    } else {
-        GitError::Corrupt {
-            path: path.to_path_buf(),
-            message,
-        }
-    }
+    disk_full_or(err, path, redactor, |path, message| GitError::Corrupt {
+        path,
+        message,
+    })
 }
 
 /// Maps a libgit2 failure of a local operation on `path` that is not a read
 /// of existing data (creating a repository, writing the worktree): a full
 /// disk, or else an I/O error. Never `Corrupt`: retrying it must not re-clone.
 pub(crate) fn local_error(err: &git2::Error, path: &Path, redactor: &Redactor) -> GitError {
+    disk_full_or(err, path, redactor, |path, message| GitError::Io {
+        path,
+        message,
+    })
+}
+
+/// `DiskFull` when the (redacted) libgit2 message says so, else `otherwise`.
+fn disk_full_or(
+    err: &git2::Error,
+    path: &Path,
+    redactor: &Redactor,
+    otherwise: impl FnOnce(PathBuf, String) -> GitError,
+) -> GitError {
     let message = redactor.redact(err.message());
+    let path = path.to_path_buf();
     if says_disk_full(&message) {
-        GitError::DiskFull {
-            path: path.to_path_buf(),
-            message,
-        }
+        GitError::DiskFull { path, message }
     } else {
-        GitError::Io {
-            path: path.to_path_buf(),
-            message,
-        }
+        otherwise(path, message)
     }
 }
 

@@ -48,7 +48,10 @@ pub fn parse_dir(root: &Path, apps_dir: &str) -> Result<ParseOutput, DirError> {
             continue;
         }
         let file_type = entry.file_type().map_err(io_err)?;
-        if file_type.is_dir() || file_type.is_symlink() {
+        // A link to a directory looks like an app and is refused later; a
+        // link to a file (or a dangling one) is ignored like a plain file.
+        let link_to_dir = file_type.is_symlink() && entry.path().is_dir();
+        if file_type.is_dir() || link_to_dir {
             entries.push((name, entry.path()));
         }
     }

@@ -125,6 +125,9 @@ pub enum WarningKind {
     DuplicateDependency,
     /// A field that the spec's source type does not use.
     UnusedField,
+    /// `source.ref` looks like an abbreviated commit SHA, which is read as
+    /// a branch or tag name.
+    AbbreviatedCommit,
 }
 
 impl WarningKind {
@@ -134,6 +137,7 @@ impl WarningKind {
             WarningKind::NoSpecFile => "no_spec_file",
             WarningKind::DuplicateDependency => "duplicate_dependency",
             WarningKind::UnusedField => "unused_field",
+            WarningKind::AbbreviatedCommit => "abbreviated_commit",
         }
     }
 }

@@ -317,9 +317,7 @@ impl<'a> Validator<'a> {
         let url = fields
             .get("url")
             .and_then(|u| self.non_empty_text(u, "source.url"));
-        let git_ref = fields
-            .get("ref")
-            .and_then(|r| self.non_empty_text(r, "source.ref"));
+        let git_ref = fields.get("ref").and_then(|r| self.git_ref(r));
         let sha256 = fields.get("sha256").and_then(|s| self.sha256(s));
         let build = fields.get("build").and_then(|b| {
             self.one_of(
@@ -373,6 +371,24 @@ impl<'a> Validator<'a> {
             sha256,
             build,
         })
+    }
+
+    /// A branch, a tag or a full commit SHA, by git's rules for ref names.
+    fn git_ref(&mut self, at: &Spanned) -> Option<String> {
+        let text = self.non_empty_text(at, "source.ref")?;
+        if let Some(why) = bad_ref_name(&text) {
+            let message = format!("{text:?} is not a branch, tag or commit: {why}");
+            self.invalid(at, "source.ref", message);
+            return None;
+        }
+        let hex = text.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex && (7..40).contains(&text.len()) {
+            let message = format!(
+                "{text:?} looks like an abbreviated commit; only a full 40-digit SHA is read as a commit"
+            );
+            self.warn(at, "source.ref", WarningKind::AbbreviatedCommit, message);
+        }
+        Some(text)
     }
 
     fn unused(&mut self, fields: &Fields<'_>, key: &str, unused: bool, what: &str) {
@@ -547,6 +563,23 @@ impl<'a> Validator<'a> {
             }
         }
         ok.then_some(deps)
+    }
+}
+
+/// Why `name` cannot be a git ref name (git check-ref-format's rules), if
+/// it cannot.
+fn bad_ref_name(name: &str) -> Option<&'static str> {
+    let bad_char = |c: char| c.is_control() || c == ' ' || "~^:?*[\\".contains(c);
+    if name.chars().any(bad_char) {
+        Some("it holds a space, a control character or one of ~ ^ : ? * [ \\")
+    } else if name.contains("..") || name.contains("@{") || name.contains("//") {
+        Some("it holds '..', '@{' or '//'")
+    } else if name.starts_with(['-', '/', '.']) || name.ends_with(['/', '.']) {
+        Some("it starts with '-', '/' or '.', or ends with '/' or '.'")
+    } else if name.ends_with(".lock") || name == "@" || name.contains("/.") {
+        Some("it ends with .lock, is '@', or has a component starting with '.'")
+    } else {
+        None
     }
 }
 
