@@ -1,8 +1,10 @@
 #!/usr/bin/env escript
 %%! -noshell
-%% The demo behind `make demo`: makes a real local gitops repository with
-%% git, reads it the way a reconcile does, and prints what bc_gitops sees
-%% and would do. Exits 0 only when everything it shows is as expected.
+%% The demo behind `make demo`: a real local gitops repository and a real
+%% example app repository, reconciled by bc_gitops with its default runtime
+%% on this node: the app is fetched from git, built, started, upgraded when
+%% a commit says so, and a broken spec is reported without stopping
+%% anything. Exits 0 only when everything it shows is as expected.
 -mode(compile).
 
 -include("../include/bc_gitops.hrl").
@@ -10,8 +12,8 @@
 main(_) ->
     Ebin = filename:join([root(), "_build", "default", "lib", "bc_gitops", "ebin"]),
     true = code:add_patha(Ebin),
-    ok = bc_gitops_nif:load_error(),
     Dir = filename:join(tmp(), "bc_gitops_demo_" ++ os:getpid()),
+    logger:set_primary_config(level, error),
     try run(Dir) of
         ok -> io:format("~ndemo: ok~n"), halt(0)
     catch
@@ -23,77 +25,126 @@ main(_) ->
     end.
 
 run(Dir) ->
-    Repo = filename:join(Dir, "gitops"),
-    ok = filelib:ensure_path(Repo),
-    git(Repo, ["init", "-q", "-b", "main"]),
-    step("1. a gitops repository with two apps: web depends on db"),
-    spec(Repo, "db", "1.0.0", "[]", "#{pool_size => 5}"),
-    spec(Repo, "web", "1.0.0", "[db]", "#{port => 8080}"),
-    commit(Repo, "v1"),
-    {ok, #{specs := V1}} = show(Repo),
-    {ok, #{actions := [{deploy, #app_spec{name = db}}, {deploy, #app_spec{name = web}}]}} =
-        show_plan(V1, []),
+    Gitops = filename:join(Dir, "gitops"),
+    AppRepo = filename:join(Dir, "hello"),
+    [init_repo(R) || R <- [Gitops, AppRepo]],
 
-    step("2. after v1 is running, a commit upgrades web, retunes db, and breaks a new app"),
-    Running = [#app_state{name = S#app_spec.name, version = S#app_spec.version,
-                          status = running, env = S#app_spec.env,
-                          depends_on = S#app_spec.depends_on} || S <- V1],
-    spec(Repo, "web", "1.1.0", "[db]", "#{port => 8080}"),
-    spec(Repo, "db", "1.0.0", "[]", "#{pool_size => 10}"),
-    write(Repo, "apps/mailer/app.config",
+    step("1. an app repository (hello, v1.0.0) and a gitops repository that asks for it"),
+    hello(AppRepo, "1.0.0", "Hello"),
+    commit(AppRepo, "hello 1.0.0"),
+    git(AppRepo, ["tag", "v1.0.0"]),
+    spec(Gitops, AppRepo, "1.0.0", "#{greeting => <<\"world\">>}"),
+    write(Gitops, "apps/.keep", ""),
+    commit(Gitops, "deploy hello 1.0.0"),
+
+    step("2. bc_gitops reconciles: fetch from git, build with rebar3, start"),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    {ok, _} = bc_gitops:start_reconciler(#{repo_url => Gitops,
+                                           local_path => filename:join(Dir, "state"),
+                                           reconcile_interval => 3600000}),
+    ok = timed(fun bc_gitops:reconcile/0),
+    <<"Hello, world! (1.0.0)">> = show_greeting(),
+    show_status(),
+
+    step("3. a commit asks for hello 1.1.0 and a new greeting; plan/0 shows it first"),
+    hello(AppRepo, "1.1.0", "Bonjour"),
+    commit(AppRepo, "hello 1.1.0"),
+    git(AppRepo, ["tag", "v1.1.0"]),
+    spec(Gitops, AppRepo, "1.1.0", "#{greeting => <<\"le monde\">>}"),
+    commit(Gitops, "upgrade hello to 1.1.0"),
+    {ok, #{actions := [{upgrade, #app_spec{name = hello}, <<"1.0.0">>}]}} = bc_gitops:plan(),
+    io:format("   plan   upgrade hello 1.0.0 -> 1.1.0~n"),
+    ok = timed(fun bc_gitops:reconcile/0),
+    <<"Bonjour, le monde! (1.1.0)">> = show_greeting(),
+    io:format("   (an upgrade is a restart for now; hot upgrades with code_change/3 come next)~n"),
+
+    step("4. a broken spec is reported with file, line and field; hello keeps running"),
+    write(Gitops, "apps/mailer/app.config",
           "#{name => mailer,\n  version => <<\"0.1.0\">>,\n  source => #{type => svn}}.\n"),
-    commit(Repo, "v2"),
-    {ok, #{specs := V2, errors := [_]}} = show(Repo),
-    {ok, #{actions := [{reconfigure, #app_spec{name = db}},
-                       {upgrade, #app_spec{name = web}, <<"1.0.0">>}]}} =
-        show_plan(V2, Running),
-    ok.
+    commit(Gitops, "add a broken spec"),
+    {error, {out_of_sync, #{spec_errors := [Error]}}} = bc_gitops:reconcile(),
+    io:format("   error  ~s~n", [bc_gitops_specs:format_diagnostic(Error)]),
+    <<"Bonjour, le monde! (1.1.0)">> = show_greeting(),
+    show_status(),
 
-show(Repo) ->
-    {ok, #{specs := Specs, errors := Errors, warnings := Warnings}} = R =
-        bc_gitops_specs:parse_dir(Repo, "apps"),
-    io:format("   commit ~s~n", [string:trim(git_out(Repo, ["rev-parse", "--short", "HEAD"]))]),
-    [io:format("   spec   ~p ~s depends_on ~p env ~p~n",
-               [N, V, D, E]) || #app_spec{name = N, version = V, depends_on = D, env = E} <- Specs],
-    [io:format("   error  ~s~n", [bc_gitops_specs:format_diagnostic(X)]) || X <- Errors],
-    [io:format("   warn   ~s~n", [bc_gitops_specs:format_diagnostic(X)]) || X <- Warnings],
-    R.
+    step("5. the app is removed from git: bc_gitops stops and unloads it"),
+    ok = file:del_dir_r(filename:join([Gitops, "apps", "hello"])),
+    ok = file:del_dir_r(filename:join([Gitops, "apps", "mailer"])),
+    commit(Gitops, "remove hello"),
+    ok = bc_gitops:reconcile(),
+    false = lists:keyfind(hello, 1, application:which_applications()),
+    false = code:is_loaded(hello_server),
+    io:format("   hello is gone: not running, no module loaded~n"),
+    ok = application:stop(bc_gitops).
 
-show_plan(Specs, Running) ->
-    {ok, #{actions := Actions, blocked := Blocked}} = R = bc_gitops_plan:plan(Specs, Running, []),
-    [io:format("   plan   ~s~n", [describe(A)]) || A <- Actions],
-    [io:format("   block  ~p: ~p~n", [N, Why]) || {N, Why} <- Blocked],
-    R.
+timed(Fun) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Result = Fun(),
+    io:format("   reconcile -> ~p in ~p ms~n", [Result, erlang:monotonic_time(millisecond) - T0]),
+    Result.
 
-describe({remove, N}) -> io_lib:format("remove ~p", [N]);
-describe({deploy, S}) -> io_lib:format("deploy ~p ~s", [S#app_spec.name, S#app_spec.version]);
-describe({upgrade, S, From}) ->
-    io_lib:format("upgrade ~p ~s -> ~s", [S#app_spec.name, From, S#app_spec.version]);
-describe({redeploy, S, Why}) -> io_lib:format("redeploy ~p (~p)", [S#app_spec.name, Why]);
-describe({reconfigure, S}) ->
-    io_lib:format("reconfigure ~p env ~p", [S#app_spec.name, S#app_spec.env]).
+show_greeting() ->
+    Greeting = hello_server:greet(),
+    {ok, #app_state{version = V, pid = Pid}} = bc_gitops:get_app_status(hello),
+    io:format("   hello ~s runs (top supervisor ~p): ~s~n", [V, Pid, Greeting]),
+    Greeting.
+
+show_status() ->
+    {ok, S} = bc_gitops:status(),
+    io:format("   status ~p, commit ~s, ~p app(s), ~p healthy~n",
+              [maps:get(status, S), binary:part(maps:get(last_commit, S), 0, 7),
+               maps:get(app_count, S), maps:get(healthy_count, S)]).
 
 step(Text) -> io:format("~n~s~n", [Text]).
 
-spec(Repo, App, Version, Deps, Env) ->
-    write(Repo, filename:join(["apps", App, "app.config"]),
-          ["#{name => ", App, ",\n  version => <<\"", Version, "\">>,\n",
-           "  source => #{type => hex},\n  env => ", Env, ",\n  depends_on => ", Deps, "}.\n"]).
+%% The example app: a supervisor and a gen_server that greets with the
+%% `greeting' env the gitops repository sets.
+hello(Repo, Vsn, Word) ->
+    write(Repo, "rebar.config", "{erl_opts, [debug_info]}.\n"),
+    write(Repo, "src/hello.app.src",
+          ["{application, hello, [{vsn, \"", Vsn, "\"}, {mod, {hello_app, []}},\n"
+           "  {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    write(Repo, "src/hello_app.erl",
+          "-module(hello_app).\n-behaviour(application).\n-export([start/2, stop/1]).\n"
+          "start(_, _) -> hello_sup:start_link().\nstop(_) -> ok.\n"),
+    write(Repo, "src/hello_sup.erl",
+          "-module(hello_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n"
+          "start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
+          "init([]) -> {ok, {#{}, [#{id => s, start => {hello_server, start_link, []}}]}}.\n"),
+    write(Repo, "src/hello_server.erl",
+          ["-module(hello_server).\n-behaviour(gen_server).\n"
+           "-export([start_link/0, greet/0, init/1, handle_call/3, handle_cast/2]).\n"
+           "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+           "greet() -> gen_server:call(?MODULE, greet).\n"
+           "init([]) -> {ok, none}.\n"
+           "handle_call(greet, _, S) ->\n"
+           "    {ok, Who} = application:get_env(hello, greeting),\n"
+           "    {reply, iolist_to_binary([<<\"", Word, ", \">>, Who, <<\"! (", Vsn, ")\">>]), S}.\n"
+           "handle_cast(_, S) -> {noreply, S}.\n"]).
+
+spec(Gitops, AppRepo, Vsn, Env) ->
+    write(Gitops, "apps/hello/app.config",
+          ["#{name => hello,\n  version => <<\"", Vsn, "\">>,\n",
+           "  source => #{type => git, url => <<\"", AppRepo, "\">>, ref => <<\"v", Vsn, "\">>},\n",
+           "  env => ", Env, "}.\n"]).
 
 write(Repo, Rel, Content) ->
     Path = filename:join(Repo, Rel),
     ok = filelib:ensure_dir(Path),
     ok = file:write_file(Path, Content).
 
+init_repo(Dir) ->
+    ok = filelib:ensure_path(Dir),
+    git(Dir, ["init", "-q", "-b", "main"]).
+
 commit(Repo, Msg) ->
     git(Repo, ["add", "-A"]),
     git(Repo, ["-c", "user.name=demo", "-c", "user.email=demo@localhost",
                "commit", "-q", "-m", Msg]).
 
-git(Repo, Args) -> _ = git_out(Repo, Args), ok.
-
-%% git without a shell; any failure stops the demo with git's output.
-git_out(Repo, Args) ->
+%% git without a shell, ignoring the machine's git config; any failure
+%% stops the demo with git's output.
+git(Repo, Args) ->
     Env = [{"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}],
     Port = open_port({spawn_executable, os:find_executable("git")},
                      [{args, Args}, {cd, Repo}, {env, Env}, exit_status, stderr_to_stdout]),
@@ -102,7 +153,7 @@ git_out(Repo, Args) ->
 collect(Port, Args, Acc) ->
     receive
         {Port, {data, D}} -> collect(Port, Args, [Acc, D]);
-        {Port, {exit_status, 0}} -> lists:flatten(Acc);
+        {Port, {exit_status, 0}} -> ok;
         {Port, {exit_status, N}} -> error({git_failed, Args, N, lists:flatten(Acc)})
     after 30000 -> error({git_timeout, Args})
     end.
@@ -112,5 +163,6 @@ root() -> filename:dirname(filename:dirname(filename:absname(escript:script_name
 tmp() ->
     case os:getenv("TMPDIR") of
         false -> "/tmp";
+        "" -> "/tmp";
         T -> T
     end.
