@@ -4,7 +4,7 @@
 REBAR ?= rebar3
 export REBAR_OFFLINE = 1
 
-.PHONY: all setup compile demo test rust-test rust-lint erlang-test fuzz docs clean
+.PHONY: all setup compile demo test rust-test rust-lint erlang-test bench bench-smoke fuzz docs clean
 
 all: compile
 
@@ -15,7 +15,7 @@ compile: setup
 	$(REBAR) compile
 
 ## test: everything CI runs. Fails when any step fails.
-test: setup rust-test rust-lint erlang-test demo
+test: setup rust-test rust-lint erlang-test demo bench-smoke
 
 rust-test:
 	cargo test --locked -p bc_gitops_core --lib --tests
@@ -44,3 +44,10 @@ clean:
 ## demo: the main job: a real local gitops repository, read and planned.
 demo: compile
 	escript scripts/demo.escript
+
+## bench: the benchmarks (docs/benchmarks.md); bench-smoke: the same, tiny.
+bench: compile
+	escript bench/bench.escript
+
+bench-smoke: compile
+	escript bench/bench.escript smoke
