@@ -11,7 +11,7 @@
 
 -export([run/2, app/1, summary/1]).
 
--type result() :: {ok, #app_state{}} | ok | {error, term()}.
+-type result() :: {ok, #app_state{}} | {ok, #app_state{}, map()} | ok | {error, term()}.
 -export_type([result/0]).
 
 %% @doc The app an action is about.
@@ -44,7 +44,13 @@ span(Kind, Meta, Call) ->
       [bc_gitops, Kind], Meta,
       fun() ->
               Result = checked(Call),
-              {Result, #{result => summary(Result)}}
+              %% An upgrade may say how it went (path, modules, suspension
+              %% window): that goes into the stop event too.
+              Info = case Result of
+                         {ok, _, #{} = I} -> I;
+                         _ -> #{}
+                     end,
+              {Result, Info#{result => summary(Result)}}
       end).
 
 %% Anything but the documented shapes is an error of the runtime's.
@@ -52,6 +58,7 @@ span(Kind, Meta, Call) ->
 checked(Call) ->
     try Call() of
         {ok, #app_state{}} = Ok -> Ok;
+        {ok, #app_state{}, #{}} = Ok -> Ok;
         ok -> ok;
         {error, _} = Error -> Error;
         Other -> {error, {bad_runtime_return, Other}}
@@ -62,5 +69,6 @@ checked(Call) ->
 %% @doc `ok' or `{error, Reason}', whatever the callback returned.
 -spec summary(result()) -> ok | {error, term()}.
 summary({ok, _}) -> ok;
+summary({ok, _, _}) -> ok;
 summary(ok) -> ok;
 summary({error, _} = Error) -> Error.

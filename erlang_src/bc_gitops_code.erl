@@ -7,7 +7,7 @@
 %%% `application:ensure_all_started/1'.
 -module(bc_gitops_code).
 
--export([start/3, stop/2, reconfigure/3, app_of_ebin/1]).
+-export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 
 %% @doc Adds `Ebins' to the front of the code path (but those of apps
 %% already running), loads `App', sets `Env' and starts it with its
@@ -92,6 +92,18 @@ reconfigure(App, OldEnv, Env) ->
             end;
         _ ->
             ok
+    end.
+
+%% @doc After a hot upgrade the application controller holds the new
+%% `.app' env: set the spec's env again, and report a change of it through
+%% `config_change/3' as {@link reconfigure/3} does.
+-spec restore_env(atom(), map(), map()) -> ok.
+restore_env(App, OldEnv, Env) ->
+    _ = [application:set_env(App, K, V, [{persistent, true}]) || {K, V} <- maps:to_list(OldEnv)],
+    case reconfigure(App, OldEnv, Env) of
+        ok -> ok;
+        {error, Why} ->
+            logger:warning("bc_gitops: config_change of ~p after upgrade: ~p", [App, Why])
     end.
 
 %% @doc The application an ebin directory belongs to: from its `.app'

@@ -113,11 +113,12 @@ fetch(Package, Version, DestDir, Opts) ->
                       [] -> fail({version_not_found, Package, Version})
                   end,
         Selected = resolve(Package, Release, Ctx, Reg),
-        {Source, Meta} = fetch_release(Package, Release, filename:join(Dest, Package), Ctx),
+        {Source, Meta} = fetch_release(Package, Release,
+                                       filename:join(Dest, binary_to_list(Package)), Ctx),
         buildable(Package, Source, Meta, root),
         Deps = [begin
-                    {Dir, DepMeta} = fetch_release(Name, Rel,
-                                                   filename:join([Dest, "deps", Name]), Ctx),
+                    DepDest = filename:join([Dest, "deps", binary_to_list(Name)]),
+                    {Dir, DepMeta} = fetch_release(Name, Rel, DepDest, Ctx),
                     buildable(Name, Dir, DepMeta, dep),
                     {Name, V, App, Dir}
                 end || {Name, {V, Rel, App}} <- lists:sort(maps:to_list(Selected))],
@@ -482,7 +483,7 @@ checkouts(Source, Deps) ->
     Dir = filename:join(Source, "_checkouts"),
     mkdir(Dir),
     lists:foreach(fun({_Name, _V, App, DepDir}) ->
-                          Link = filename:join(Dir, App),
+                          Link = filename:join(Dir, binary_to_list(App)),
                           case file:make_symlink(DepDir, Link) of
                               ok -> ok;
                               {error, Why} -> fail({file_error, symlink, Link, Why})

@@ -17,8 +17,11 @@
 %% Stop and remove an app.
 -callback remove(atom()) -> ok | {error, term()}.
 %% Move a running app to the spec's version; the second argument is the
-%% version it runs now.
--callback upgrade(#app_spec{}, binary()) -> {ok, #app_state{}} | {error, term()}.
+%% version it runs now. A runtime may add a map saying how (e.g.
+%% `#{path => hot | restart, modules => [...], suspended_us => N}'): it goes
+%% into the `[bc_gitops, upgrade, stop]' event's metadata.
+-callback upgrade(#app_spec{}, binary()) ->
+    {ok, #app_state{}} | {ok, #app_state{}, map()} | {error, term()}.
 %% Apply a changed env to a running app at the same version.
 -callback reconfigure(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
 %% Every app this runtime manages, by name.

@@ -60,30 +60,75 @@ remove(App) ->
     _ = file:del_dir_r(filename:join(workspace(), atom_to_list(App))),
     ok.
 
-%% @doc Moves the app to the spec's version by a restart: build the new
-%% version, stop the old, start the new; if the new one does not start,
-%% start the old one again and report the error.
--spec upgrade(#app_spec{}, binary()) -> {ok, #app_state{}} | {error, term()}.
+%% @doc Moves the app to the spec's version: hot when it can
+%% ({@link bc_gitops_hot}: suspend, load, `code_change/3', resume, same
+%% processes), else by a restart: stop the old version, start the new; if
+%% the new one does not start, the old one is started again and the error
+%% reported. Downgrades take the same path. The third element says which
+%% path was taken (`hot', `restart' or `rolled_back'), with the changed
+%% modules and the suspension window for a hot one.
+-spec upgrade(#app_spec{}, binary()) -> {ok, #app_state{}, map()} | {error, term()}.
 upgrade(#app_spec{name = App} = Spec, _From) ->
     case {lookup(App), prepare(Spec)} of
         {_, {error, _} = Error} ->
             Error;
         {error, {ok, Dir, Ebins}} ->
-            start_or_error(Spec, Dir, Ebins);
-        {{ok, #entry{state = Old, paths = OldPaths, dir = OldDir}}, {ok, Dir, Ebins}} ->
-            ok = bc_gitops_code:stop(App, OldPaths),
-            case start_or_error(Spec, Dir, Ebins) of
-                {ok, _} = Ok ->
-                    ok = delete_build(OldDir, Dir),
-                    Ok;
-                {error, Why} ->
-                    OldSpec = Spec#app_spec{version = Old#app_state.version, env = Old#app_state.env},
-                    case start_or_error(OldSpec, OldDir, OldPaths) of
-                        {ok, _} -> {error, {rolled_back, Why}};
-                        {error, Again} -> {error, {rollback_failed, Why, Again}}
-                    end
+            with_path(start_or_error(Spec, Dir, Ebins), #{path => restart});
+        {{ok, Entry}, {ok, Dir, Ebins}} ->
+            case running(App) andalso hot(Spec, Entry, Dir, Ebins) of
+                {ok, _, _} = Hot -> Hot;
+                Other -> restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
             end
     end.
+
+-spec hot(#app_spec{}, #entry{}, file:filename(), [file:filename()]) ->
+    {ok, #app_state{}, map()} | {error, term()}.
+hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
+    #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
+           dir = OldDir}, Dir, Ebins) ->
+    case bc_gitops_hot:upgrade(App, top_pid(App), Ebins, binary_to_list(OldV)) of
+        {ok, Info} ->
+            _ = [code:del_path(P) || P <- OldPaths, not lists:member(P, Ebins)],
+            %% The application controller re-read the .app file: put the
+            %% spec's env back, and tell the app what changed.
+            ok = bc_gitops_code:restore_env(App, OldEnv, Env),
+            State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
+            ok = delete_build(OldDir, Dir),
+            {ok, State, Info};
+        {error, _} = Error ->
+            Error
+    end.
+
+-spec hot_failure(false | {error, term()}) -> term().
+hot_failure(false) -> not_running;
+hot_failure({error, Why}) -> Why.
+
+-spec restart(#app_spec{}, #entry{}, file:filename(), [file:filename()], term()) ->
+    {ok, #app_state{}, map()} | {error, term()}.
+restart(#app_spec{name = App} = Spec,
+        #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, NotHot) ->
+    ok = bc_gitops_code:stop(App, OldPaths),
+    case start_or_error(Spec, Dir, Ebins) of
+        {ok, State} ->
+            ok = delete_build(OldDir, Dir),
+            {ok, State, #{path => restart, not_hot => NotHot}};
+        {error, Why} ->
+            OldSpec = Spec#app_spec{version = Old#app_state.version, env = Old#app_state.env},
+            case start_or_error(OldSpec, OldDir, OldPaths) of
+                {ok, _} -> {error, {rolled_back, Why}};
+                {error, Again} -> {error, {rollback_failed, Why, Again}}
+            end
+    end.
+
+-spec with_path({ok, #app_state{}} | {error, term()}, map()) ->
+    {ok, #app_state{}, map()} | {error, term()}.
+with_path({ok, State}, Info) -> {ok, State, Info};
+with_path(Error, _Info) -> Error.
+
+-spec running(atom()) -> boolean().
+running(App) ->
+    lists:keymember(App, 1, application:which_applications()).
 
 %% @doc Applies a changed env to the running app and calls its
 %% `config_change/3'.

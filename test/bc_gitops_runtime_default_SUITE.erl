@@ -7,13 +7,16 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
+-export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
+         on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
-    [rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
+    [hot_upgrade_keeps_pid_and_state, crashing_code_change_falls_back, on_load_module_restarts,
+     rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
 init_per_testcase(_Case, Config) ->
@@ -77,6 +80,133 @@ makefile_app(Config) ->
     start(Config, #{}),
     ok = bc_gitops:reconcile(),
     ?assertEqual({<<"made">>, <<"by make">>}, rt_make_server:info()).
+
+%% v2 changes the server's state from an integer to a map in
+%% code_change/3: the same process carries on with its state converted,
+%% and a client calling it all along sees no failure.
+hot_upgrade_keeps_pid_and_state(Config) ->
+    Self = self(),
+    ok = telemetry:attach(<<"hot">>, [bc_gitops, upgrade, stop],
+                          fun(_, M, Meta, _) -> Self ! {upgraded, M, Meta} end, none),
+    try
+        Repo = app_repo(Config, "rt_hot", make),
+        counter_app(Repo, "1.0.0", v1),
+        _ = commit(Repo, "v1"),
+        spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
+        start(Config, #{}),
+        ok = bc_gitops:reconcile(),
+        Pid = whereis(rt_hot_server),
+        [1, 2, 3] = [rt_hot_server:bump() || _ <- lists:seq(1, 3)],
+        Client = spawn_link(fun() -> client(0, 0) end),
+        counter_app(Repo, "2.0.0", v2),
+        _ = commit(Repo, "v2: the state becomes a map"),
+        spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+        ok = bc_gitops:reconcile(),
+        Client ! {stop, self()},
+        {Calls, Failures} = receive {client, C, F} -> {C, F} after 10000 -> ct:fail(client) end,
+        ct:pal("client calls during the upgrade: ~p, failures: ~p", [Calls, Failures]),
+        ?assertEqual(0, Failures),
+        ?assert(Calls > 0),
+        ?assertEqual(Pid, whereis(rt_hot_server)),
+        ?assertEqual(#{count => 3 + Calls, version => 2}, rt_hot_server:state()),
+        ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
+        receive
+            {upgraded, #{duration := _}, #{app := rt_hot, result := ok, path := hot,
+                                           modules := Mods, suspended_us := Us}} ->
+                ct:pal("hot upgrade: modules ~p, suspended ~p us", [Mods, Us]),
+                ?assert(lists:member(rt_hot_server, Mods))
+        after 1000 ->
+            ct:fail(no_upgrade_event)
+        end
+    after
+        telemetry:detach(<<"hot">>)
+    end.
+
+%% A code_change/3 that crashes: the processes are resumed, and the app is
+%% restarted at the new version instead; nothing is left half upgraded.
+crashing_code_change_falls_back(Config) ->
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_hot_server),
+    counter_app(Repo, "2.0.0", crash),
+    _ = commit(Repo, "v2 with a code_change that crashes"),
+    spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertNotEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(#{count => 0, version => 2}, rt_hot_server:state()),
+    ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())).
+
+%% A module with -on_load (as NIF carriers have) is never reloaded hot.
+on_load_module_restarts(Config) ->
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_hot_server),
+    counter_app(Repo, "2.0.0", v2),
+    write_file(filename:join([Repo, "src", "rt_hot_nif.erl"]),
+               "-module(rt_hot_nif).\n-on_load(init/0).\n-export([f/0]).\n"
+               "init() -> ok.\nf() -> 1.\n"),
+    _ = commit(Repo, "v2 with an on_load module"),
+    spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertNotEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(1, rt_hot_nif:f()).
+
+client(Calls, Failures) ->
+    receive
+        {stop, From} -> From ! {client, Calls, Failures}
+    after 0 ->
+        case catch rt_hot_server:bump() of
+            N when is_integer(N) -> client(Calls + 1, Failures);
+            _ -> client(Calls, Failures + 1)
+        end
+    end.
+
+%% A counter app built with make. v1 keeps an integer; v2 keeps a map and
+%% converts in code_change/3; `crash' is v2 whose code_change/3 crashes.
+counter_app(Repo, Vsn, Kind) ->
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_hot.app.src ebin/rt_hot.app\n"),
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    W("rt_hot.app.src", ["{application, rt_hot, [{vsn, \"", Vsn, "\"}, {mod, {rt_hot_app, []}},\n"
+                         " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    W("rt_hot_app.erl", "-module(rt_hot_app).\n-behaviour(application).\n"
+                        "-export([start/2, stop/1]).\n"
+                        "start(_, _) -> rt_hot_sup:start_link().\nstop(_) -> ok.\n"),
+    W("rt_hot_sup.erl", "-module(rt_hot_sup).\n-behaviour(supervisor).\n"
+                        "-export([start_link/0, init/1]).\n"
+                        "start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
+                        "init([]) -> {ok, {#{}, [#{id => s, start => {rt_hot_server, start_link, []}}]}}.\n"),
+    Common = "-module(rt_hot_server).\n-behaviour(gen_server).\n"
+             "-export([start_link/0, bump/0, state/0, init/1, handle_call/3, handle_cast/2,\n"
+             "         code_change/3]).\n"
+             "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+             "bump() -> gen_server:call(?MODULE, bump).\n"
+             "state() -> gen_server:call(?MODULE, state).\n"
+             "handle_cast(_, S) -> {noreply, S}.\n",
+    Body = case Kind of
+               v1 -> "init([]) -> {ok, 0}.\n"
+                     "handle_call(bump, _, N) -> {reply, N + 1, N + 1};\n"
+                     "handle_call(state, _, N) -> {reply, N, N}.\n"
+                     "code_change(_, S, _) -> {ok, S}.\n";
+               _ -> ["init([]) -> {ok, #{count => 0, version => 2}}.\n"
+                     "handle_call(bump, _, #{count := N} = S) -> {reply, N + 1, S#{count := N + 1}};\n"
+                     "handle_call(state, _, S) -> {reply, S, S}.\n",
+                     case Kind of
+                         v2 -> "code_change(_, N, _) when is_integer(N) ->\n"
+                               "    {ok, #{count => N, version => 2}}.\n";
+                         crash -> "code_change(_, _, _) -> erlang:error(boom).\n"
+                     end]
+           end,
+    W("rt_hot_server.erl", [Common, Body]).
 
 mix_app(Config) ->
     Repo = app_repo(Config, "rt_mix", mix),

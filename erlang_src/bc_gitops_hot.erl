@@ -1,0 +1,190 @@
+%%% @doc Hot code upgrade of a running application, without an appup: the
+%%% steps are derived from the two builds.
+%%%
+%%% <ol>
+%%% <li>The changed modules: every module of the new build whose beam MD5
+%%%     differs from the loaded one, or that is not loaded yet.</li>
+%%% <li>A module with `-on_load' (a NIF carrier) cannot be reloaded safely:
+%%%     the upgrade is refused, and the caller restarts the app instead.</li>
+%%% <li>The processes to move: the app's supervision tree walked from its
+%%%     top supervisor (not the application master), each child with the
+%%%     modules its child spec names (gen_event managers report theirs
+%%%     through `gen_event:which_handlers/1').</li>
+%%% <li>`sys:suspend/2' each of them (a timeout is caught, never the
+%%%     caller's crash), `code:soft_purge/1' then load each changed module,
+%%%     `sys:change_code/5' each suspended process so that `code_change/3'
+%%%     runs, `sys:resume/2' each.</li>
+%%% <li>The application controller learns the new `.app' keys, so
+%%%     `application:which_applications/0' shows the new vsn.</li>
+%%% </ol>
+%%% Any failure resumes every suspended process and returns
+%%% `{error, {Stage, Reason}}'; the caller then restarts the app at the new
+%%% version, so it is never left half upgraded.
+-module(bc_gitops_hot).
+
+-export([upgrade/4]).
+
+-type info() :: #{path := hot, modules := [module()], suspended_us := non_neg_integer(),
+                  processes := non_neg_integer()}.
+-export_type([info/0]).
+
+-define(SUSPEND_TIMEOUT, 5000).
+-define(CHANGE_TIMEOUT, 10000).
+
+%% @doc Upgrades the running `App' to the build in `Ebins' (already on
+%% disk). `OldVsn' is passed to `code_change/3' as the old version.
+-spec upgrade(atom(), pid() | undefined, [file:filename()], string()) ->
+    {ok, info()} | {error, {atom(), term()}}.
+upgrade(App, Top, Ebins, OldVsn) ->
+    try
+        Changed = changed_modules(Ebins),
+        _ = [throw({on_load, M}) || {M, Beam} <- Changed, has_on_load(Beam)],
+        Procs = processes(Top, [M || {M, _} <- Changed]),
+        swap(App, Ebins, Changed, Procs, OldVsn)
+    catch
+        throw:{Stage, Why} -> {error, {Stage, Why}}
+    end.
+
+-spec swap(atom(), [file:filename()], [{module(), file:filename()}],
+           [{pid(), [module()]}], string()) -> {ok, info()}.
+swap(App, Ebins, Changed, Procs, AppVsn) ->
+    %% code_change/3 gets each module's old vsn, as release_handler gives it.
+    OldVsns = maps:from_list([{M, old_vsn(M, AppVsn)} || {M, _} <- Changed]),
+    T0 = erlang:monotonic_time(microsecond),
+    Suspended = suspend(Procs, []),
+    try
+        ok = code:add_pathsa(Ebins),
+        _ = [load(M, Beam) || {M, Beam} <- Changed],
+        _ = [change_code(Pid, M, maps:get(M, OldVsns)) || {Pid, Mods} <- Suspended,
+                                                       {M, _} <- Changed,
+                                                       lists:member(M, Mods)],
+        ok
+    after
+        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
+    end,
+    Window = erlang:monotonic_time(microsecond) - T0,
+    ok = update_app_keys(App, Ebins),
+    {ok, #{path => hot, modules => [M || {M, _} <- Changed], suspended_us => Window,
+           processes => length(Suspended)}}.
+
+-spec suspend([{pid(), [module()]}], [{pid(), [module()]}]) -> [{pid(), [module()]}].
+suspend([], Done) ->
+    lists:reverse(Done);
+suspend([{Pid, _} = P | Rest], Done) ->
+    try sys:suspend(Pid, ?SUSPEND_TIMEOUT) of
+        ok -> suspend(Rest, [P | Done])
+    catch
+        exit:Why ->
+            _ = [catch sys:resume(Q, ?SUSPEND_TIMEOUT) || {Q, _} <- Done],
+            throw({suspend, {Pid, Why}})
+    end.
+
+-spec load(module(), file:filename()) -> ok.
+load(Mod, Beam) ->
+    case code:soft_purge(Mod) of
+        true -> ok;
+        false -> throw({old_code_in_use, Mod})
+    end,
+    case code:load_abs(filename:rootname(Beam)) of
+        {module, Mod} -> ok;
+        {error, Why} -> throw({load, {Mod, Why}})
+    end.
+
+-spec old_vsn(module(), string()) -> term().
+old_vsn(Mod, Default) ->
+    case code:is_loaded(Mod) of
+        {file, _} ->
+            case lists:keyfind(vsn, 1, Mod:module_info(attributes)) of
+                {vsn, [Vsn]} -> Vsn;
+                _ -> Default
+            end;
+        false ->
+            Default
+    end.
+
+-spec change_code(pid(), module(), term()) -> ok.
+change_code(Pid, Mod, OldVsn) ->
+    case catch sys:change_code(Pid, Mod, OldVsn, [], ?CHANGE_TIMEOUT) of
+        ok -> ok;
+        Other -> throw({code_change, {Pid, Mod, Other}})
+    end.
+
+%% Every module of the new build that is not loaded as it is there.
+-spec changed_modules([file:filename()]) -> [{module(), file:filename()}].
+changed_modules(Ebins) ->
+    lists:append([changed_in(Ebin) || Ebin <- Ebins]).
+
+-spec changed_in(file:filename()) -> [{module(), file:filename()}].
+changed_in(Ebin) ->
+    [{M, Beam} || Beam <- filelib:wildcard(filename:join(Ebin, "*.beam")),
+                  {ok, {M, New}} <- [beam_lib:md5(Beam)],
+                  loaded_md5(M) =/= New].
+
+-spec loaded_md5(module()) -> binary() | undefined.
+loaded_md5(Mod) ->
+    case code:is_loaded(Mod) of
+        {file, _} -> Mod:module_info(md5);
+        false -> undefined
+    end.
+
+-spec has_on_load(file:filename()) -> boolean().
+has_on_load(Beam) ->
+    case beam_disasm:file(Beam) of
+        {beam_file, _, _, _, _, Code} ->
+            lists:any(fun({function, _, _, _, Is}) -> lists:member(on_load, Is) end, Code);
+        _ ->
+            true
+    end.
+
+%% The app's processes that run a changed module, found from its top
+%% supervisor down, each with the modules of its child spec.
+-spec processes(pid() | undefined, [module()]) -> [{pid(), [module()]}].
+processes(undefined, _Changed) ->
+    throw({no_top_supervisor, undefined});
+processes(Top, Changed) ->
+    All = walk([{Top, [supervisor_module(Top)]}], []),
+    [{Pid, Mods} || {Pid, Mods} <- All, lists:any(fun(M) -> lists:member(M, Changed) end, Mods)].
+
+-spec walk([{pid(), [module()]}], [{pid(), [module()]}]) -> [{pid(), [module()]}].
+walk([], Acc) ->
+    Acc;
+walk([{Sup, _} = Node | Rest], Acc) ->
+    Children = case catch supervisor:which_children(Sup) of
+                   List when is_list(List) -> List;
+                   _ -> []
+               end,
+    Subs = [{C, child_modules(C, Mods)} || {_, C, supervisor, Mods} <- Children, is_pid(C)],
+    Workers = [{C, child_modules(C, Mods)} || {_, C, worker, Mods} <- Children, is_pid(C)],
+    walk(Rest ++ Subs, [Node | Workers ++ Acc]).
+
+-spec supervisor_module(pid()) -> module().
+supervisor_module(Pid) ->
+    case catch supervisor:get_callback_module(Pid) of
+        M when is_atom(M) -> M;
+        _ -> undefined
+    end.
+
+-spec child_modules(pid(), [module()] | dynamic) -> [module()].
+child_modules(Pid, dynamic) ->
+    case catch gen_event:which_handlers(Pid) of
+        Handlers when is_list(Handlers) -> [H || H <- Handlers, is_atom(H)];
+        _ -> []
+    end;
+child_modules(Pid, Mods) ->
+    case catch supervisor:get_callback_module(Pid) of
+        M when is_atom(M), M =/= undefined -> lists:usort([M | Mods]);
+        _ -> Mods
+    end.
+
+%% The application controller's copy of the .app keys (vsn, modules...).
+-spec update_app_keys(atom(), [file:filename()]) -> ok.
+update_app_keys(App, Ebins) ->
+    Files = [F || E <- Ebins, F <- [filename:join(E, atom_to_list(App) ++ ".app")],
+                  filelib:is_regular(F)],
+    case Files of
+        [File | _] ->
+            {ok, [AppSpec]} = file:consult(File),
+            ok = application_controller:change_application_data([AppSpec], []);
+        [] ->
+            ok
+    end.
