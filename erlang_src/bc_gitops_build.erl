@@ -80,9 +80,14 @@ runtime_ebins(_, _) ->
     [].
 
 %% rebar3 and mix leave every app, dependencies included, under
-%% _build/prod/lib; make leaves ebin/ and deps/*/ebin.
+%% _build/prod/lib (rebar3: _checkouts ones under _build/prod/checkouts);
+%% make leaves ebin/ and deps/*/ebin.
 -spec ebins(tool(), file:filename()) -> [file:filename()].
 ebins(make, Dir) ->
     [filename:join(Dir, "ebin") | lists:sort(filelib:wildcard(filename:join([Dir, "deps", "*", "ebin"])))];
-ebins(_, Dir) ->
+ebins(rebar3, Dir) ->
+    %% Dependencies taken from _checkouts build under checkouts/, not lib/.
+    lists:sort(lists:append([filelib:wildcard(filename:join([Dir, "_build", "prod", Kind, "*", "ebin"]))
+                             || Kind <- ["lib", "checkouts"]]));
+ebins(mix, Dir) ->
     lists:sort(filelib:wildcard(filename:join([Dir, "_build", "prod", "lib", "*", "ebin"]))).

@@ -30,11 +30,15 @@
     git_token => binary(),
     ca_file => binary(),
     workspace_dir => binary(),
+    hex_repo_url => binary(),
+    hex_public_key => binary(),
+    hex_repo_name => binary(),
     build_timeout := pos_integer()
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
-                        ca_file, workspace_dir]).
+                        ca_file, workspace_dir, hex_repo_url, hex_public_key,
+                        hex_repo_name]).
 
 %% @doc The default of every option that has one.
 -spec defaults() -> map().

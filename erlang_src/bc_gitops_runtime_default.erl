@@ -10,7 +10,11 @@
 %%% <li>`release': the tarball is downloaded, its SHA-256 verified before
 %%%     anything is unpacked, and unpacked safely
 %%%     ({@link bc_gitops_release});</li>
-%%% <li>`hex': not supported yet (`{error, {unsupported_source, hex}}').</li>
+%%% <li>`hex': the package and its hex dependencies come from a hex
+%%%     repository (`hex_repo_url', `hex_public_key'; hex.pm by default, or
+%%%     `$HEX_MIRROR'), registry signatures and checksums verified
+%%%     ({@link bc_gitops_hex}); the dependencies reach the rebar3 build
+%%%     through `_checkouts', so it never goes online.</li>
 %%% </ul>
 %%% Each version is built in its own directory,
 %%% `<workspace_dir>/<app>/<version>'. A build that completed is marked, so
@@ -216,12 +220,7 @@ fetch_and_build(#app_spec{version = V, source = #source_spec{type = git, url = U
                                                              end},
     case bc_gitops_git:sync(GitOpts) of
         {ok, _} ->
-            case bc_gitops_build:detect(Src, Tool) of
-                {ok, Detected} ->
-                    bc_gitops_build:build(Detected, Src, maps:get(build_timeout, Config));
-                {error, _} = Error ->
-                    Error
-            end;
+            build(Src, Tool, Config);
         {error, Why} ->
             {error, {fetch_failed, Why}}
     end;
@@ -233,8 +232,26 @@ fetch_and_build(#app_spec{name = App, version = V,
         {ok, #{lib_dirs := Libs}} -> {ok, [filename:join(L, "ebin") || L <- Libs]};
         {error, _} = Error -> Error
     end;
-fetch_and_build(#app_spec{source = #source_spec{type = Type}}, _Dir) ->
-    {error, {unsupported_source, Type}}.
+fetch_and_build(#app_spec{name = App, version = V,
+                          source = #source_spec{type = hex, build = Tool}}, Dir) ->
+    Config = config(),
+    Opts = maps:from_list([{To, Value} || {From, To} <- [{hex_repo_url, repo_url},
+                                                         {hex_public_key, public_key},
+                                                         {hex_repo_name, repo_name},
+                                                         {ca_file, ca_file}],
+                                          #{From := Value} <- [Config]]),
+    case bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"), Opts) of
+        {ok, #{source_dir := Src}} -> build(Src, Tool, Config);
+        {error, Why} -> {error, {fetch_failed, Why}}
+    end.
+
+-spec build(file:filename(), bc_gitops_build:tool() | undefined, bc_gitops_config:config()) ->
+    {ok, [file:filename()]} | {error, term()}.
+build(Src, Tool, Config) ->
+    case bc_gitops_build:detect(Src, Tool) of
+        {ok, Detected} -> bc_gitops_build:build(Detected, Src, maps:get(build_timeout, Config));
+        {error, _} = Error -> Error
+    end.
 
 %% The old build goes once the new version runs.
 -spec delete_build(file:filename(), file:filename()) -> ok.

@@ -7,6 +7,7 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
+-export([hex_package_with_dependency/1]).
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
          on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
@@ -15,7 +16,7 @@
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
-    [hot_upgrade_keeps_pid_and_state, crashing_code_change_falls_back, on_load_module_restarts,
+    [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, crashing_code_change_falls_back, on_load_module_restarts,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -80,6 +81,36 @@ makefile_app(Config) ->
     start(Config, #{}),
     ok = bc_gitops:reconcile(),
     ?assertEqual({<<"made">>, <<"by make">>}, rt_make_server:info()).
+
+%% A hex package from a local hex repository, with a hex dependency chosen
+%% by its requirement, deployed through a spec.
+hex_package_with_dependency(Config) ->
+    Dir = ?config(dir, Config),
+    Repo = filename:join(Dir, "hexrepo"),
+    Work = filename:join(Dir, "hexwork"),
+    [ok = filelib:ensure_path(D) || D <- [filename:join(Repo, "packages"),
+                                         filename:join(Repo, "tarballs"), Work]],
+    Key = public_key:generate_key({rsa, 2048, 65537}),
+    Deps = [bc_gitops_hex_repo:release(Repo, Work, <<"hx_dep">>, V, [], rebar3)
+            || V <- [<<"0.2.0">>, <<"0.2.5">>, <<"1.0.0">>]],
+    bc_gitops_hex_repo:registry(Repo, <<"hx_dep">>, <<"hx_dep">>, Deps, Key),
+    bc_gitops_hex_repo:registry(
+      Repo, <<"hx_app">>, <<"hx_app">>,
+      [bc_gitops_hex_repo:release(Repo, Work, <<"hx_app">>, <<"1.0.0">>,
+                                  [{<<"hx_dep">>, <<"~> 0.2">>}], rebar3)], Key),
+    {Httpd, Url} = bc_gitops_hex_repo:serve(Repo, filename:join(Dir, "httpd")),
+    try
+        write_file(filename:join([?config(gitops, Config), "apps", "hx_app", "app.config"]),
+                   "#{name => hx_app, version => <<\"1.0.0\">>, source => #{type => hex}}.\n"),
+        _ = commit(?config(gitops, Config), "hx_app from hex"),
+        start(Config, #{hex_repo_url => Url, hex_repo_name => <<"test_repo">>,
+                        hex_public_key => bc_gitops_hex_repo:public_pem(Key)}),
+        ok = bc_gitops:reconcile(),
+        ?assertEqual({hx_app, <<"0.2.5">>}, hx_app:hello()),
+        ?assertMatch({_, _, "1.0.0"}, lists:keyfind(hx_app, 1, application:which_applications()))
+    after
+        inets:stop(httpd, Httpd)
+    end.
 
 %% v2 changes the server's state from an integer to a map in
 %% code_change/3: the same process carries on with its state converted,
