@@ -46,7 +46,7 @@ run(Dir) ->
     <<"Hello, world! (1.0.0)">> = show_greeting(),
     show_status(),
 
-    step("3. a commit asks for hello 1.1.0 and a new greeting; plan/0 shows it first"),
+    step("3. a commit asks for hello 1.1.0: new code whose code_change/3 turns the state into a map"),
     hello(AppRepo, "1.1.0", "Bonjour"),
     commit(AppRepo, "hello 1.1.0"),
     git(AppRepo, ["tag", "v1.1.0"]),
@@ -54,10 +54,24 @@ run(Dir) ->
     commit(Gitops, "upgrade hello to 1.1.0"),
     {ok, #{actions := [{upgrade, #app_spec{name = hello}, <<"1.0.0">>}]}} = bc_gitops:plan(),
     io:format("   plan   upgrade hello 1.0.0 -> 1.1.0~n"),
+    PidBefore = whereis(hello_server),
+    StateBefore = sys:get_state(hello_server),
+    Self = self(),
+    Handler = fun(_, _, Meta, _) -> Self ! {upgrade_stop, Meta} end,
+    attach_telemetry(Handler),
     ok = timed(fun bc_gitops:reconcile/0),
     <<"Bonjour, le monde! (1.1.0)">> = show_greeting(),
-    io:format("   (an upgrade is a restart for now; hot upgrades with code_change/3 come next)~n"),
-
+    PidBefore = whereis(hello_server),
+    StateAfter = sys:get_state(hello_server),
+    io:format("   same process ~p; state ~p became ~p~n", [PidBefore, StateBefore, StateAfter]),
+    #{greetings := 2, since := <<"1.0.0">>} = StateAfter,
+    receive
+        {upgrade_stop, #{path := hot, modules := Mods, suspended_us := Us}} ->
+            io:format("   the upgrade was hot: modules ~p reloaded, processes suspended ~p us~n",
+                      [Mods, Us])
+    after 0 ->
+        error(upgrade_was_not_hot)
+    end,
     step("4. a broken spec is reported with file, line and field; hello keeps running"),
     write(Gitops, "apps/mailer/app.config",
           "#{name => mailer,\n  version => <<\"0.1.0\">>,\n  source => #{type => svn}}.\n"),
@@ -76,6 +90,27 @@ run(Dir) ->
     false = code:is_loaded(hello_server),
     io:format("   hello is gone: not running, no module loaded~n"),
     ok = application:stop(bc_gitops).
+
+%% Telemetry's API, when the real package is not there: a stand-in that
+%% calls one handler, so the demo can show the upgrade's stop event.
+attach_telemetry(Handler) ->
+    Src = ["-module(telemetry).\n-export([execute/3]).\n",
+           "execute(E, M, Meta) -> (persistent_term:get(demo_handler))(E, M, Meta, none).\n"],
+    persistent_term:put(demo_handler, fun([bc_gitops, upgrade, stop] = E, M, Meta, C) ->
+                                              Handler(E, M, Meta, C);
+                                         (_, _, _, _) -> ok
+                                      end),
+    case code:is_loaded(telemetry) of
+        false ->
+            File = filename:join(tmp(), "telemetry.erl"),
+            ok = file:write_file(File, Src),
+            {ok, telemetry, Bin} = compile:file(File, [binary]),
+            ok = file:delete(File),
+            {module, telemetry} = code:load_binary(telemetry, File, Bin),
+            ok;
+        _ ->
+            ok
+    end.
 
 timed(Fun) ->
     T0 = erlang:monotonic_time(millisecond),
@@ -111,15 +146,29 @@ hello(Repo, Vsn, Word) ->
           "-module(hello_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n"
           "start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
           "init([]) -> {ok, {#{}, [#{id => s, start => {hello_server, start_link, []}}]}}.\n"),
+    State = case Vsn of
+                "1.0.0" ->
+                    "init([]) -> {ok, 0}.\n"
+                    "handle_call(greet, _, N) -> {reply, greeting(), N + 1}.\n"
+                    "code_change(_, S, _) -> {ok, S}.\n";
+                _ ->
+                    "init([]) -> {ok, #{greetings => 0, since => <<\"new\">>}}.\n"
+                    "handle_call(greet, _, #{greetings := N} = S) ->\n"
+                    "    {reply, greeting(), S#{greetings := N + 1}}.\n"
+                    "%% 1.0.0 kept a bare count; 1.1.0 keeps a map.\n"
+                    "code_change(_, N, _) when is_integer(N) ->\n"
+                    "    {ok, #{greetings => N, since => <<\"1.0.0\">>}}.\n"
+            end,
     write(Repo, "src/hello_server.erl",
           ["-module(hello_server).\n-behaviour(gen_server).\n"
-           "-export([start_link/0, greet/0, init/1, handle_call/3, handle_cast/2]).\n"
+           "-export([start_link/0, greet/0, init/1, handle_call/3, handle_cast/2,\n"
+           "         code_change/3]).\n"
            "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-           "greet() -> gen_server:call(?MODULE, greet).\n"
-           "init([]) -> {ok, none}.\n"
-           "handle_call(greet, _, S) ->\n"
+           "greet() -> gen_server:call(?MODULE, greet).\n",
+           State,
+           "greeting() ->\n"
            "    {ok, Who} = application:get_env(hello, greeting),\n"
-           "    {reply, iolist_to_binary([<<\"", Word, ", \">>, Who, <<\"! (", Vsn, ")\">>]), S}.\n"
+           "    iolist_to_binary([<<\"", Word, ", \">>, Who, <<\"! (", Vsn, ")\">>]).\n"
            "handle_cast(_, S) -> {noreply, S}.\n"]).
 
 spec(Gitops, AppRepo, Vsn, Env) ->
