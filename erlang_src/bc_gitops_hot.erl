@@ -22,7 +22,7 @@
 %%% version, so it is never left half upgraded.
 -module(bc_gitops_hot).
 
--export([upgrade/4]).
+-export([upgrade/4, direction/2]).
 
 -type info() :: #{path := hot, modules := [module()], suspended_us := non_neg_integer(),
                   processes := non_neg_integer()}.
@@ -31,9 +31,26 @@
 -define(SUSPEND_TIMEOUT, 5000).
 -define(CHANGE_TIMEOUT, 10000).
 
-%% @doc Upgrades the running `App' to the build in `Ebins' (already on
-%% disk). `OldVsn' is passed to `code_change/3' as the old version.
--spec upgrade(atom(), pid() | undefined, [file:filename()], string()) ->
+%% @doc Whether going from version `From' to `To' is an upgrade or a
+%% downgrade (semantic versions; anything else counts as an upgrade).
+-spec direction(binary(), binary()) -> up | down.
+direction(From, To) ->
+    case {bc_gitops_semver:parse_version(From), bc_gitops_semver:parse_version(To)} of
+        {{ok, F}, {ok, T}} ->
+            case bc_gitops_semver:compare(T, F) of
+                lt -> down;
+                _ -> up
+            end;
+        _ ->
+            up
+    end.
+
+%% @doc Moves the running `App' to the build in `Ebins' (already on disk).
+%% Up: load the new code, then `code_change(OldVsn, ...)' in it. Down (as
+%% OTP's release handler does it): `code_change({down, Vsn}, ...)' in the
+%% running, newer code first, so that it hands back a state the older code
+%% knows, then load the older code.
+-spec upgrade(atom(), pid() | undefined, [file:filename()], {up | down, string()}) ->
     {ok, info()} | {error, {atom(), term()}}.
 upgrade(App, Top, Ebins, OldVsn) ->
     try
@@ -46,18 +63,26 @@ upgrade(App, Top, Ebins, OldVsn) ->
     end.
 
 -spec swap(atom(), [file:filename()], [{module(), file:filename()}],
-           [{pid(), [module()]}], string()) -> {ok, info()}.
-swap(App, Ebins, Changed, Procs, AppVsn) ->
-    %% code_change/3 gets each module's old vsn, as release_handler gives it.
-    OldVsns = maps:from_list([{M, old_vsn(M, AppVsn)} || {M, _} <- Changed]),
+           [{pid(), [module()]}], {up | down, string()}) -> {ok, info()}.
+swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
+    %% code_change/3 gets each module's old vsn (up), or {down, Vsn} with
+    %% the vsn of the module about to be loaded, as release_handler gives them.
+    Vsns = maps:from_list([{M, case Direction of
+                                   up -> old_vsn(M, AppVsn);
+                                   down -> {down, beam_vsn(Beam, AppVsn)}
+                               end} || {M, Beam} <- Changed]),
+    ChangeAll = fun(Suspended) ->
+                        [change_code(Pid, M, maps:get(M, Vsns)) || {Pid, Mods} <- Suspended,
+                                                                  {M, _} <- Changed,
+                                                                  lists:member(M, Mods)]
+                end,
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend(Procs, []),
     try
+        _ = Direction =:= down andalso ChangeAll(Suspended),
         ok = code:add_pathsa(Ebins),
         _ = [load(M, Beam) || {M, Beam} <- Changed],
-        _ = [change_code(Pid, M, maps:get(M, OldVsns)) || {Pid, Mods} <- Suspended,
-                                                       {M, _} <- Changed,
-                                                       lists:member(M, Mods)],
+        _ = Direction =:= up andalso ChangeAll(Suspended),
         ok
     after
         _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
@@ -100,6 +125,13 @@ old_vsn(Mod, Default) ->
             end;
         false ->
             Default
+    end.
+
+-spec beam_vsn(file:filename(), string()) -> term().
+beam_vsn(Beam, Default) ->
+    case beam_lib:version(Beam) of
+        {ok, {_, [Vsn]}} -> Vsn;
+        _ -> Default
     end.
 
 -spec change_code(pid(), module(), term()) -> ok.

@@ -90,7 +90,8 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
 hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
            dir = OldDir}, Dir, Ebins) ->
-    case bc_gitops_hot:upgrade(App, top_pid(App), Ebins, binary_to_list(OldV)) of
+    Direction = bc_gitops_hot:direction(OldV, V),
+    case bc_gitops_hot:upgrade(App, top_pid(App), Ebins, {Direction, binary_to_list(OldV)}) of
         {ok, Info} ->
             _ = [code:del_path(P) || P <- OldPaths, not lists:member(P, Ebins)],
             %% The application controller re-read the .app file: put the
@@ -99,7 +100,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
             true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
             ok = delete_build(OldDir, Dir),
-            {ok, State, Info};
+            {ok, State, Info#{direction => Direction}};
         {error, _} = Error ->
             Error
     end.

@@ -8,6 +8,7 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([hex_package_with_dependency/1]).
+-export([hot_downgrade_by_git_revert/1]).
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
          on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
@@ -16,7 +17,7 @@
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
-    [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, crashing_code_change_falls_back, on_load_module_restarts,
+    [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert, crashing_code_change_falls_back, on_load_module_restarts,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -31,6 +32,9 @@ init_per_testcase(_Case, Config) ->
     [{dir, Dir}, {gitops, Gitops} | Config].
 
 end_per_testcase(_Case, Config) ->
+    %% Each case starts from a node without the apps of the others.
+    {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
+    _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
     ok = application:stop(bc_gitops),
     bc_gitops_test_util:rm_rf(?config(dir, Config)).
 
@@ -153,6 +157,34 @@ hot_upgrade_keeps_pid_and_state(Config) ->
         telemetry:detach(<<"hot">>)
     end.
 
+%% A git revert of the spec takes the app back to 1.0.0, hot: the newer
+%% code's code_change({down, Vsn}, ...) hands the state back as an integer
+%% before the older code is loaded, as OTP's release handler does it.
+hot_downgrade_by_git_revert(Config) ->
+    Gitops = ?config(gitops, Config),
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
+    counter_app(Repo, "2.0.0", v2),
+    _ = commit(Repo, "v2"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
+    spec(Config, "rt_hot", "1.0.0", Repo, "v1.0.0", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_hot_server),
+    [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
+    spec(Config, "rt_hot", "2.0.0", Repo, "v2.0.0", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(#{count => 2, version => 2}, rt_hot_server:state()),
+    _ = bc_gitops_test_util:git(Gitops, ["-c", "user.name=t", "-c", "user.email=t@t",
+                                         "revert", "--no-edit", "HEAD"]),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(2, rt_hot_server:state()),
+    ?assertEqual(3, rt_hot_server:bump()),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())).
+
 %% A code_change/3 that crashes: the processes are resumed, and the app is
 %% restarted at the new version instead; nothing is left half upgraded.
 crashing_code_change_falls_back(Config) ->
@@ -232,7 +264,8 @@ counter_app(Repo, Vsn, Kind) ->
                      "handle_call(bump, _, #{count := N} = S) -> {reply, N + 1, S#{count := N + 1}};\n"
                      "handle_call(state, _, S) -> {reply, S, S}.\n",
                      case Kind of
-                         v2 -> "code_change(_, N, _) when is_integer(N) ->\n"
+                         v2 -> "code_change({down, _}, #{count := N}, _) -> {ok, N};\n"
+                               "code_change(_, N, _) when is_integer(N) ->\n"
                                "    {ok, #{count => N, version => 2}}.\n";
                          crash -> "code_change(_, _, _) -> erlang:error(boom).\n"
                      end]
