@@ -124,13 +124,7 @@ hot_upgrade_keeps_pid_and_state(Config) ->
     ok = telemetry:attach(<<"hot">>, [bc_gitops, upgrade, stop],
                           fun(_, M, Meta, _) -> Self ! {upgraded, M, Meta} end, none),
     try
-        Repo = app_repo(Config, "rt_hot", make),
-        counter_app(Repo, "1.0.0", v1),
-        _ = commit(Repo, "v1"),
-        spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
-        start(Config, #{}),
-        ok = bc_gitops:reconcile(),
-        Pid = whereis(rt_hot_server),
+        {Repo, Pid} = deploy_counter_v1(Config),
         [1, 2, 3] = [rt_hot_server:bump() || _ <- lists:seq(1, 3)],
         Client = spawn_link(fun() -> client(0, 0) end),
         counter_app(Repo, "2.0.0", v2),
@@ -188,13 +182,7 @@ hot_downgrade_by_git_revert(Config) ->
 %% A code_change/3 that crashes: the processes are resumed, and the app is
 %% restarted at the new version instead; nothing is left half upgraded.
 crashing_code_change_falls_back(Config) ->
-    Repo = app_repo(Config, "rt_hot", make),
-    counter_app(Repo, "1.0.0", v1),
-    _ = commit(Repo, "v1"),
-    spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
-    start(Config, #{}),
-    ok = bc_gitops:reconcile(),
-    Pid = whereis(rt_hot_server),
+    {Repo, Pid} = deploy_counter_v1(Config),
     counter_app(Repo, "2.0.0", crash),
     _ = commit(Repo, "v2 with a code_change that crashes"),
     spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
@@ -205,13 +193,7 @@ crashing_code_change_falls_back(Config) ->
 
 %% A module with -on_load (as NIF carriers have) is never reloaded hot.
 on_load_module_restarts(Config) ->
-    Repo = app_repo(Config, "rt_hot", make),
-    counter_app(Repo, "1.0.0", v1),
-    _ = commit(Repo, "v1"),
-    spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
-    start(Config, #{}),
-    ok = bc_gitops:reconcile(),
-    Pid = whereis(rt_hot_server),
+    {Repo, Pid} = deploy_counter_v1(Config),
     counter_app(Repo, "2.0.0", v2),
     write_file(filename:join([Repo, "src", "rt_hot_nif.erl"]),
                "-module(rt_hot_nif).\n-on_load(init/0).\n-export([f/0]).\n"
@@ -221,6 +203,17 @@ on_load_module_restarts(Config) ->
     ok = bc_gitops:reconcile(),
     ?assertNotEqual(Pid, whereis(rt_hot_server)),
     ?assertEqual(1, rt_hot_nif:f()).
+
+%% The counter app at 1.0.0, deployed from git through a spec: its repo
+%% and its server's pid.
+deploy_counter_v1(Config) ->
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_hot", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    {Repo, whereis(rt_hot_server)}.
 
 client(Calls, Failures) ->
     receive
