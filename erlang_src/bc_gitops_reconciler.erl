@@ -35,7 +35,10 @@
     failures = #{} :: #{atom() => bc_gitops_reconcile:failure()},
     last = #{} :: map(),
     last_commit :: binary() | undefined,
-    last_at :: integer() | undefined
+    last_at :: integer() | undefined,
+    %% What was last written to the state file: unchanged, it is not
+    %% written again.
+    saved :: bc_gitops_store:stored() | undefined
 }).
 
 %% @doc Starts the reconciler with a checked configuration.
@@ -192,8 +195,7 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
     case Outcome of
         ok ->
             Commit = maps:get(commit, Cache),
-            persist(R, St1#st.config, Commit),
-            St1#st{last_commit = Commit};
+            St1#st{last_commit = Commit, saved = persist(R, St1#st.config, Commit, St1#st.saved)};
         {error, Why} ->
             ?LOG_WARNING("bc_gitops: reconcile failed: ~p", [Why]),
             St1
@@ -242,15 +244,23 @@ cancel_timer(#st{timer = T} = St) ->
     _ = erlang:cancel_timer(T),
     St#st{timer = undefined}.
 
--spec persist(map(), bc_gitops_config:config(), binary()) -> ok.
-persist(#{current := Current}, Config, Commit) ->
+-spec persist(map(), bc_gitops_config:config(), binary(),
+              bc_gitops_store:stored() | undefined) -> bc_gitops_store:stored() | undefined.
+persist(#{current := Current}, Config, Commit, Saved) ->
     Apps = maps:map(fun(_, #app_state{version = V, env = E, path = P, depends_on = D}) ->
                             #{version => V, env => E, path => P, depends_on => D}
                     end, Current),
-    case bc_gitops_store:save(bc_gitops_config:state_file(Config),
-                              #{last_commit => Commit, apps => Apps}) of
-        ok -> ok;
-        {error, Why} -> ?LOG_WARNING("bc_gitops: cannot persist state: ~p", [Why])
+    case #{last_commit => Commit, apps => Apps} of
+        Saved ->
+            Saved;
+        Stored ->
+            case bc_gitops_store:save(bc_gitops_config:state_file(Config), Stored) of
+                ok ->
+                    Stored;
+                {error, Why} ->
+                    ?LOG_WARNING("bc_gitops: cannot persist state: ~p", [Why]),
+                    Saved
+            end
     end.
 
 %%% Status
