@@ -14,7 +14,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0]).
+-export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 -export([worker/2]).
 
@@ -195,6 +195,7 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
     case Outcome of
         ok ->
             Commit = maps:get(commit, Cache),
+            ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache)),
             St1#st{last_commit = Commit, saved = persist(R, St1#st.config, Commit, St1#st.saved)};
         {error, Why} ->
             ?LOG_WARNING("bc_gitops: reconcile failed: ~p", [Why]),
@@ -269,8 +270,8 @@ persist(#{current := Current}, Config, Commit, Saved) ->
 status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
     Specs = case Cache of undefined -> []; #{specs := S} -> S end,
     Current = maps:get(current, Last, #{}),
-    Managed = [S || S <- maps:values(Current)],
-    Healthy = [S || #app_state{status = running, health = H} = S <- Managed, H =/= unhealthy],
+    Managed = [S#app_state{health = health(S)} || S <- maps:values(Current)],
+    Healthy = [S || #app_state{health = healthy} = S <- Managed],
     #{status => status_name(St, length(Healthy) =:= length(Managed)),
       suspended => St#st.suspended,
       repo => case maps:get(repo_url, Config) of
@@ -288,6 +289,17 @@ status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
       blocked => maps:get(blocked, Last, []),
       waiting => maps:get(waiting, Last, []),
       app_errors => app_errors(St#st.failures)}.
+
+%% @doc An app's health: its last check when it has a health spec,
+%% else healthy when it runs.
+-spec health(#app_state{}) -> healthy | unhealthy | unknown.
+health(#app_state{name = App, status = Status}) ->
+    case {Status, bc_gitops_health_monitor:health(App)} of
+        {running, no_check} -> healthy;
+        {running, healthy} -> healthy;
+        {running, unknown} -> unknown;
+        _ -> unhealthy
+    end.
 
 -spec status_name(#st{}, boolean()) -> atom().
 status_name(#st{worker = {_, _, reconcile}}, _) -> reconciling;

@@ -1,5 +1,6 @@
-%%% @doc The top supervisor: it holds the reconciler, started from the
-%%% application env at boot or from {@link bc_gitops:start_reconciler/1}.
+%%% @doc The top supervisor: it holds the health monitor and the
+%%% reconciler, started from the application env at boot or from
+%%% {@link bc_gitops:start_reconciler/1}.
 -module(bc_gitops_sup).
 
 -behaviour(supervisor).
@@ -38,9 +39,12 @@ init(Config) ->
     %% The default runtime's record of the apps it runs: owned here, so it
     %% lives exactly as long as the application.
     _ = ets:new(bc_gitops_runtime_default:table(), [named_table, public, set]),
+    Health = #{id => bc_gitops_health_monitor,
+               start => {bc_gitops_health_monitor, start_link, []},
+               modules => [bc_gitops_health_monitor]},
     case Config of
-        none -> {ok, {flags(), []}};
-        _ -> {ok, {flags(), [child(Config)]}}
+        none -> {ok, {flags(), [Health]}};
+        _ -> {ok, {flags(), [Health, child(Config)]}}
     end.
 
 -spec flags() -> supervisor:sup_flags().

@@ -13,8 +13,18 @@
 -define(APPS, bc_gitops_test_runtime_apps).
 -define(CALLS, bc_gitops_test_runtime_calls).
 
-%% Creates the tables, owned by a process that lives until the node stops.
+%% Creates the tables (once per node, owned by a process that lives until
+%% the node stops) or empties them.
 start() ->
+    case ets:whereis(?APPS) of
+        undefined -> new_tables();
+        _ -> ets:delete_all_objects(?APPS), clear_calls()
+    end,
+    set_delay(0),
+    persistent_term:put({?MODULE, fail}, #{}),
+    ok.
+
+new_tables() ->
     Self = self(),
     Pid = spawn(fun() ->
                         ets:new(?APPS, [named_table, public]),
@@ -22,10 +32,7 @@ start() ->
                         Self ! {self(), ready},
                         receive stop -> ok end
                 end),
-    receive {Pid, ready} -> ok end,
-    set_delay(0),
-    persistent_term:put({?MODULE, fail}, #{}),
-    ok.
+    receive {Pid, ready} -> ok end.
 
 calls() -> [C || {_, C} <- ets:tab2list(?CALLS)].
 clear_calls() -> ets:delete_all_objects(?CALLS), ok.
