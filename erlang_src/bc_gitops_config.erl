@@ -33,7 +33,8 @@
     hex_repo_url => binary(),
     hex_public_key => binary(),
     hex_repo_name => binary(),
-    build_timeout := pos_integer()
+    build_timeout := pos_integer(),
+    self_heal := boolean()
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
@@ -53,6 +54,7 @@ defaults() ->
       backoff_base => 10000,
       backoff_max => 600000,
       build_timeout => 600000,
+      self_heal => true,
       ssh_verify_host => true}.
 
 %% @doc The configuration from the `bc_gitops' application env.
@@ -88,8 +90,8 @@ check(branch, V) -> non_empty_text(branch, V);
 check(apps_dir, V) -> non_empty_text(apps_dir, V);
 check(runtime_module, V) when is_atom(V) -> V;
 check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)");
-check(ssh_verify_host, V) when is_boolean(V) -> V;
-check(ssh_verify_host, _) -> bad(ssh_verify_host, "must be true or false");
+check(K, V) when (K =:= ssh_verify_host orelse K =:= self_heal), is_boolean(V) -> V;
+check(K, _) when K =:= ssh_verify_host; K =:= self_heal -> bad(K, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
                  K =:= backoff_max; K =:= build_timeout ->
     is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),

@@ -153,7 +153,7 @@ apply_actions(Runtime, Actions, Failures, Config) ->
         lists:foldl(
           fun(Action, {Done, Wait, Fails, Held}) ->
                   App = bc_gitops_actions:app(Action),
-                  case hold_reason(Action, Fails, Held, Now) of
+                  case hold_reason(Action, Fails, Held, Now, Config) of
                       none ->
                           Result = bc_gitops_actions:summary(bc_gitops_actions:run(Runtime, Action)),
                           Fails1 = record(App, Action, Result, Fails, Config, Now),
@@ -164,6 +164,20 @@ apply_actions(Runtime, Actions, Failures, Config) ->
                   end
           end, {[], [], Failures, []}, Actions),
     {lists:reverse(Applied), lists:reverse(Waiting), Failures1}.
+
+-spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer(),
+                  bc_gitops_config:config()) -> none | term().
+hold_reason({redeploy, #app_spec{name = App}, Why} = Action, Failures, Held, Now, Config) ->
+    %% Drift: the app is at its desired version but stopped or failed.
+    Heal = maps:get(self_heal, Config),
+    bc_gitops_telemetry:execute([bc_gitops, drift, detected], #{},
+                                #{app => App, status => Why, healed => Heal}),
+    case Heal of
+        true -> hold_reason(Action, Failures, Held, Now);
+        false -> {drift, Why}
+    end;
+hold_reason(Action, Failures, Held, Now, _Config) ->
+    hold_reason(Action, Failures, Held, Now).
 
 -spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer()) ->
     none | term().

@@ -14,7 +14,7 @@
          wrong_repo_url_then_right/1, status_answers_during_slow_deploy/1,
          telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
-         failed_app_backs_off/1, manual_actions/1]).
+         failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1]).
 
 -import(bc_gitops_test_util, [commit/2]).
 
@@ -23,7 +23,7 @@ all() ->
      idle_without_repo_url, bad_config_names_the_option, wrong_repo_url_then_right,
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
-     triggers_are_coalesced, failed_app_backs_off, manual_actions].
+     triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
@@ -362,6 +362,38 @@ manual_actions(Config) ->
     ?assertMatch({ok, #app_state{}}, bc_gitops:get_app_status(extra)),
     ok = bc_gitops:remove(extra),
     ?assertEqual({error, not_found}, bc_gitops:get_app_status(extra)).
+
+%% An app stopped by hand is drift: the next reconcile restarts it. With
+%% self_heal => false it stays stopped, and the drift is reported.
+stopped_app_is_healed(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    Self = self(),
+    ok = telemetry:attach(<<"drift">>, [bc_gitops, drift, detected],
+                          fun(_, _, Meta, _) -> Self ! {drift, Meta} end, none),
+    try
+        start(Config, #{}),
+        ?assertEqual([{deploy, db, <<"1">>}], calls()),
+        ok = bc_gitops_test_runtime:stop_app(db),
+        ok = bc_gitops:reconcile(),
+        ?assertEqual([{deploy, db, <<"1">>}], calls()),
+        ?assertMatch({ok, #app_state{status = running}}, bc_gitops:get_app_status(db)),
+        receive {drift, #{app := db, status := stopped, healed := true}} -> ok
+        after 1000 -> ct:fail(no_drift_event)
+        end,
+
+        start(Config, #{self_heal => false}),
+        ok = bc_gitops_test_runtime:stop_app(db),
+        ?assertMatch({error, {out_of_sync, #{waiting := [{db, {drift, stopped}}]}}},
+                     bc_gitops:reconcile()),
+        ?assertEqual([], calls()),
+        ?assertMatch({ok, #app_state{status = stopped}}, bc_gitops:get_app_status(db)),
+        ?assertMatch({ok, #{status := out_of_sync, waiting := [{db, {drift, stopped}}]}},
+                     bc_gitops:status())
+    after
+        telemetry:detach(<<"drift">>)
+    end.
 
 %%% Helpers
 
