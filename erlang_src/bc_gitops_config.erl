@@ -34,7 +34,8 @@
     hex_public_key => binary(),
     hex_repo_name => binary(),
     build_timeout := pos_integer(),
-    self_heal := boolean()
+    self_heal := boolean(),
+    health_grace := pos_integer()
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
@@ -55,6 +56,7 @@ defaults() ->
       backoff_max => 600000,
       build_timeout => 600000,
       self_heal => true,
+      health_grace => 30000,
       ssh_verify_host => true}.
 
 %% @doc The configuration from the `bc_gitops' application env.
@@ -93,7 +95,7 @@ check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)
 check(K, V) when (K =:= ssh_verify_host orelse K =:= self_heal), is_boolean(V) -> V;
 check(K, _) when K =:= ssh_verify_host; K =:= self_heal -> bad(K, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
-                 K =:= backoff_max; K =:= build_timeout ->
+                 K =:= backoff_max; K =:= build_timeout; K =:= health_grace ->
     is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),
     V;
 check(K, V) ->

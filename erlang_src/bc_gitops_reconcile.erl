@@ -20,6 +20,9 @@
 
 -type context() :: #{
     config := bc_gitops_config:config(),
+    %% Whether someone asked for this reconcile (reconcile/0), rather than
+    %% the timer.
+    manual => boolean(),
     %% The last parse, reused while the commit does not change.
     cache := parsed() | undefined,
     failures := #{atom() => failure()}
@@ -92,11 +95,18 @@ current_state(Runtime) ->
     end.
 
 -spec steps(context()) -> result().
-steps(#{config := Config, cache := Cache, failures := Failures}) ->
+steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Parsed = parsed(Config, Cache, pull(Config), map_size(Failures) > 0),
     Runtime = maps:get(runtime_module, Config),
     #{actions := Actions, blocked := Blocked} = plan(Parsed, current_state(Runtime)),
-    {Applied, Waiting, Failures1} = apply_actions(Runtime, Actions, Failures, Config),
+    %% The specs of the last parse are what ran before: a rollback goes
+    %% back to them.
+    Previous = case Cache of
+                   #{specs := Old} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
+                   undefined -> #{}
+               end,
+    {Applied, Waiting, Failures1} = apply_actions(Runtime, Actions, Failures, Config, Previous,
+                                                  maps:get(manual, Ctx, false)),
     #{outcome => ok, cache => Parsed, failures => Failures1, blocked => Blocked,
       applied => Applied, waiting => Waiting, current => current_state(Runtime)}.
 
@@ -144,18 +154,20 @@ plan(#{specs := Specs, errors := Errors}, Current) ->
 %% Runs the actions in order. An app in backoff waits; so does an app whose
 %% dependency failed or waits in this run.
 -spec apply_actions(module(), [bc_gitops_plan:action()], #{atom() => failure()},
-                    bc_gitops_config:config()) ->
+                    bc_gitops_config:config(), #{atom() => #app_spec{}}, boolean()) ->
     {[{bc_gitops_plan:action(), ok | {error, term()}}], [{atom(), term()}],
      #{atom() => failure()}}.
-apply_actions(Runtime, Actions, Failures, Config) ->
+apply_actions(Runtime, Actions, Failures, Config, Previous, Manual) ->
     Now = erlang:monotonic_time(millisecond),
     {Applied, Waiting, Failures1, _Held} =
         lists:foldl(
           fun(Action, {Done, Wait, Fails, Held}) ->
                   App = bc_gitops_actions:app(Action),
-                  case hold_reason(Action, Fails, Held, Now, Config) of
+                  case hold_reason(Action, Fails, Held, Now, Config, Manual) of
                       none ->
-                          Result = bc_gitops_actions:summary(bc_gitops_actions:run(Runtime, Action)),
+                          Result = bc_gitops_rollout:run(Runtime, Action,
+                                                         maps:get(App, Previous, undefined),
+                                                         Config),
                           Fails1 = record(App, Action, Result, Fails, Config, Now),
                           Held1 = case Result of ok -> Held; _ -> [App | Held] end,
                           {[{Action, Result} | Done], Wait, Fails1, Held1};
@@ -164,6 +176,22 @@ apply_actions(Runtime, Actions, Failures, Config) ->
                   end
           end, {[], [], Failures, []}, Actions),
     {lists:reverse(Applied), lists:reverse(Waiting), Failures1}.
+
+-spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer(),
+                  bc_gitops_config:config(), boolean()) -> none | term().
+hold_reason(Action, Failures, Held, Now, Config, Manual) ->
+    App = bc_gitops_actions:app(Action),
+    case maps:find(App, Failures) of
+        %% A version rolled back for being unhealthy is not tried again
+        %% until the spec changes, or an explicit reconcile after the backoff.
+        {ok, #{reason := {rolled_back, _}, version := V, retry_at := At}} ->
+            case same_version(Action, V) andalso (not Manual orelse At > Now) of
+                true -> {rolled_back, V};
+                false -> hold_reason(Action, Failures, Held, Now, Config)
+            end;
+        _ ->
+            hold_reason(Action, Failures, Held, Now, Config)
+    end.
 
 -spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer(),
                   bc_gitops_config:config()) -> none | term().

@@ -168,7 +168,8 @@ enqueue(Job, From, #st{queue = Queue} = St) ->
 -spec maybe_start(#st{}) -> #st{}.
 maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
     St1 = cancel_timer(St),
-    Ctx = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures},
+    Ctx = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
+            manual => Callers =/= []},
     {Pid, Ref} = spawn_monitor(?MODULE, worker, [Job, Ctx]),
     St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest};
 maybe_start(St) ->

@@ -14,7 +14,9 @@
          wrong_repo_url_then_right/1, status_answers_during_slow_deploy/1,
          telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
-         failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1]).
+         failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
+         unhealthy_upgrade_is_rolled_back/1]).
+-export([check/1]).
 
 -import(bc_gitops_test_util, [commit/2]).
 
@@ -23,7 +25,8 @@ all() ->
      idle_without_repo_url, bad_config_names_the_option, wrong_repo_url_then_right,
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
-     triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed].
+     triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
+     unhealthy_upgrade_is_rolled_back].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
@@ -394,6 +397,52 @@ stopped_app_is_healed(Config) ->
     after
         telemetry:detach(<<"drift">>)
     end.
+
+%% The health check of unhealthy_upgrade_is_rolled_back: version 2 of an
+%% app is broken.
+check(App) ->
+    {ok, #{App := #app_state{version = V}}} = bc_gitops_test_runtime:get_current_state(),
+    case V of
+        <<"2">> -> {error, {broken_version, V}};
+        _ -> ok
+    end.
+
+%% Version 2 never becomes healthy: it is rolled back to 1, reported, and
+%% not tried again by the timer nor by a reconcile within the backoff;
+%% version 3 (a spec change) goes ahead.
+unhealthy_upgrade_is_rolled_back(Config) ->
+    Origin = ?config(origin, Config),
+    Health = "#{type => custom, module => " ++ atom_to_list(?MODULE) ++ ", interval => 100}",
+    HealthSpec = fun(V) ->
+                         write(Origin, "apps/db/app.config",
+                               ["#{name => db, version => <<\"", V, "\">>,\n",
+                                "  source => #{type => hex}, health => ", Health, "}.\n"])
+                 end,
+    HealthSpec("1"),
+    _ = commit(Origin, "one"),
+    start(Config, #{health_grace => 500, reconcile_interval => 200, backoff_base => 60000}),
+    ?assertEqual([{deploy, db, <<"1">>}], calls()),
+    ok = bc_gitops:suspend(),
+    HealthSpec("2"),
+    _ = commit(Origin, "two"),
+    ?assertMatch({error, {out_of_sync, #{failed := [{db, {rolled_back, {broken_version, _}}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([{upgrade, db, <<"1">>, <<"2">>}, {upgrade, db, <<"2">>, <<"1">>}], calls()),
+    ?assertMatch({ok, #app_state{version = <<"1">>}}, bc_gitops:get_app_status(db)),
+    ?assertMatch({ok, #{app_errors := #{db := #{reason := {rolled_back, _}, version := <<"2">>}}}},
+                 bc_gitops:status()),
+    %% The timer does not try version 2 again...
+    ok = bc_gitops:resume(),
+    timer:sleep(800),
+    ?assertEqual([], calls()),
+    %% ...nor does a reconcile within the backoff.
+    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {rolled_back, <<"2">>}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([], calls()),
+    HealthSpec("3"),
+    _ = commit(Origin, "three"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{upgrade, db, <<"1">>, <<"3">>}], calls()).
 
 %%% Helpers
 
