@@ -164,7 +164,11 @@ get_current_state() ->
 %%% Internals
 
 -spec refresh(#app_state{}, boolean()) -> #app_state{}.
-refresh(#app_state{name = App} = S, true) -> S#app_state{status = running, pid = top_pid(App)};
+refresh(#app_state{name = App, env = Env} = S, true) ->
+    %% The env as it is now, for the keys the spec set: a value changed or
+    %% unset by hand shows as a difference, and the plan reconfigures it back.
+    Actual = maps:from_list([{K, V} || K <- maps:keys(Env), {ok, V} <- [application:get_env(App, K)]]),
+    S#app_state{status = running, pid = top_pid(App), env = Actual};
 refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
 
 -spec start_or_error(#app_spec{}, file:filename(), [file:filename()]) ->

@@ -60,6 +60,12 @@ rebar3_app_lifecycle(Config) ->
     ?assertEqual({[{greeting, <<"changed">>}], [{extra, 1}], []},
                  persistent_term:get(rt_rebar_config_change)),
 
+    %% An env value changed by hand is drift: the next reconcile puts the
+    %% spec's value back.
+    ok = application:set_env(rt_rebar, greeting, <<"by hand">>),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"hello">>, <<"changed">>}, rt_rebar_server:info()),
+
     write_app(Repo, App, rebar3, "2.0.0", "bonjour"),
     _ = commit(Repo, "v2"),
     _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
