@@ -88,7 +88,12 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
         _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
     end,
     Window = erlang:monotonic_time(microsecond) - T0,
+    OldModules = case application:get_key(App, modules) of
+                     {ok, Ms} -> Ms;
+                     undefined -> []
+                 end,
     ok = update_app_keys(App, Ebins),
+    ok = delete_removed(App, OldModules),
     {ok, #{path => hot, modules => [M || {M, _} <- Changed], suspended_us => Window,
            processes => length(Suspended)}}.
 
@@ -207,6 +212,20 @@ child_modules(Pid, Mods) ->
         M when is_atom(M), M =/= undefined -> lists:usort([M | Mods]);
         _ -> Mods
     end.
+
+%% Modules the old version had and the new one does not are deleted, once
+%% nothing runs them (soft purge); one still in use is left and logged.
+-spec delete_removed(atom(), [module()]) -> ok.
+delete_removed(App, OldModules) ->
+    New = case application:get_key(App, modules) of
+              {ok, Ms} -> Ms;
+              undefined -> OldModules
+          end,
+    _ = [case code:soft_purge(M) andalso code:delete(M) of
+             true -> ok;
+             false -> logger:warning("bc_gitops: ~p of ~p is still in use; not deleted", [M, App])
+         end || M <- OldModules -- New],
+    ok.
 
 %% The application controller's copy of the .app keys (vsn, modules...).
 -spec update_app_keys(atom(), [file:filename()]) -> ok.

@@ -8,7 +8,7 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([hex_package_with_dependency/1]).
--export([hot_downgrade_by_git_revert/1]).
+-export([hot_downgrade_by_git_revert/1, hot_upgrade_of_a_tree/1]).
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
          on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
@@ -17,7 +17,8 @@
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
-    [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert, crashing_code_change_falls_back, on_load_module_restarts,
+    [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
+     hot_upgrade_of_a_tree, crashing_code_change_falls_back, on_load_module_restarts,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -157,6 +158,32 @@ hot_upgrade_keeps_pid_and_state(Config) ->
         telemetry:detach(<<"hot">>)
     end.
 
+%% A tree of two gen_server workers and a gen_statem under a supervisor;
+%% v2 changes one worker and the gen_statem, drops a module and adds one.
+%% Every process keeps its pid, the changed ones convert their state, the
+%% dropped module is gone and the added one loaded.
+hot_upgrade_of_a_tree(Config) ->
+    Repo = app_repo(Config, "rt_tree", make),
+    tree_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_tree", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pids = [whereis(N) || N <- [rt_tree_a, rt_tree_b, rt_tree_fsm]],
+    ok = gen_statem:call(rt_tree_fsm, flip),
+    ?assertEqual({on, 1}, gen_statem:call(rt_tree_fsm, get)),
+    ?assertEqual(old, rt_tree_old:here()),
+    tree_app(Repo, "2.0.0", v2),
+    _ = commit(Repo, "v2"),
+    spec(Config, "rt_tree", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pids, [whereis(N) || N <- [rt_tree_a, rt_tree_b, rt_tree_fsm]]),
+    ?assertEqual({a, 2}, gen_server:call(rt_tree_a, get)),
+    ?assertEqual({b, 1}, gen_server:call(rt_tree_b, get)),
+    ?assertEqual({on, #{flips => 1}}, gen_statem:call(rt_tree_fsm, get)),
+    ?assertEqual(false, code:is_loaded(rt_tree_old)),
+    ?assertEqual(new, rt_tree_new:here()).
+
 %% A git revert of the spec takes the app back to 1.0.0, hot: the newer
 %% code's code_change({down, Vsn}, ...) hands the state back as an integer
 %% before the older code is loaded, as OTP's release handler does it.
@@ -230,6 +257,61 @@ client(Calls, Failures) ->
             _ -> client(Calls, Failures + 1)
         end
     end.
+
+%% The tree app: rt_tree_a (changed in v2: state {a, 1} -> {a, 2}),
+%% rt_tree_b (unchanged), rt_tree_fsm (a gen_statem whose data becomes a
+%% map in v2), rt_tree_old (v1 only) and rt_tree_new (v2 only).
+tree_app(Repo, Vsn, Kind) ->
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    _ = file:delete(filename:join([Repo, "src", "rt_tree_old.erl"])),
+    _ = file:delete(filename:join([Repo, "src", "rt_tree_new.erl"])),
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_tree.app.src ebin/rt_tree.app\n"),
+    Extra = case Kind of v1 -> "rt_tree_old"; v2 -> "rt_tree_new" end,
+    W("rt_tree.app.src", ["{application, rt_tree, [{vsn, \"", Vsn, "\"}, {mod, {rt_tree_sup, []}},\n"
+                          " {modules, [rt_tree_sup, rt_tree_a, rt_tree_b, rt_tree_fsm, ", Extra, "]},\n"
+                          " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    W("rt_tree_sup.erl",
+      "-module(rt_tree_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => a, start => {rt_tree_a, start_link, []}},\n"
+      "                        #{id => b, start => {rt_tree_b, start_link, []}},\n"
+      "                        #{id => f, start => {rt_tree_fsm, start_link, []}}]}}.\n"),
+    Server = fun(Mod, Init, CodeChange) ->
+                     ["-module(", Mod, ").\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+                      "init([]) -> {ok, ", Init, "}.\n"
+                      "handle_call(get, _, S) -> {reply, S, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
+             end,
+    case Kind of
+        v1 ->
+            W("rt_tree_a.erl", Server("rt_tree_a", "{a, 1}", "code_change(_, S, _) -> {ok, S}.\n")),
+            W("rt_tree_old.erl", "-module(rt_tree_old).\n-export([here/0]).\nhere() -> old.\n"),
+            W("rt_tree_fsm.erl", fsm("1", "0", "code_change(_, St, D, _) -> {ok, St, D}.\n"));
+        v2 ->
+            W("rt_tree_a.erl", Server("rt_tree_a", "{a, 2}",
+                                      "code_change(_, {a, 1}, _) -> {ok, {a, 2}}.\n")),
+            W("rt_tree_new.erl", "-module(rt_tree_new).\n-export([here/0]).\nhere() -> new.\n"),
+            W("rt_tree_fsm.erl", fsm("2", "#{flips => 0}",
+                                     "code_change(_, St, N, _) when is_integer(N) ->\n"
+                                     "    {ok, St, #{flips => N}}.\n"))
+    end,
+    W("rt_tree_b.erl", Server("rt_tree_b", "{b, 1}", "code_change(_, S, _) -> {ok, S}.\n")).
+
+fsm(Vsn, Data, CodeChange) ->
+    ["-module(rt_tree_fsm).\n-behaviour(gen_statem).\n-vsn(", Vsn, ").\n"
+     "-export([start_link/0, init/1, callback_mode/0, handle_event/4, code_change/4]).\n"
+     "start_link() -> gen_statem:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+     "callback_mode() -> handle_event_function.\n"
+     "init([]) -> {ok, off, ", Data, "}.\n"
+     "handle_event({call, From}, flip, off, N) when is_integer(N) ->\n"
+     "    {next_state, on, N + 1, [{reply, From, ok}]};\n"
+     "handle_event({call, From}, get, St, D) -> {keep_state_and_data, [{reply, From, {St, D}}]}.\n",
+     CodeChange].
 
 %% A counter app built with make. v1 keeps an integer; v2 keeps a map and
 %% converts in code_change/3; `crash' is v2 whose code_change/3 crashes.
