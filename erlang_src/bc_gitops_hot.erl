@@ -52,7 +52,15 @@ direction(From, To) ->
 %% knows, then load the older code.
 -spec upgrade(atom(), pid() | undefined, [file:filename()], {up | down, string()}) ->
     {ok, info()} | {error, {atom(), term()}}.
-upgrade(App, Top, Ebins, OldVsn) ->
+upgrade(App, Top, Ebins, {Direction, AppVsn} = OldVsn) ->
+    case appup_instructions(App, Ebins, Direction, AppVsn) of
+        {ok, Instructions} -> follow_appup(App, Top, Ebins, Instructions, OldVsn);
+        none -> derived(App, Top, Ebins, OldVsn)
+    end.
+
+-spec derived(atom(), pid() | undefined, [file:filename()], {up | down, string()}) ->
+    {ok, info()} | {error, {atom(), term()}}.
+derived(App, Top, Ebins, OldVsn) ->
     try
         Changed = changed_modules(Ebins),
         _ = [throw({on_load, M}) || {M, Beam} <- Changed, has_on_load(Beam)],
@@ -60,6 +68,117 @@ upgrade(App, Top, Ebins, OldVsn) ->
         swap(App, Ebins, Changed, Procs, OldVsn)
     catch
         throw:{Stage, Why} -> {error, {Stage, Why}}
+    end.
+
+%%% Appups
+
+%% The instructions of the new version's .appup for going from (up) or to
+%% (down) the running version, when it ships one with such an entry.
+-spec appup_instructions(atom(), [file:filename()], up | down, string()) ->
+    {ok, [tuple()]} | none.
+appup_instructions(App, Ebins, Direction, OldVsn) ->
+    Files = [F || E <- Ebins, F <- [filename:join(E, atom_to_list(App) ++ ".appup")],
+                  filelib:is_regular(F)],
+    case Files of
+        [File | _] ->
+            case file:consult(File) of
+                {ok, [{_NewVsn, Ups, Downs}]} ->
+                    Entries = case Direction of up -> Ups; down -> Downs end,
+                    case [Is || {Vsn, Is} <- Entries, vsn_matches(Vsn, OldVsn)] of
+                        [Instructions | _] -> {ok, Instructions};
+                        [] -> none
+                    end;
+                _ ->
+                    none
+            end;
+        [] ->
+            none
+    end.
+
+%% An appup version is a string, or a binary holding a regular expression.
+-spec vsn_matches(string() | binary(), string()) -> boolean().
+vsn_matches(Vsn, OldVsn) when is_list(Vsn) -> Vsn =:= OldVsn;
+vsn_matches(Re, OldVsn) when is_binary(Re) ->
+    re:run(OldVsn, <<"^", Re/binary, "$">>, [{capture, none}]) =:= match.
+
+%% Follows an appup's instructions in order. Supported: load_module,
+%% add_module, delete_module (at the end, once unused), update (soft,
+%% {advanced, Extra}, supervisor) and apply; anything else is refused, and
+%% the caller restarts the app.
+-spec follow_appup(atom(), pid() | undefined, [file:filename()], [tuple()],
+                   {up | down, string()}) -> {ok, info()} | {error, {atom(), term()}}.
+follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
+    try
+        ok = code:add_pathsa(Ebins),
+        Beams = maps:from_list([{list_to_atom(filename:basename(B, ".beam")), B}
+                                || E <- Ebins, B <- filelib:wildcard(filename:join(E, "*.beam"))]),
+        {Window, Procs, Deleted} =
+            lists:foldl(fun(I, Acc) -> instruction(I, Acc, Top, Beams, AppVsn) end,
+                        {0, 0, []}, Instructions),
+        OldModules = case application:get_key(App, modules) of
+                         {ok, Ms} -> Ms;
+                         undefined -> []
+                     end,
+        ok = update_app_keys(App, Ebins),
+        _ = [code:soft_purge(M) andalso code:delete(M) || M <- Deleted],
+        ok = delete_removed(App, OldModules -- Deleted),
+        {ok, #{path => hot, appup => true, modules => maps:keys(Beams), suspended_us => Window,
+               processes => Procs}}
+    catch
+        throw:{Stage, Why} -> {error, {Stage, Why}}
+    end.
+
+-spec instruction(tuple(), {integer(), integer(), [module()]}, pid() | undefined,
+                  #{module() => file:filename()}, string()) -> {integer(), integer(), [module()]}.
+instruction({load_module, M}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
+instruction({load_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
+instruction({add_module, M}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
+instruction({add_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
+instruction({delete_module, M}, {W, P, D}, _Top, _Beams, _Vsn) -> {W, P, [M | D]};
+instruction({delete_module, M, _Deps}, {W, P, D}, _Top, _Beams, _Vsn) -> {W, P, [M | D]};
+instruction({apply, {M, F, A}}, Acc, _Top, _Beams, _Vsn) ->
+    try apply(M, F, A) of
+        _ -> Acc
+    catch
+        Class:Reason -> throw({apply, {M, F, Class, Reason}})
+    end;
+instruction({update, M}, Acc, Top, Beams, Vsn) ->
+    instruction({update, M, soft}, Acc, Top, Beams, Vsn);
+instruction({update, M, supervisor}, Acc, Top, Beams, Vsn) ->
+    update(M, [], Acc, Top, Beams, Vsn);
+instruction({update, M, soft}, Acc, Top, Beams, Vsn) ->
+    update(M, [], Acc, Top, Beams, Vsn);
+instruction({update, M, {advanced, Extra}}, Acc, Top, Beams, Vsn) ->
+    update(M, Extra, Acc, Top, Beams, Vsn);
+instruction(Other, _Acc, _Top, _Beams, _Vsn) ->
+    throw({unsupported_appup_instruction, Other}).
+
+%% Suspends the processes running `M', loads it, runs their code_change
+%% with `Extra', resumes them.
+-spec update(module(), term(), {integer(), integer(), [module()]}, pid() | undefined,
+             #{module() => file:filename()}, string()) -> {integer(), integer(), [module()]}.
+update(M, Extra, {W, P, D}, Top, Beams, AppVsn) ->
+    OldVsn = old_vsn(M, AppVsn),
+    Procs = processes(Top, [M]),
+    T0 = erlang:monotonic_time(microsecond),
+    Suspended = suspend(Procs, []),
+    try
+        ok = load_new(M, Beams),
+        _ = [case catch sys:change_code(Pid, M, OldVsn, Extra, ?CHANGE_TIMEOUT) of
+                 ok -> ok;
+                 Other -> throw({code_change, {Pid, M, Other}})
+             end || {Pid, _} <- Suspended],
+        ok
+    after
+        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
+    end,
+    {W + erlang:monotonic_time(microsecond) - T0, P + length(Suspended), D}.
+
+-spec load_new(module(), #{module() => file:filename()}) -> ok.
+load_new(M, Beams) ->
+    case Beams of
+        #{M := Beam} -> load(M, Beam);
+        _ -> throw({load, {M, not_in_build}})
     end.
 
 -spec swap(atom(), [file:filename()], [{module(), file:filename()}],

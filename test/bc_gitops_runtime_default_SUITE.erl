@@ -8,7 +8,7 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([hex_package_with_dependency/1]).
--export([hot_downgrade_by_git_revert/1, hot_upgrade_of_a_tree/1]).
+-export([hot_downgrade_by_git_revert/1, hot_upgrade_of_a_tree/1, appup_is_followed/1]).
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
          on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
@@ -18,7 +18,7 @@
 
 all() ->
     [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
-     hot_upgrade_of_a_tree, crashing_code_change_falls_back, on_load_module_restarts,
+     hot_upgrade_of_a_tree, appup_is_followed, crashing_code_change_falls_back, on_load_module_restarts,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -183,6 +183,61 @@ hot_upgrade_of_a_tree(Config) ->
     ?assertEqual({on, #{flips => 1}}, gen_statem:call(rt_tree_fsm, get)),
     ?assertEqual(false, code:is_loaded(rt_tree_old)),
     ?assertEqual(new, rt_tree_new:here()).
+
+%% v2 ships an .appup: its instructions are followed in order, with the
+%% Extra of {advanced, Extra} reaching code_change/3.
+appup_is_followed(Config) ->
+    Repo = app_repo(Config, "rt_up", make),
+    Server = fun(CodeChange) ->
+                     ["-module(rt_up_server).\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+                      "init([]) -> {ok, 7}.\n"
+                      "handle_call(get, _, S) -> {reply, S, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
+             end,
+    App = fun(Vsn, Extra) ->
+                  write_file(filename:join([Repo, "src", "rt_up.app.src"]),
+                             ["{application, rt_up, [{vsn, \"", Vsn, "\"}, {mod, {rt_up_sup, []}},\n"
+                              " {modules, [rt_up_sup, rt_up_server", Extra, "]},\n"
+                              " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
+          end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_up.app.src ebin/rt_up.app\n"
+               "\tif [ -f src/rt_up.appup ]; then cp src/rt_up.appup ebin/; fi\n"),
+    write_file(filename:join([Repo, "src", "rt_up_sup.erl"]),
+               "-module(rt_up_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+               "-export([start/2, stop/1, init/1]).\n"
+               "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
+               "init([]) -> {ok, {#{}, [#{id => s, start => {rt_up_server, start_link, []}}]}}.\n"),
+    write_file(filename:join([Repo, "src", "rt_up_server.erl"]),
+               Server("code_change(_, S, _) -> {ok, S}.\n")),
+    App("1.0.0", ""),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_up", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_up_server),
+    write_file(filename:join([Repo, "src", "rt_up_server.erl"]),
+               Server("code_change(_OldVsn, N, to_v2) -> {ok, {v2, N}}.\n")),
+    write_file(filename:join([Repo, "src", "rt_up_extra.erl"]),
+               "-module(rt_up_extra).\n-export([x/0]).\nx() -> extra.\n"),
+    write_file(filename:join([Repo, "src", "rt_up.appup"]),
+               "{\"2.0.0\",\n"
+               " [{\"1.0.0\", [{add_module, rt_up_extra},\n"
+               "             {update, rt_up_server, {advanced, to_v2}},\n"
+               "             {apply, {persistent_term, put, [rt_up_applied, true]}}]}],\n"
+               " [{\"1.0.0\", []}]}.\n"),
+    App("2.0.0", ", rt_up_extra"),
+    _ = commit(Repo, "v2 with an appup"),
+    spec(Config, "rt_up", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pid, whereis(rt_up_server)),
+    ?assertEqual({v2, 7}, gen_server:call(rt_up_server, get)),
+    ?assertEqual(true, persistent_term:get(rt_up_applied)),
+    ?assertEqual(extra, rt_up_extra:x()),
+    ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_up, 1, application:which_applications())).
 
 %% A git revert of the spec takes the app back to 1.0.0, hot: the newer
 %% code's code_change({down, Vsn}, ...) hands the state back as an integer
