@@ -98,17 +98,37 @@ current_state(Runtime) ->
 steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Parsed = parsed(Config, Cache, pull(Config), map_size(Failures) > 0),
     Runtime = maps:get(runtime_module, Config),
-    #{actions := Actions, blocked := Blocked} = plan(Parsed, current_state(Runtime)),
+    #{actions := Planned, blocked := Blocked} = plan(Parsed, current_state(Runtime)),
+    {Actions, Failures0} = retry_unhealthy(Planned, Failures, Parsed),
     %% The specs of the last parse are what ran before: a rollback goes
     %% back to them.
     Previous = case Cache of
                    #{specs := Old} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
                    undefined -> #{}
                end,
-    {Applied, Waiting, Failures1} = apply_actions(Runtime, Actions, Failures, Config, Previous,
+    {Applied, Waiting, Failures1} = apply_actions(Runtime, Actions, Failures0, Config, Previous,
                                                   maps:get(manual, Ctx, false)),
     #{outcome => ok, cache => Parsed, failures => Failures1, blocked => Blocked,
       applied => Applied, waiting => Waiting, current => current_state(Runtime)}.
+
+%% An app deployed but never healthy runs at its desired version, so the
+%% plan has nothing for it: it stays failed (its dependents wait) until its
+%% check passes, and is deployed again once its backoff is over.
+-spec retry_unhealthy([bc_gitops_plan:action()], #{atom() => failure()}, parsed()) ->
+    {[bc_gitops_plan:action()], #{atom() => failure()}}.
+retry_unhealthy(Actions, Failures, #{specs := Specs}) ->
+    Planned = [bc_gitops_actions:app(A) || A <- Actions],
+    maps:fold(
+      fun(App, #{reason := {unhealthy, _}, version := V}, {As, Fs}) ->
+              case {lists:member(App, Planned), bc_gitops_health_monitor:health(App),
+                    [S || #app_spec{name = N, version = SV} = S <- Specs, N =:= App, SV =:= V]} of
+                  {false, healthy, _} -> {As, maps:remove(App, Fs)};
+                  {false, _, [Spec]} -> {[{redeploy, Spec, unhealthy} | As], Fs};
+                  _ -> {As, Fs}
+              end;
+         (_App, _Failure, Acc) ->
+              Acc
+      end, {Actions, Failures}, Failures).
 
 -spec pull(bc_gitops_config:config()) -> bc_gitops_git:outcome().
 pull(Config) ->

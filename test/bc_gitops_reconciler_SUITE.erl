@@ -15,7 +15,7 @@
          telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
          failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
-         unhealthy_upgrade_is_rolled_back/1]).
+         unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1]).
 -export([check/1]).
 
 -import(bc_gitops_test_util, [commit/2]).
@@ -26,7 +26,7 @@ all() ->
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
      triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
-     unhealthy_upgrade_is_rolled_back].
+     unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
@@ -443,6 +443,25 @@ unhealthy_upgrade_is_rolled_back(Config) ->
     _ = commit(Origin, "three"),
     ok = bc_gitops:reconcile(),
     ?assertEqual([{upgrade, db, <<"1">>, <<"3">>}], calls()).
+
+%% A first deploy that never becomes healthy fails, is retried with
+%% backoff, and the app that depends on it waits.
+unhealthy_first_deploy_fails(Config) ->
+    Origin = ?config(origin, Config),
+    write(Origin, "apps/db/app.config",
+          ["#{name => db, version => <<\"2\">>, source => #{type => hex},\n"
+           "  health => #{type => custom, module => ", atom_to_list(?MODULE), "}}.\n"]),
+    spec(Origin, "web", "1", ["db"], "#{}"),
+    _ = commit(Origin, "broken db first"),
+    start(Config, #{health_grace => 300, backoff_base => 60000}),
+    ?assertEqual([{deploy, db, <<"2">>}], calls()),
+    {ok, #{status := out_of_sync, waiting := Waiting,
+           app_errors := #{db := #{reason := {unhealthy, {broken_version, <<"2">>}},
+                                   attempts := 1}}}} = bc_gitops:status(),
+    ?assertEqual([{web, {dependency_not_ready, db}}], Waiting),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {backoff, 1, _}}, {web, _}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([], calls()).
 
 %%% Helpers
 
