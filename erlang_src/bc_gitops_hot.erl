@@ -67,7 +67,10 @@ derived(App, Top, Ebins, OldVsn) ->
         Procs = processes(Top, [M || {M, _} <- Changed]),
         swap(App, Ebins, Changed, Procs, OldVsn)
     catch
-        throw:{Stage, Why} -> {error, {Stage, Why}}
+        throw:{Stage, Why} -> {error, {Stage, Why}};
+        %% Anything unexpected is a failed hot upgrade too: the caller
+        %% restarts the app, so it is not left half upgraded.
+        Class:Reason -> {error, {crashed, {Class, Reason}}}
     end.
 
 %%% Appups
@@ -125,7 +128,8 @@ follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
         {ok, #{path => hot, appup => true, modules => maps:keys(Beams), suspended_us => Window,
                processes => Procs}}
     catch
-        throw:{Stage, Why} -> {error, {Stage, Why}}
+        throw:{Stage, Why} -> {error, {Stage, Why}};
+        Class:Reason -> {error, {crashed, {Class, Reason}}}
     end.
 
 -spec instruction(tuple(), {integer(), integer(), [module()]}, pid() | undefined,
