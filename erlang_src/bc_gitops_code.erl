@@ -16,8 +16,8 @@
     {ok, [file:filename()]} | {error, term()}.
 start(App, Ebins, Env) ->
     Running = [A || {A, _, _} <- application:which_applications()],
-    Added = [E || E <- Ebins, not lists:member(app_of_ebin(E), Running) orelse
-                              app_of_ebin(E) =:= App],
+    Added = [E || E <- Ebins, Of <- [app_of_ebin(E)],
+                  Of =:= App orelse not lists:member(Of, Running)],
     ok = code:add_pathsa(Added),
     case load(App) of
         ok ->

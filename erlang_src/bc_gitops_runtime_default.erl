@@ -49,7 +49,7 @@ table() -> ?TABLE.
 -spec deploy(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
 deploy(#app_spec{} = Spec) ->
     case prepare(Spec) of
-        {ok, Dir, Ebins} -> start_or_error(Spec, Dir, Ebins);
+        {ok, Dir, Ebins} -> start(Spec, Dir, Ebins);
         {error, _} = Error -> Error
     end.
 
@@ -77,7 +77,7 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
         {_, {error, _} = Error} ->
             Error;
         {error, {ok, Dir, Ebins}} ->
-            with_path(start_or_error(Spec, Dir, Ebins), #{path => restart});
+            with_path(start(Spec, Dir, Ebins), #{path => restart});
         {{ok, Entry}, {ok, Dir, Ebins}} ->
             case running(App) andalso hot(Spec, Entry, Dir, Ebins) of
                 {ok, _, _} = Hot -> Hot;
@@ -114,13 +114,13 @@ hot_failure({error, Why}) -> Why.
 restart(#app_spec{name = App} = Spec,
         #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, NotHot) ->
     ok = bc_gitops_code:stop(App, OldPaths),
-    case start_or_error(Spec, Dir, Ebins) of
+    case start(Spec, Dir, Ebins) of
         {ok, State} ->
             ok = delete_build(OldDir, Dir),
             {ok, State, #{path => restart, not_hot => NotHot}};
         {error, Why} ->
             OldSpec = Spec#app_spec{version = Old#app_state.version, env = Old#app_state.env},
-            case start_or_error(OldSpec, OldDir, OldPaths) of
+            case start(OldSpec, OldDir, OldPaths) of
                 {ok, _} -> {error, {rolled_back, Why}};
                 {error, Again} -> {error, {rollback_failed, Why, Again}}
             end
@@ -171,15 +171,8 @@ refresh(#app_state{name = App, env = Env} = S, true) ->
     S#app_state{status = running, pid = top_pid(App), env = Actual};
 refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
 
--spec start_or_error(#app_spec{}, file:filename(), [file:filename()]) ->
+-spec start(#app_spec{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}} | {error, term()}.
-start_or_error(#app_spec{name = App} = Spec, Dir, Ebins) ->
-    case start(Spec, Dir, Ebins) of
-        ok -> {ok, (element(2, lookup(App)))#entry.state};
-        {error, _} = Error -> Error
-    end.
-
--spec start(#app_spec{}, file:filename(), [file:filename()]) -> ok | {error, term()}.
 start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebins) ->
     case bc_gitops_code:start(App, Ebins, Env) of
         {ok, Paths} ->
@@ -187,7 +180,7 @@ start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebi
                                pid = top_pid(App), started_at = erlang:system_time(millisecond),
                                env = Env, depends_on = Deps},
             true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
-            ok;
+            {ok, State};
         {error, _} = Error ->
             Error
     end.
