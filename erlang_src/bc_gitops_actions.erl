@@ -48,6 +48,7 @@ span(Kind, Meta, Call) ->
               %% window): that goes into the stop event too.
               Info = case Result of
                          {ok, _, #{} = I} -> I;
+                         {error, {rolled_back, _}} when Kind =:= upgrade -> #{path => rolled_back};
                          _ -> #{}
                      end,
               {Result, Info#{result => summary(Result)}}

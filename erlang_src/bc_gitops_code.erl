@@ -47,10 +47,18 @@ load(App) ->
 %% kept.
 -spec stop(atom(), [file:filename()]) -> ok.
 stop(App, Paths) ->
-    Modules = case application:get_key(App, modules) of
-                  {ok, Ms} -> Ms;
-                  undefined -> []
-              end,
+    %% The .app's modules key, and the beams of the app's own ebin: a
+    %% hand-written .app may list none, and its code must go all the same.
+    Listed = case application:get_key(App, modules) of
+                 {ok, Ms} -> Ms;
+                 undefined -> []
+             end,
+    %% A module never loaded has no atom, and nothing to purge.
+    Beams = [M || P <- Paths, app_of_ebin(P) =:= App,
+                  B <- filelib:wildcard(filename:join(P, "*.beam")),
+                  M <- [catch list_to_existing_atom(filename:basename(B, ".beam"))],
+                  is_atom(M)],
+    Modules = lists:usort(Listed ++ Beams),
     _ = application:stop(App),
     _ = application:unload(App),
     Others = lists:append([Ms || {A, _, _} <- application:loaded_applications(),

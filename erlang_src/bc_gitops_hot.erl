@@ -17,16 +17,31 @@
 %%% <li>The application controller learns the new `.app' keys, so
 %%%     `application:which_applications/0' shows the new vsn.</li>
 %%% </ol>
-%%% Any failure resumes every suspended process and returns
-%%% `{error, {Stage, Reason}}'; the caller then restarts the app at the new
-%%% version, so it is never left half upgraded.
+%%% Every step done (a module loaded, a process's state converted) is
+%%% remembered, so that a failure undoes them in reverse order while the
+%%% processes are still suspended: a converted state is converted back by
+%%% the same code (`code_change({down, Vsn}, ...)' after an upgrade step,
+%%% `code_change(Vsn, ...)' after a downgrade step), and each module gets
+%%% its old beam back (or, when it is new, is removed). Then the processes
+%%% are resumed. The result says whether the undo got the old version back
+%%% whole (`reverted') or not (`not_reverted'); the caller decides what
+%%% comes next (see {@link bc_gitops_runtime_default:upgrade/2}).
 -module(bc_gitops_hot).
 
 -export([upgrade/4, direction/2]).
 
 -type info() :: #{path := hot, modules := [module()], suspended_us := non_neg_integer(),
                   processes := non_neg_integer()}.
--export_type([info/0]).
+%% A failure before anything was changed, or one after steps were done
+%% with whether undoing them brought the old version back whole.
+-type failure() :: {error, {atom(), term()}} | {error, {atom(), term()}, reverted | not_reverted}.
+-export_type([info/0, failure/0]).
+
+%% One step of an upgrade, and what undoes it.
+-type step() :: {load, module(), file:filename()} | {change, pid(), module(), term(), term()}.
+-type done() :: {loaded, module(), file:filename() | none}
+              | {converted, pid(), module(), term(), term()}
+              | {kept, pid()}.
 
 -define(SUSPEND_TIMEOUT, 5000).
 -define(CHANGE_TIMEOUT, 10000).
@@ -51,7 +66,7 @@ direction(From, To) ->
 %% running, newer code first, so that it hands back a state the older code
 %% knows, then load the older code.
 -spec upgrade(atom(), pid() | undefined, [file:filename()], {up | down, string()}) ->
-    {ok, info()} | {error, {atom(), term()}}.
+    {ok, info()} | failure().
 upgrade(App, Top, Ebins, {Direction, AppVsn} = OldVsn) ->
     case appup_instructions(App, Ebins, Direction, AppVsn) of
         {ok, Instructions} -> follow_appup(App, Top, Ebins, Instructions, OldVsn);
@@ -59,7 +74,7 @@ upgrade(App, Top, Ebins, {Direction, AppVsn} = OldVsn) ->
     end.
 
 -spec derived(atom(), pid() | undefined, [file:filename()], {up | down, string()}) ->
-    {ok, info()} | {error, {atom(), term()}}.
+    {ok, info()} | failure().
 derived(App, Top, Ebins, OldVsn) ->
     try
         Changed = changed_modules(Ebins),
@@ -67,6 +82,7 @@ derived(App, Top, Ebins, OldVsn) ->
         Procs = processes(Top, [M || {M, _} <- Changed]),
         swap(App, Ebins, Changed, Procs, OldVsn)
     catch
+        throw:{failed, Why, Undo} -> {error, Why, Undo};
         throw:{Stage, Why} -> {error, {Stage, Why}};
         %% Anything unexpected is a failed hot upgrade too: the caller
         %% restarts the app, so it is not left half upgraded.
@@ -109,15 +125,15 @@ vsn_matches(Re, OldVsn) when is_binary(Re) ->
 %% {advanced, Extra}, supervisor) and apply; anything else is refused, and
 %% the caller restarts the app.
 -spec follow_appup(atom(), pid() | undefined, [file:filename()], [tuple()],
-                   {up | down, string()}) -> {ok, info()} | {error, {atom(), term()}}.
+                   {up | down, string()}) -> {ok, info()} | failure().
 follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
     try
         ok = code:add_pathsa(Ebins),
         Beams = maps:from_list([{list_to_atom(filename:basename(B, ".beam")), B}
                                 || E <- Ebins, B <- filelib:wildcard(filename:join(E, "*.beam"))]),
-        {Window, Procs, Deleted} =
+        {Window, Procs, Deleted, _Done} =
             lists:foldl(fun(I, Acc) -> instruction(I, Acc, Top, Beams, AppVsn) end,
-                        {0, 0, []}, Instructions),
+                        {0, 0, [], []}, Instructions),
         OldModules = case application:get_key(App, modules) of
                          {ok, Ms} -> Ms;
                          undefined -> []
@@ -128,61 +144,78 @@ follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
         {ok, #{path => hot, appup => true, modules => maps:keys(Beams), suspended_us => Window,
                processes => Procs}}
     catch
+        throw:{failed, Why, Undo} -> {error, Why, Undo};
         throw:{Stage, Why} -> {error, {Stage, Why}};
         Class:Reason -> {error, {crashed, {Class, Reason}}}
     end.
 
--spec instruction(tuple(), {integer(), integer(), [module()]}, pid() | undefined,
-                  #{module() => file:filename()}, string()) -> {integer(), integer(), [module()]}.
-instruction({load_module, M}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
-instruction({load_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
-instruction({add_module, M}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
-instruction({add_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> ok = load_new(M, Beams), Acc;
-instruction({delete_module, M}, {W, P, D}, _Top, _Beams, _Vsn) -> {W, P, [M | D]};
-instruction({delete_module, M, _Deps}, {W, P, D}, _Top, _Beams, _Vsn) -> {W, P, [M | D]};
-instruction({apply, {M, F, A}}, Acc, _Top, _Beams, _Vsn) ->
+%% The fold's accumulator: suspension window, processes moved, modules to
+%% delete at the end, and the steps done so far (newest first).
+-type appup_acc() :: {integer(), integer(), [module()], [done()]}.
+
+-spec instruction(tuple(), appup_acc(), pid() | undefined,
+                  #{module() => file:filename()}, string()) -> appup_acc().
+instruction({load_module, M}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
+instruction({load_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
+instruction({add_module, M}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
+instruction({add_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
+instruction({delete_module, M}, {W, P, D, Done}, _Top, _Beams, _Vsn) -> {W, P, [M | D], Done};
+instruction({delete_module, M, _Deps}, {W, P, D, Done}, _Top, _Beams, _Vsn) ->
+    {W, P, [M | D], Done};
+instruction({apply, {M, F, A}}, {_, _, _, Done} = Acc, _Top, _Beams, _Vsn) ->
     try apply(M, F, A) of
         _ -> Acc
     catch
-        Class:Reason -> throw({apply, {M, F, Class, Reason}})
+        Class:Reason -> throw({failed, {apply, {M, F, Class, Reason}}, undo(Done)})
     end;
 instruction({update, M}, Acc, Top, Beams, Vsn) ->
-    instruction({update, M, soft}, Acc, Top, Beams, Vsn);
-instruction({update, M, supervisor}, Acc, Top, Beams, Vsn) ->
-    update(M, [], Acc, Top, Beams, Vsn);
-instruction({update, M, soft}, Acc, Top, Beams, Vsn) ->
-    update(M, [], Acc, Top, Beams, Vsn);
-instruction({update, M, {advanced, Extra}}, Acc, Top, Beams, Vsn) ->
-    update(M, Extra, Acc, Top, Beams, Vsn);
-instruction(Other, _Acc, _Top, _Beams, _Vsn) ->
-    throw({unsupported_appup_instruction, Other}).
+    update(M, soft, Acc, Top, Beams, Vsn);
+instruction({update, M, Change}, Acc, Top, Beams, Vsn)
+  when Change =:= soft; Change =:= supervisor; element(1, Change) =:= advanced ->
+    update(M, Change, Acc, Top, Beams, Vsn);
+instruction(Other, {_, _, _, Done}, _Top, _Beams, _Vsn) ->
+    throw({failed, {unsupported_appup_instruction, Other}, undo(Done)}).
 
-%% Suspends the processes running `M', loads it, runs their code_change
-%% with `Extra', resumes them.
--spec update(module(), term(), {integer(), integer(), [module()]}, pid() | undefined,
-             #{module() => file:filename()}, string()) -> {integer(), integer(), [module()]}.
-update(M, Extra, {W, P, D}, Top, Beams, AppVsn) ->
+-spec load_step(module(), #{module() => file:filename()}, appup_acc()) -> appup_acc().
+load_step(M, Beams, {W, P, D, Done}) ->
+    case Beams of
+        #{M := Beam} -> {W, P, D, steps([{load, M, Beam}], Done)};
+        _ -> throw({failed, {load, {M, not_in_build}}, undo(Done)})
+    end.
+
+%% Suspends the processes running `M', loads it, resumes them. As with
+%% OTP's release handler, a `soft' change keeps their state as it is;
+%% `{advanced, Extra}' runs their code_change with `Extra', and
+%% `supervisor' the supervisor's own (its init/1 gives the new child specs).
+-spec update(module(), soft | supervisor | {advanced, term()}, appup_acc(), pid() | undefined,
+             #{module() => file:filename()}, string()) -> appup_acc().
+update(M, Change, {W, P, D, Done}, Top, Beams, AppVsn) ->
+    Beam = case Beams of
+               #{M := B} -> B;
+               _ -> throw({failed, {load, {M, not_in_build}}, undo(Done)})
+           end,
     OldVsn = old_vsn(M, AppVsn),
     Procs = processes(Top, [M]),
     T0 = erlang:monotonic_time(microsecond),
-    Suspended = suspend(Procs, []),
-    try
-        ok = load_new(M, Beams),
-        _ = [case catch sys:change_code(Pid, M, OldVsn, Extra, ?CHANGE_TIMEOUT) of
-                 ok -> ok;
-                 Other -> throw({code_change, {Pid, M, Other}})
-             end || {Pid, _} <- Suspended],
-        ok
-    after
-        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
-    end,
-    {W + erlang:monotonic_time(microsecond) - T0, P + length(Suspended), D}.
+    Suspended = suspend_or_undo(Procs, Done),
+    Changes = case Change of
+                  soft -> [];
+                  supervisor -> [{change, Pid, M, OldVsn, []} || {Pid, _} <- Suspended];
+                  {advanced, Extra} -> [{change, Pid, M, OldVsn, Extra} || {Pid, _} <- Suspended]
+              end,
+    Done1 = try
+                steps([{load, M, Beam} | Changes], Done)
+            after
+                resume(Suspended)
+            end,
+    {W + erlang:monotonic_time(microsecond) - T0, P + length(Suspended), D, Done1}.
 
--spec load_new(module(), #{module() => file:filename()}) -> ok.
-load_new(M, Beams) ->
-    case Beams of
-        #{M := Beam} -> load(M, Beam);
-        _ -> throw({load, {M, not_in_build}})
+-spec suspend_or_undo([{pid(), [module()]}], [done()]) -> [{pid(), [module()]}].
+suspend_or_undo(Procs, Done) ->
+    try
+        suspend(Procs, [])
+    catch
+        throw:{suspend, _} = Why -> throw({failed, Why, undo(Done)})
     end.
 
 -spec swap(atom(), [file:filename()], [{module(), file:filename()}],
@@ -194,21 +227,20 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
                                    up -> old_vsn(M, AppVsn);
                                    down -> {down, beam_vsn(Beam, AppVsn)}
                                end} || {M, Beam} <- Changed]),
-    ChangeAll = fun(Suspended) ->
-                        [change_code(Pid, M, maps:get(M, Vsns)) || {Pid, Mods} <- Suspended,
-                                                                  {M, _} <- Changed,
-                                                                  lists:member(M, Mods)]
-                end,
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend(Procs, []),
+    Changes = [{change, Pid, M, maps:get(M, Vsns), []}
+               || {Pid, Mods} <- Suspended, M <- [changed_callback(Pid, Mods, Vsns)]],
+    Loads = [{load, M, Beam} || {M, Beam} <- Changed],
     try
-        _ = Direction =:= down andalso ChangeAll(Suspended),
         ok = code:add_pathsa(Ebins),
-        _ = [load(M, Beam) || {M, Beam} <- Changed],
-        _ = Direction =:= up andalso ChangeAll(Suspended),
+        _ = case Direction of
+                up -> steps(Loads ++ Changes, []);
+                down -> steps(Changes ++ Loads, [])
+            end,
         ok
     after
-        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
+        resume(Suspended)
     end,
     Window = erlang:monotonic_time(microsecond) - T0,
     OldModules = case application:get_key(App, modules) of
@@ -228,9 +260,96 @@ suspend([{Pid, _} = P | Rest], Done) ->
         ok -> suspend(Rest, [P | Done])
     catch
         exit:Why ->
-            _ = [catch sys:resume(Q, ?SUSPEND_TIMEOUT) || {Q, _} <- Done],
+            %% The suspend request stays in the late process's queue: a
+            %% resume queued behind it (timeout 0: nobody waits for the
+            %% answer) lets it carry on once it gets there.
+            _ = (catch sys:resume(Pid, 0)),
+            resume(Done),
             throw({suspend, {Pid, Why}})
     end.
+
+%% The module whose change a process's code_change/3 is for. A gen_*
+%% process calls its callback module's code_change whatever module is
+%% named, so each process is changed once: for its callback module when
+%% that changed, else for the first changed module of its child spec.
+-spec changed_callback(pid(), [module()], #{module() => term()}) -> module().
+changed_callback(Pid, Mods, Vsns) ->
+    Callback = case catch proc_lib:translate_initial_call(Pid) of
+                   {M, _, _} -> M;
+                   _ -> undefined
+               end,
+    case is_map_key(Callback, Vsns) of
+        true -> Callback;
+        false -> hd([M || M <- Mods, is_map_key(M, Vsns)])
+    end.
+
+%%% Steps and their undoing
+
+%% Does each step in order; on a failure, undoes those done (newest
+%% first) and throws `{failed, Why, reverted | not_reverted}'. Returns the
+%% steps done, newest first, with those done before (`Done').
+-spec steps([step()], [done()]) -> [done()].
+steps([], Done) ->
+    Done;
+steps([Step | Rest], Done) ->
+    try step(Step) of
+        Did -> steps(Rest, [Did | Done])
+    catch
+        throw:{Stage, Why} -> throw({failed, {Stage, Why}, undo(Done)});
+        Class:Reason -> throw({failed, {crashed, {Class, Reason}}, undo(Done)})
+    end.
+
+-spec step(step()) -> done().
+step({load, M, Beam}) ->
+    Old = case code:which(M) of
+              File when is_list(File) -> File;
+              _ -> none
+          end,
+    ok = load(M, Beam),
+    {loaded, M, Old};
+step({change, Pid, M, Vsn, Extra}) ->
+    case catch sys:change_code(Pid, M, Vsn, Extra, ?CHANGE_TIMEOUT) of
+        ok ->
+            {converted, Pid, M, Vsn, Extra};
+        %% code_change is an optional callback: without one there is no
+        %% state to convert, and the process keeps the one it has.
+        {error, {'EXIT', {undef, [{_, code_change, _, _} | _]}}} ->
+            {kept, Pid};
+        Other ->
+            throw({code_change, {Pid, M, Other}})
+    end.
+
+%% Undoes the steps done, newest first; stops at the first that cannot be
+%% undone.
+-spec undo([done()]) -> reverted | not_reverted.
+undo([]) ->
+    reverted;
+undo([Did | Rest]) ->
+    case undo_one(Did) of
+        true -> undo(Rest);
+        false -> not_reverted
+    end.
+
+-spec undo_one(done()) -> boolean().
+undo_one({kept, _Pid}) ->
+    true;
+undo_one({loaded, M, none}) ->
+    code:soft_purge(M) andalso code:delete(M);
+undo_one({loaded, M, OldBeam}) ->
+    code:soft_purge(M) andalso code:load_abs(filename:rootname(OldBeam)) =:= {module, M};
+undo_one({converted, Pid, M, Vsn, Extra}) ->
+    %% The same code converts the state back: an upgrade step's
+    %% code_change(Vsn) is undone by code_change({down, Vsn}), and back.
+    Back = case Vsn of
+               {down, V} -> V;
+               V -> {down, V}
+           end,
+    (catch sys:change_code(Pid, M, Back, Extra, ?CHANGE_TIMEOUT)) =:= ok.
+
+-spec resume([{pid(), [module()]}]) -> ok.
+resume(Suspended) ->
+    _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended],
+    ok.
 
 -spec load(module(), file:filename()) -> ok.
 load(Mod, Beam) ->
@@ -260,13 +379,6 @@ beam_vsn(Beam, Default) ->
     case beam_lib:version(Beam) of
         {ok, {_, [Vsn]}} -> Vsn;
         _ -> Default
-    end.
-
--spec change_code(pid(), module(), term()) -> ok.
-change_code(Pid, Mod, OldVsn) ->
-    case catch sys:change_code(Pid, Mod, OldVsn, [], ?CHANGE_TIMEOUT) of
-        ok -> ok;
-        Other -> throw({code_change, {Pid, Mod, Other}})
     end.
 
 %% Every module of the new build that is not loaded as it is there.

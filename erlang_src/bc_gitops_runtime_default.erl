@@ -69,8 +69,16 @@ remove(App) ->
 %% processes), else by a restart: stop the old version, start the new; if
 %% the new one does not start, the old one is started again and the error
 %% reported. Downgrades take the same path. The third element says which
-%% path was taken (`hot', `restart' or `rolled_back'), with the changed
-%% modules and the suspension window for a hot one.
+%% path was taken (`hot' or `restart'), with the changed modules and the
+%% suspension window for a hot one.
+%%
+%% A `code_change' that fails is different: the new version's own upgrade
+%% code is broken, and restarting would throw away the state it was meant
+%% to convert. The hot steps are undone and the old version keeps running
+%% (the same processes, or restarted at the old version when the undo could
+%% not be completed); the result is `{error, {rolled_back,
+%% {hot_upgrade_failed, Why}}}', so the version is not tried again until
+%% its spec changes.
 -spec upgrade(#app_spec{}, binary()) -> {ok, #app_state{}, map()} | {error, term()}.
 upgrade(#app_spec{name = App} = Spec, _From) ->
     case {lookup(App), prepare(Spec)} of
@@ -80,13 +88,17 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
             with_path(start(Spec, Dir, Ebins), #{path => restart});
         {{ok, Entry}, {ok, Dir, Ebins}} ->
             case running(App) andalso hot(Spec, Entry, Dir, Ebins) of
-                {ok, _, _} = Hot -> Hot;
-                Other -> restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
+                {ok, _, _} = Hot ->
+                    Hot;
+                {error, {code_change, _} = Why, Undo} ->
+                    keep_old(Spec, Entry, Dir, Ebins, Why, Undo);
+                Other ->
+                    restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
             end
     end.
 
 -spec hot(#app_spec{}, #entry{}, file:filename(), [file:filename()]) ->
-    {ok, #app_state{}, map()} | {error, term()}.
+    {ok, #app_state{}, map()} | bc_gitops_hot:failure().
 hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
            dir = OldDir}, Dir, Ebins) ->
@@ -101,13 +113,41 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
             ok = delete_build(OldDir, Dir),
             {ok, State, Info#{direction => Direction}};
-        {error, _} = Error ->
-            Error
+        Failure ->
+            Failure
     end.
 
--spec hot_failure(false | {error, term()}) -> term().
+-spec hot_failure(false | bc_gitops_hot:failure()) -> term().
 hot_failure(false) -> not_running;
-hot_failure({error, Why}) -> Why.
+hot_failure({error, Why}) -> Why;
+hot_failure({error, Why, _Undo}) -> Why.
+
+%% The new version's code_change failed: the old version stays. When the
+%% hot steps were undone, its processes carry on as they were; otherwise
+%% it is restarted from its own build.
+-spec keep_old(#app_spec{}, #entry{}, file:filename(), [file:filename()], term(),
+               reverted | not_reverted) -> {error, term()}.
+keep_old(#app_spec{name = App} = Spec,
+         #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, Why, Undo) ->
+    _ = [code:del_path(P) || P <- Ebins, not lists:member(P, OldPaths)],
+    ok = delete_build(Dir, OldDir),
+    Failed = {hot_upgrade_failed, Why},
+    case Undo of
+        reverted ->
+            {error, {rolled_back, Failed}};
+        not_reverted ->
+            ok = bc_gitops_code:stop(App, OldPaths),
+            start_old(Spec, Old, OldDir, OldPaths, Failed)
+    end.
+
+%% Starts the version that ran before, after `Why' stopped the new one.
+-spec start_old(#app_spec{}, #app_state{}, file:filename(), [file:filename()], term()) ->
+    {error, term()}.
+start_old(Spec, #app_state{version = V, env = Env}, OldDir, OldPaths, Why) ->
+    case start(Spec#app_spec{version = V, env = Env}, OldDir, OldPaths) of
+        {ok, _} -> {error, {rolled_back, Why}};
+        {error, Again} -> {error, {rollback_failed, Why, Again}}
+    end.
 
 -spec restart(#app_spec{}, #entry{}, file:filename(), [file:filename()], term()) ->
     {ok, #app_state{}, map()} | {error, term()}.
@@ -119,11 +159,7 @@ restart(#app_spec{name = App} = Spec,
             ok = delete_build(OldDir, Dir),
             {ok, State, #{path => restart, not_hot => NotHot}};
         {error, Why} ->
-            OldSpec = Spec#app_spec{version = Old#app_state.version, env = Old#app_state.env},
-            case start(OldSpec, OldDir, OldPaths) of
-                {ok, _} -> {error, {rolled_back, Why}};
-                {error, Again} -> {error, {rollback_failed, Why, Again}}
-            end
+            start_old(Spec, Old, OldDir, OldPaths, Why)
     end.
 
 -spec with_path({ok, #app_state{}} | {error, term()}, map()) ->

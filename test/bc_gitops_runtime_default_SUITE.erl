@@ -9,8 +9,9 @@
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([hex_package_with_dependency/1]).
 -export([hot_downgrade_by_git_revert/1, hot_upgrade_of_a_tree/1, appup_is_followed/1]).
--export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_falls_back/1,
-         on_load_module_restarts/1]).
+-export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_keeps_v1/1,
+         crashing_code_change_reverts_converted/1, suspend_timeout_restarts/1,
+         stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
@@ -18,7 +19,9 @@
 
 all() ->
     [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
-     hot_upgrade_of_a_tree, appup_is_followed, crashing_code_change_falls_back, on_load_module_restarts,
+     hot_upgrade_of_a_tree, appup_is_followed, appup_updates_supervisor, crashing_code_change_keeps_v1,
+     crashing_code_change_reverts_converted, suspend_timeout_restarts, stuck_old_code_restarts,
+     on_load_module_restarts,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -267,17 +270,183 @@ hot_downgrade_by_git_revert(Config) ->
     ?assertEqual(3, rt_hot_server:bump()),
     ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())).
 
-%% A code_change/3 that crashes: the processes are resumed, and the app is
-%% restarted at the new version instead; nothing is left half upgraded.
-crashing_code_change_falls_back(Config) ->
-    {Repo, Pid} = deploy_counter_v1(Config),
-    counter_app(Repo, "2.0.0", crash),
-    _ = commit(Repo, "v2 with a code_change that crashes"),
-    spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+%% A code_change/3 that crashes: v2's own upgrade code is broken, so v1
+%% stays: the same process, its state and its code, reported as a failed
+%% upgrade (rolled_back) that the next tick does not try again.
+crashing_code_change_keeps_v1(Config) ->
+    Self = self(),
+    ok = telemetry:attach(<<"crash">>, [bc_gitops, upgrade, stop],
+                          fun(_, _, Meta, _) -> Self ! {upgraded, Meta} end, none),
+    try
+        {Repo, Pid} = deploy_counter_v1(Config),
+        [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
+        V1 = rt_hot_server:module_info(md5),
+        counter_app(Repo, "2.0.0", crash),
+        _ = commit(Repo, "v2 with a code_change that crashes"),
+        spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+        ?assertMatch({error, {out_of_sync, _}}, bc_gitops:reconcile()),
+        ?assertEqual(Pid, whereis(rt_hot_server)),
+        ?assertEqual(2, rt_hot_server:state()),
+        ?assertEqual(3, rt_hot_server:bump()),
+        ?assertEqual(V1, rt_hot_server:module_info(md5)),
+        ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
+        ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, {Pid, rt_hot_server, _}}}},
+                     failure(rt_hot)),
+        ?assertMatch({ok, #app_state{version = <<"1.0.0">>, status = running}},
+                     bc_gitops:get_app_status(rt_hot)),
+        receive
+            {upgraded, #{app := rt_hot, path := rolled_back, result := {error, _}}} -> ok
+        after 1000 -> ct:fail(no_upgrade_event)
+        end,
+        %% The reconciler's own tick leaves the broken version alone.
+        bc_gitops_reconciler ! tick,
+        wait_reconciled(100),
+        receive {upgraded, Again} -> ct:fail({tried_again, Again})
+        after 500 -> ok
+        end,
+        ?assertEqual(Pid, whereis(rt_hot_server))
+    after
+        telemetry:detach(<<"crash">>)
+    end.
+
+%% Three processes of one module, the middle one's code_change/3 crashes:
+%% whichever neighbour was converted first is converted back (by v2's
+%% code_change({down, _})) before v1's code returns, so all three go on
+%% with their v1 state.
+crashing_code_change_reverts_converted(Config) ->
+    true = register(rt_cc_probe, self()),
+    Repo = app_repo(Config, "rt_cc", make),
+    cc_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_cc", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
     ok = bc_gitops:reconcile(),
-    ?assertNotEqual(Pid, whereis(rt_hot_server)),
-    ?assertEqual(#{count => 0, version => 2}, rt_hot_server:state()),
-    ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())).
+    Pids = [whereis(N) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]],
+    cc_app(Repo, "2.0.0", v2),
+    _ = commit(Repo, "v2: code_change crashes on the state 2"),
+    spec(Config, "rt_cc", "2.0.0", Repo, "main", "#{}"),
+    ?assertMatch({error, {out_of_sync, _}}, bc_gitops:reconcile()),
+    Probes = fun Collect(Acc) -> receive {rt_cc, What, N} -> Collect([{What, N} | Acc])
+                                 after 0 -> lists:sort(Acc) end end([]),
+    ct:pal("code_change calls: ~p", [Probes]),
+    %% Exactly one neighbour was converted before the crash, and back.
+    ?assertMatch([{down, N}, {up, N}], Probes),
+    ?assertEqual(Pids, [whereis(N) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]]),
+    ?assertEqual([1, 2, 3], [gen_server:call(N, get) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]]),
+    ?assertEqual(v1, rt_cc_srv:vsn()),
+    ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, _}}}, failure(rt_cc)).
+
+%% A process that does not answer the suspend request in time: the hot
+%% path is given up (the others resumed), and the app restarts at v2.
+suspend_timeout_restarts(Config) ->
+    Self = self(),
+    ok = telemetry:attach(<<"slow">>, [bc_gitops, upgrade, stop],
+                          fun(_, _, Meta, _) -> Self ! {upgraded, Meta} end, none),
+    try
+        {Repo, Pid} = deploy_counter_v1(Config),
+        counter_app(Repo, "2.0.0", v2),
+        _ = commit(Repo, "v2"),
+        spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+        %% Deaf to system messages until told: longer than the 5 s
+        %% suspend timeout.
+        ok = gen_server:cast(rt_hot_server, block),
+        ok = bc_gitops:reconcile(),
+        ?assertNotEqual(Pid, whereis(rt_hot_server)),
+        ?assertEqual(#{count => 0, version => 2}, rt_hot_server:state()),
+        ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
+        receive
+            {upgraded, #{app := rt_hot, path := restart, not_hot := {suspend, {Pid, _}}}} -> ok
+        after 1000 -> ct:fail(no_upgrade_event)
+        end
+    after
+        telemetry:detach(<<"slow">>)
+    end.
+
+%% A process still running v1's code from before a reload: soft_purge
+%% cannot clear it, so v2 is not loaded hot; the app restarts at v2.
+stuck_old_code_restarts(Config) ->
+    Self = self(),
+    ok = telemetry:attach(<<"stuck">>, [bc_gitops, upgrade, stop],
+                          fun(_, _, Meta, _) -> Self ! {upgraded, Meta} end, none),
+    try
+        {Repo, Pid} = deploy_counter_v1(Config),
+        Stuck = spawn(rt_hot_server, wait, []),
+        %% Loading v1 again makes the first copy old code, with Stuck in it.
+        {module, rt_hot_server} = code:load_abs(filename:rootname(code:which(rt_hot_server))),
+        ?assert(erlang:check_process_code(Stuck, rt_hot_server)),
+        counter_app(Repo, "2.0.0", v2),
+        _ = commit(Repo, "v2"),
+        spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+        ok = bc_gitops:reconcile(),
+        ?assertNotEqual(Pid, whereis(rt_hot_server)),
+        ?assertEqual(#{count => 0, version => 2}, rt_hot_server:state()),
+        receive
+            {upgraded, #{app := rt_hot, path := restart,
+                         not_hot := {old_code_in_use, rt_hot_server}}} -> ok
+        after 1000 -> ct:fail(no_upgrade_event)
+        end
+    after
+        telemetry:detach(<<"stuck">>)
+    end.
+
+%% v2's .appup updates the supervisor: {update, Sup, supervisor} gives
+%% the running supervisor v2's child specs (its init/1 runs again), and an
+%% apply starts the new child; the supervisor and the old child keep
+%% their pids.
+appup_updates_supervisor(Config) ->
+    Repo = app_repo(Config, "rt_sv", make),
+    Sup = fun(Children) ->
+                  ["-module(rt_sv_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+                   "-export([start/2, stop/1, init/1]).\n"
+                   "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
+                   "stop(_) -> ok.\n"
+                   "init([]) -> {ok, {#{}, [", Children, "]}}.\n"]
+          end,
+    Worker = fun(Mod) ->
+                     ["-module(", Mod, ").\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2]).\n"
+                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+                      "init([]) -> {ok, ?MODULE}.\n"
+                      "handle_call(get, _, S) -> {reply, S, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n"]
+             end,
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_sv.app.src ebin/rt_sv.app\n"
+               "\tif [ -f src/rt_sv.appup ]; then cp src/rt_sv.appup ebin/; fi\n"),
+    App = fun(Vsn, Mods) ->
+                  W("rt_sv.app.src", ["{application, rt_sv, [{vsn, \"", Vsn, "\"}, {mod, {rt_sv_sup, []}},\n"
+                                      " {modules, [", Mods, "]},\n"
+                                      " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
+          end,
+    W("rt_sv_one.erl", Worker("rt_sv_one")),
+    W("rt_sv_sup.erl", Sup("#{id => one, start => {rt_sv_one, start_link, []}}")),
+    App("1.0.0", "rt_sv_sup, rt_sv_one"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_sv", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    SupPid = whereis(rt_sv_sup),
+    One = whereis(rt_sv_one),
+    W("rt_sv_two.erl", Worker("rt_sv_two")),
+    W("rt_sv_sup.erl", Sup("#{id => one, start => {rt_sv_one, start_link, []}},\n"
+                           " #{id => two, start => {rt_sv_two, start_link, []}}")),
+    W("rt_sv.appup", "{\"2.0.0\",\n"
+                     " [{\"1.0.0\", [{add_module, rt_sv_two},\n"
+                     "             {update, rt_sv_sup, supervisor},\n"
+                     "             {apply, {supervisor, restart_child, [rt_sv_sup, two]}}]}],\n"
+                     " [{\"1.0.0\", []}]}.\n"),
+    App("2.0.0", "rt_sv_sup, rt_sv_one, rt_sv_two"),
+    _ = commit(Repo, "v2: a second child"),
+    spec(Config, "rt_sv", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(SupPid, whereis(rt_sv_sup)),
+    ?assertEqual(One, whereis(rt_sv_one)),
+    ?assertEqual(rt_sv_two, gen_server:call(rt_sv_two, get)),
+    ?assertMatch([_, _], supervisor:which_children(rt_sv_sup)),
+    ?assertMatch({ok, #{id := two}}, supervisor:get_childspec(rt_sv_sup, two)),
+    ?assertMatch({_, _, "2.0.0"}, lists:keyfind(rt_sv, 1, application:which_applications())).
 
 %% A module with -on_load (as NIF carriers have) is never reloaded hot.
 on_load_module_restarts(Config) ->
@@ -385,11 +554,13 @@ counter_app(Repo, Vsn, Kind) ->
                         "start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
                         "init([]) -> {ok, {#{}, [#{id => s, start => {rt_hot_server, start_link, []}}]}}.\n"),
     Common = "-module(rt_hot_server).\n-behaviour(gen_server).\n"
-             "-export([start_link/0, bump/0, state/0, init/1, handle_call/3, handle_cast/2,\n"
+             "-export([start_link/0, bump/0, state/0, wait/0, init/1, handle_call/3, handle_cast/2,\n"
              "         code_change/3]).\n"
              "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
              "bump() -> gen_server:call(?MODULE, bump).\n"
              "state() -> gen_server:call(?MODULE, state).\n"
+             "wait() -> receive stop -> ok end.\n"
+             "handle_cast(block, S) -> receive unblock -> {noreply, S} end;\n"
              "handle_cast(_, S) -> {noreply, S}.\n",
     Body = case Kind of
                v1 -> "init([]) -> {ok, 0}.\n"
@@ -407,6 +578,40 @@ counter_app(Repo, Vsn, Kind) ->
                      end]
            end,
     W("rt_hot_server.erl", [Common, Body]).
+
+%% Three instances of one gen_server module under a supervisor, with
+%% states 1, 2 and 3. v2's code_change/3 crashes on 2, converts the others
+%% to {v2, N} and back on {down, _}; each call is reported to rt_cc_probe.
+cc_app(Repo, Vsn, Kind) ->
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_cc.app.src ebin/rt_cc.app\n"),
+    W("rt_cc.app.src", ["{application, rt_cc, [{vsn, \"", Vsn, "\"}, {mod, {rt_cc_sup, []}},\n"
+                        " {modules, [rt_cc_sup, rt_cc_srv]},\n"
+                        " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    W("rt_cc_sup.erl",
+      "-module(rt_cc_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => N, start => {rt_cc_srv, start_link, [N]},\n"
+      "                          modules => [rt_cc_srv]} || N <- [1, 2, 3]]}}.\n"),
+    CodeChange = case Kind of
+                     v1 -> "vsn() -> v1.\ncode_change(_, S, _) -> {ok, S}.\n";
+                     v2 -> "vsn() -> v2.\n"
+                           "code_change({down, _}, {v2, N}, _) -> probe(down, N), {ok, N};\n"
+                           "code_change(_, 2, _) -> erlang:error(boom);\n"
+                           "code_change(_, N, _) -> probe(up, N), {ok, {v2, N}}.\n"
+                           "probe(What, N) -> catch rt_cc_probe ! {rt_cc, What, N}.\n"
+                 end,
+    W("rt_cc_srv.erl",
+      ["-module(rt_cc_srv).\n-behaviour(gen_server).\n"
+       "-export([start_link/1, vsn/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+       "start_link(N) -> gen_server:start_link({local, list_to_atom(\"rt_cc_\" ++ integer_to_list(N))},\n"
+       "                                       ?MODULE, N, []).\n"
+       "init(N) -> {ok, N}.\n"
+       "handle_call(get, _, S) -> {reply, S, S}.\n"
+       "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]).
 
 mix_app(Config) ->
     Repo = app_repo(Config, "rt_mix", mix),
