@@ -11,7 +11,8 @@
 -export([hot_downgrade_by_git_revert/1, hot_upgrade_of_a_tree/1, appup_is_followed/1]).
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_keeps_v1/1,
          crashing_code_change_reverts_converted/1, suspend_timeout_restarts/1,
-         stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1]).
+         stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1,
+         failed_restart_starts_old_version/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
@@ -21,7 +22,7 @@ all() ->
     [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
      hot_upgrade_of_a_tree, appup_is_followed, appup_updates_supervisor, crashing_code_change_keeps_v1,
      crashing_code_change_reverts_converted, suspend_timeout_restarts, stuck_old_code_restarts,
-     on_load_module_restarts,
+     on_load_module_restarts, failed_restart_starts_old_version,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -460,6 +461,38 @@ on_load_module_restarts(Config) ->
     ok = bc_gitops:reconcile(),
     ?assertNotEqual(Pid, whereis(rt_hot_server)),
     ?assertEqual(1, rt_hot_nif:f()).
+
+%% v2 must restart (it has an -on_load module) and does not start: v1 is
+%% started again from its own build, and the failure is reported.
+failed_restart_starts_old_version(Config) ->
+    Self = self(),
+    ok = telemetry:attach(<<"nostart">>, [bc_gitops, upgrade, stop],
+                          fun(_, _, Meta, _) -> Self ! {upgraded, Meta} end, none),
+    try
+        {Repo, Pid} = deploy_counter_v1(Config),
+        counter_app(Repo, "2.0.0", v2),
+        write_file(filename:join([Repo, "src", "rt_hot_nif.erl"]),
+                   "-module(rt_hot_nif).\n-on_load(init/0).\n-export([f/0]).\n"
+                   "init() -> ok.\nf() -> 1.\n"),
+        write_file(filename:join([Repo, "src", "rt_hot_app.erl"]),
+                   "-module(rt_hot_app).\n-behaviour(application).\n"
+                   "-export([start/2, stop/1]).\n"
+                   "start(_, _) -> {error, v2_does_not_start}.\nstop(_) -> ok.\n"),
+        _ = commit(Repo, "v2 that does not start"),
+        spec(Config, "rt_hot", "2.0.0", Repo, "main", "#{}"),
+        ?assertMatch({error, {out_of_sync, _}}, bc_gitops:reconcile()),
+        ?assertNotEqual(Pid, whereis(rt_hot_server)),
+        ?assertEqual(0, rt_hot_server:state()),
+        ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
+        ?assertMatch({rolled_back, {start_failed, _}}, failure(rt_hot)),
+        ?assertEqual(false, code:is_loaded(rt_hot_nif)),
+        receive
+            {upgraded, #{app := rt_hot, path := rolled_back}} -> ok
+        after 1000 -> ct:fail(no_upgrade_event)
+        end
+    after
+        telemetry:detach(<<"nostart">>)
+    end.
 
 %% The counter app at 1.0.0, deployed from git through a spec: its repo
 %% and its server's pid.
