@@ -62,7 +62,9 @@ plan() ->
 %% (credentials masked), `branch', `last_reconcile' (system time, ms),
 %% `last_error', `spec_errors' and `spec_warnings' (file, line, field),
 %% `blocked' (`[{App, Reason}]'), `waiting' (apps held this run) and
-%% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}').
+%% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}')
+%% and `repairs' (`#{App => #{count, reason, retry_in_ms}}': apps restarted
+%% for drift at several reconciles in a row, backing off).
 -spec status() -> {ok, map()} | {error, not_running}.
 status() ->
     bc_gitops_reconciler:status().

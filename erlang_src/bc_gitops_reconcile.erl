@@ -7,16 +7,26 @@
 %%% against, so drift is always seen. An app whose last action failed is
 %%% retried with exponential backoff (`backoff_base' doubling up to
 %%% `backoff_max'), not on every reconcile; apps that depend on it wait.
+%%% Repairs of drift back off the same way: an app found stopped at
+%%% several reconciles in a row (it keeps dying after each restart) is
+%%% restarted after a growing delay, not at every reconcile; the count
+%%% starts again once the app has run for `backoff_max' since its last
+%%% repair (as Kubernetes forgets a crash loop after ten minutes up).
 -module(bc_gitops_reconcile).
 
 -include("bc_gitops.hrl").
 
 -export([run/1, dry_run/1, current_state/1]).
 
--export_type([context/0, result/0, failure/0]).
+-export_type([context/0, result/0, failure/0, repair/0]).
 
 -type failure() :: #{attempts := pos_integer(), retry_at := integer(),
                      reason := term(), version := binary()}.
+
+%% Drift repairs of an app in a row: how many, when the next may be done,
+%% and what the last one repaired (stopped or failed).
+-type repair() :: #{count := pos_integer(), retry_at := integer(), reason := term(),
+                    repaired_at := integer()}.
 
 -type context() :: #{
     config := bc_gitops_config:config(),
@@ -25,7 +35,8 @@
     manual => boolean(),
     %% The last parse, reused while the commit does not change.
     cache := parsed() | undefined,
-    failures := #{atom() => failure()}
+    failures := #{atom() => failure()},
+    repairs => #{atom() => repair()}
 }.
 
 -type parsed() :: #{commit := binary(), specs := [#app_spec{}],
@@ -36,6 +47,7 @@
     outcome := ok | {error, term()},
     cache := parsed() | undefined,
     failures := #{atom() => failure()},
+    repairs => #{atom() => repair()},
     blocked => [{atom(), bc_gitops_plan:block_reason()}],
     applied => [{bc_gitops_plan:action(), ok | {error, term()}}],
     waiting => [{atom(), term()}],
@@ -106,10 +118,22 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                    #{specs := Old} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
                    undefined -> #{}
                end,
-    {Applied, Waiting, Failures1} = apply_actions(Runtime, Actions, Failures0, Config, Previous,
-                                                  maps:get(manual, Ctx, false)),
-    #{outcome => ok, cache => Parsed, failures => Failures1, blocked => Blocked,
-      applied => Applied, waiting => Waiting, current => current_state(Runtime)}.
+    Hold = #{failures => Failures0, repairs => maps:get(repairs, Ctx, #{}), held => [],
+             now => erlang:monotonic_time(millisecond), config => Config,
+             manual => maps:get(manual, Ctx, false)},
+    {Applied, Waiting, #{failures := Failures1, repairs := Repairs}} =
+        apply_actions(Runtime, Actions, Hold, Previous),
+    %% An app that has run for backoff_max since its last repair is
+    %% trusted again: its repairs start over.
+    Now = erlang:monotonic_time(millisecond),
+    Acted = [bc_gitops_actions:app(A) || A <- Actions],
+    Repairs1 = maps:filter(fun(App, #{repaired_at := At}) ->
+                                   lists:member(App, Acted)
+                                       orelse Now - At < maps:get(backoff_max, Config)
+                           end, Repairs),
+    #{outcome => ok, cache => Parsed, failures => Failures1, repairs => Repairs1,
+      blocked => Blocked, applied => Applied, waiting => Waiting,
+      current => current_state(Runtime)}.
 
 %% An app deployed but never healthy runs at its desired version, so the
 %% plan has nothing for it: it stays failed (its dependents wait) until its
@@ -171,80 +195,114 @@ plan(#{specs := Specs, errors := Errors}, Current) ->
     {ok, Plan} = bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors]),
     Plan.
 
+%% What decides whether an action waits: the failures and repairs so far,
+%% the apps held in this run, the time, and whether someone asked.
+-type hold() :: #{failures := #{atom() => failure()}, repairs := #{atom() => repair()},
+                  held := [atom()], now := integer(), config := bc_gitops_config:config(),
+                  manual := boolean()}.
+
 %% Runs the actions in order. An app in backoff waits; so does an app whose
 %% dependency failed or waits in this run.
--spec apply_actions(module(), [bc_gitops_plan:action()], #{atom() => failure()},
-                    bc_gitops_config:config(), #{atom() => #app_spec{}}, boolean()) ->
-    {[{bc_gitops_plan:action(), ok | {error, term()}}], [{atom(), term()}],
-     #{atom() => failure()}}.
-apply_actions(Runtime, Actions, Failures, Config, Previous, Manual) ->
-    Now = erlang:monotonic_time(millisecond),
-    {Applied, Waiting, Failures1, _Held} =
+-spec apply_actions(module(), [bc_gitops_plan:action()], hold(), #{atom() => #app_spec{}}) ->
+    {[{bc_gitops_plan:action(), ok | {error, term()}}], [{atom(), term()}], hold()}.
+apply_actions(Runtime, Actions, Hold, Previous) ->
+    {Applied, Waiting, Hold1} =
         lists:foldl(
-          fun(Action, {Done, Wait, Fails, Held}) ->
+          fun(Action, {Done, Wait, #{held := Held, config := Config} = H}) ->
                   App = bc_gitops_actions:app(Action),
-                  case hold_reason(Action, Fails, Held, Now, Config, Manual) of
+                  case hold_reason(Action, H) of
                       none ->
                           Result = bc_gitops_rollout:run(Runtime, Action,
                                                          maps:get(App, Previous, undefined),
                                                          Config),
-                          Fails1 = record(App, Action, Result, Fails, Config, Now),
                           Held1 = case Result of ok -> Held; _ -> [App | Held] end,
-                          {[{Action, Result} | Done], Wait, Fails1, Held1};
+                          %% A backoff counts from the end of the action: a
+                          %% build can take longer than the delay.
+                          Now = erlang:monotonic_time(millisecond),
+                          {[{Action, Result} | Done], Wait,
+                           record(App, Action, Result, H#{held := Held1, now := Now})};
                       Why ->
-                          {Done, [{App, Why} | Wait], Fails, [App | Held]}
+                          {Done, [{App, Why} | Wait], H#{held := [App | Held]}}
                   end
-          end, {[], [], Failures, []}, Actions),
-    {lists:reverse(Applied), lists:reverse(Waiting), Failures1}.
+          end, {[], [], Hold}, Actions),
+    {lists:reverse(Applied), lists:reverse(Waiting), Hold1}.
 
--spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer(),
-                  bc_gitops_config:config(), boolean()) -> none | term().
-hold_reason(Action, Failures, Held, Now, Config, Manual) ->
-    App = bc_gitops_actions:app(Action),
-    case maps:find(App, Failures) of
-        %% A version rolled back for being unhealthy is not tried again
-        %% until the spec changes, or an explicit reconcile after the backoff.
+%% Why an action must wait, or `none'. The first rule that holds it wins.
+-spec hold_reason(bc_gitops_plan:action(), hold()) -> none | term().
+hold_reason(Action, Hold) ->
+    hold_reason([fun rolled_back/2, fun drift/2, fun repair_backoff/2, fun failure_backoff/2,
+                 fun dependency/2], Action, Hold).
+
+-spec hold_reason([fun((bc_gitops_plan:action(), hold()) -> none | term())],
+                  bc_gitops_plan:action(), hold()) -> none | term().
+hold_reason([], _Action, _Hold) ->
+    none;
+hold_reason([Rule | Rules], Action, Hold) ->
+    case Rule(Action, Hold) of
+        none -> hold_reason(Rules, Action, Hold);
+        Why -> Why
+    end.
+
+%% A version rolled back (unhealthy, or its code_change failed) is not
+%% tried again until the spec changes, or an explicit reconcile after the
+%% backoff.
+-spec rolled_back(bc_gitops_plan:action(), hold()) -> none | term().
+rolled_back(Action, #{failures := Failures, now := Now, manual := Manual}) ->
+    case maps:find(bc_gitops_actions:app(Action), Failures) of
         {ok, #{reason := {rolled_back, _}, version := V, retry_at := At}} ->
             case same_version(Action, V) andalso (not Manual orelse At > Now) of
                 true -> {rolled_back, V};
-                false -> hold_reason(Action, Failures, Held, Now, Config)
+                false -> none
             end;
         _ ->
-            hold_reason(Action, Failures, Held, Now, Config)
+            none
     end.
 
--spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer(),
-                  bc_gitops_config:config()) -> none | term().
-hold_reason({redeploy, #app_spec{name = App}, Why} = Action, Failures, Held, Now, Config) ->
-    %% Drift: the app is at its desired version but stopped or failed.
-    Heal = maps:get(self_heal, Config),
+%% Drift: the app is at its desired version but stopped or failed. It is
+%% reported, and only reported when `self_heal' is off.
+-spec drift(bc_gitops_plan:action(), hold()) -> none | term().
+drift({redeploy, #app_spec{name = App}, Why}, #{config := #{self_heal := Heal}}) ->
     bc_gitops_telemetry:execute([bc_gitops, drift, detected], #{},
                                 #{app => App, status => Why, healed => Heal}),
     case Heal of
-        true -> hold_reason(Action, Failures, Held, Now);
+        true -> none;
         false -> {drift, Why}
     end;
-hold_reason(Action, Failures, Held, Now, _Config) ->
-    hold_reason(Action, Failures, Held, Now).
+drift(_Action, _Hold) ->
+    none.
 
--spec hold_reason(bc_gitops_plan:action(), #{atom() => failure()}, [atom()], integer()) ->
-    none | term().
-hold_reason(Action, Failures, Held, Now) ->
-    App = bc_gitops_actions:app(Action),
-    Deps = case Action of
-               {remove, _} -> [];
-               _ -> (element(2, Action))#app_spec.depends_on
-           end,
-    case {maps:find(App, Failures), [D || D <- Deps, lists:member(D, Held)]} of
-        {{ok, #{retry_at := At, version := V} = F}, _} when At > Now ->
+%% An app repaired at the reconciles just before, and found down again,
+%% waits out its repair backoff.
+-spec repair_backoff(bc_gitops_plan:action(), hold()) -> none | term().
+repair_backoff({redeploy, #app_spec{name = App}, _}, #{repairs := Repairs, now := Now}) ->
+    case Repairs of
+        #{App := #{count := N, retry_at := At}} when At > Now -> {backoff, N, At - Now};
+        _ -> none
+    end;
+repair_backoff(_Action, _Hold) ->
+    none.
+
+%% The app's last action for this version failed: it waits out its backoff.
+-spec failure_backoff(bc_gitops_plan:action(), hold()) -> none | term().
+failure_backoff(Action, #{failures := Failures, now := Now}) ->
+    case maps:find(bc_gitops_actions:app(Action), Failures) of
+        {ok, #{retry_at := At, version := V, attempts := N}} when At > Now ->
             case same_version(Action, V) of
-                true -> {backoff, maps:get(attempts, F), At - Now};
+                true -> {backoff, N, At - Now};
                 false -> none
             end;
-        {_, [Dep | _]} ->
-            {dependency_not_ready, Dep};
         _ ->
             none
+    end.
+
+%% A dependency failed or waits in this run.
+-spec dependency(bc_gitops_plan:action(), hold()) -> none | term().
+dependency({remove, _}, _Hold) ->
+    none;
+dependency(Action, #{held := Held}) ->
+    case [D || D <- (element(2, Action))#app_spec.depends_on, lists:member(D, Held)] of
+        [Dep | _] -> {dependency_not_ready, Dep};
+        [] -> none
     end.
 
 %% A new desired version is not held by the old version's backoff.
@@ -252,22 +310,38 @@ hold_reason(Action, Failures, Held, Now) ->
 same_version({remove, _}, _) -> true;
 same_version(Action, V) -> (element(2, Action))#app_spec.version =:= V.
 
--spec record(atom(), bc_gitops_plan:action(), ok | {error, term()}, #{atom() => failure()},
-             bc_gitops_config:config(), integer()) -> #{atom() => failure()}.
-record(App, _Action, ok, Fails, _Config, _Now) ->
-    maps:remove(App, Fails);
-record(App, Action, {error, Reason}, Fails, #{backoff_base := Base, backoff_max := Max}, Now) ->
+%% Remembers how an action went: a failure (with its backoff) or its
+%% end; a repair of drift, so that repeated ones back off.
+-spec record(atom(), bc_gitops_plan:action(), ok | {error, term()}, hold()) -> hold().
+record(App, {redeploy, _, Why}, ok, #{failures := Fails, repairs := Repairs, now := Now,
+                                      config := Config} = Hold) when Why =/= unhealthy ->
+    Count = case Repairs of
+                #{App := #{count := N}} -> N + 1;
+                _ -> 1
+            end,
+    Hold#{failures := maps:remove(App, Fails),
+          repairs := Repairs#{App => #{count => Count, retry_at => Now + delay(Count, Config),
+                                       reason => Why, repaired_at => Now}}};
+record(App, _Action, ok, #{failures := Fails} = Hold) ->
+    Hold#{failures := maps:remove(App, Fails)};
+record(App, Action, {error, Reason}, #{failures := Fails, now := Now, config := Config} = Hold) ->
     Attempts = case maps:find(App, Fails) of
                    {ok, #{attempts := N}} -> N + 1;
                    error -> 1
                end,
-    Delay = min(Max, Base * (1 bsl min(Attempts - 1, 30))),
     Version = case Action of
                   {remove, _} -> <<>>;
                   _ -> (element(2, Action))#app_spec.version
               end,
-    Fails#{App => #{attempts => Attempts, retry_at => Now + Delay, reason => Reason,
-                    version => Version}}.
+    Hold#{failures := Fails#{App => #{attempts => Attempts,
+                                      retry_at => Now + delay(Attempts, Config),
+                                      reason => Reason, version => Version}}}.
+
+%% `backoff_base' doubled for each attempt after the first, up to
+%% `backoff_max'.
+-spec delay(pos_integer(), bc_gitops_config:config()) -> pos_integer().
+delay(Attempts, #{backoff_base := Base, backoff_max := Max}) ->
+    min(Max, Base * (1 bsl min(Attempts - 1, 30))).
 
 -spec summary(result()) -> atom().
 summary(#{applied := Applied, waiting := Waiting, blocked := Blocked, cache := Parsed}) ->

@@ -33,6 +33,7 @@
     timer :: undefined | reference(),
     cache :: undefined | map(),
     failures = #{} :: #{atom() => bc_gitops_reconcile:failure()},
+    repairs = #{} :: #{atom() => bc_gitops_reconcile:repair()},
     last = #{} :: map(),
     last_commit :: binary() | undefined,
     last_at :: integer() | undefined,
@@ -169,7 +170,7 @@ enqueue(Job, From, #st{queue = Queue} = St) ->
 maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
     St1 = cancel_timer(St),
     Ctx = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
-            manual => Callers =/= []},
+            repairs => St1#st.repairs, manual => Callers =/= []},
     {Pid, Ref} = spawn_monitor(?MODULE, worker, [Job, Ctx]),
     St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest};
 maybe_start(St) ->
@@ -191,7 +192,7 @@ work({manual, Action}, #{config := #{runtime_module := Runtime}}) ->
 
 -spec finished(job(), term(), #st{}) -> #st{}.
 finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St) ->
-    St1 = St#st{cache = Cache, failures = Failures, last = R,
+    St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, #{}), last = R,
                 last_at = erlang:system_time(millisecond)},
     case Outcome of
         ok ->
@@ -289,7 +290,8 @@ status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
       spec_warnings => case Cache of undefined -> []; #{warnings := Ws} -> Ws end,
       blocked => maps:get(blocked, Last, []),
       waiting => maps:get(waiting, Last, []),
-      app_errors => app_errors(St#st.failures)}.
+      app_errors => app_errors(St#st.failures),
+      repairs => repairs(St#st.repairs)}.
 
 %% @doc An app's health: its last check when it has a health spec,
 %% else healthy when it runs.
@@ -319,6 +321,15 @@ status_name(#st{last = Last, failures = Failures, cache = Cache}, AllHealthy) ->
                 true -> synced
             end
     end.
+
+%% Apps repaired at the last reconciles in a row: how often, what was
+%% repaired, and how long until the next repair may be done.
+-spec repairs(#{atom() => bc_gitops_reconcile:repair()}) -> #{atom() => map()}.
+repairs(Repairs) ->
+    Now = erlang:monotonic_time(millisecond),
+    maps:map(fun(_, #{count := N, retry_at := At, reason := R}) ->
+                     #{count => N, reason => R, retry_in_ms => max(0, At - Now)}
+             end, Repairs).
 
 -spec app_errors(#{atom() => bc_gitops_reconcile:failure()}) -> #{atom() => map()}.
 app_errors(Failures) ->

@@ -21,9 +21,10 @@
 %%% after a node restart an app at the same version starts from its existing
 %%% build without fetching again.
 %%%
-%%% `upgrade/2' restarts the app at the new version (the old build stays on
-%%% disk until the new version has started, and the old version is started
-%%% again if the new one fails to start).
+%%% After an upgrade the build of the version that ran before is kept (one
+%%% generation, older ones are deleted): a rollback, after a failed health
+%%% check, goes back to exactly the code that ran, without fetching or
+%%% building, even when the old spec's ref has moved since.
 -module(bc_gitops_runtime_default).
 
 -behaviour(bc_gitops_runtime).
@@ -111,7 +112,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             ok = bc_gitops_code:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
             true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
-            ok = delete_build(OldDir, Dir),
+            ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
             Failure
@@ -130,7 +131,10 @@ hot_failure({error, Why, _Undo}) -> Why.
 keep_old(#app_spec{name = App} = Spec,
          #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, Why, Undo) ->
     _ = [code:del_path(P) || P <- Ebins, not lists:member(P, OldPaths)],
-    ok = delete_build(Dir, OldDir),
+    ok = case Dir of
+             OldDir -> ok;
+             _ -> delete_build(Dir)
+         end,
     Failed = {hot_upgrade_failed, Why},
     case Undo of
         reverted ->
@@ -156,7 +160,7 @@ restart(#app_spec{name = App} = Spec,
     ok = bc_gitops_code:stop(App, OldPaths),
     case start(Spec, Dir, Ebins) of
         {ok, State} ->
-            ok = delete_build(OldDir, Dir),
+            ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, #{path => restart, not_hot => NotHot}};
         {error, Why} ->
             start_old(Spec, Old, OldDir, OldPaths, Why)
@@ -287,14 +291,18 @@ build(Src, Tool, Config) ->
         {error, _} = Error -> Error
     end.
 
-%% The old build goes once the new version runs.
--spec delete_build(file:filename(), file:filename()) -> ok.
-delete_build(Same, Same) ->
-    ok;
-delete_build(Old, _New) ->
-    case file:del_dir_r(Old) of
+%% Deletes the app's builds but those in `Keep' (what runs now and what
+%% ran before it).
+-spec keep_builds(atom(), [file:filename()]) -> ok.
+keep_builds(App, Keep) ->
+    Dirs = filelib:wildcard(filename:join([workspace(), atom_to_list(App), "*"])),
+    lists:foreach(fun delete_build/1, [Dir || Dir <- Dirs, not lists:member(Dir, Keep)]).
+
+-spec delete_build(file:filename()) -> ok.
+delete_build(Dir) ->
+    case file:del_dir_r(Dir) of
         ok -> ok;
-        {error, Why} -> ?LOG_WARNING("bc_gitops: cannot delete old build ~ts: ~p", [Old, Why])
+        {error, Why} -> ?LOG_WARNING("bc_gitops: cannot delete build ~ts: ~p", [Dir, Why])
     end.
 
 -spec lookup(atom()) -> {ok, #entry{}} | error.

@@ -1,0 +1,262 @@
+%%% Recovery with real apps the tests build and deploy from git: an upgrade
+%%% that fails its http check is rolled back while the old version keeps
+%%% answering on its port; an app that crashes on start, and one that
+%%% keeps dying after each restart, are backed off with growing intervals.
+-module(bc_gitops_recovery_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("bc_gitops.hrl").
+
+-export([all/0, init_per_testcase/2, end_per_testcase/2]).
+-export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
+         app_that_keeps_dying_backs_off/1]).
+
+-import(bc_gitops_test_util, [commit/2, write_file/2]).
+
+all() ->
+    [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
+     app_that_keeps_dying_backs_off].
+
+init_per_testcase(_Case, Config) ->
+    Dir = bc_gitops_test_util:tmp_dir("ct_recovery"),
+    Gitops = filename:join(Dir, "gitops"),
+    ok = bc_gitops_test_util:init_repo(Gitops),
+    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    [{dir, Dir}, {gitops, Gitops} | Config].
+
+end_per_testcase(_Case, Config) ->
+    _ = [telemetry:detach(Id) || Id <- [<<"recovery">>]],
+    {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
+    _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
+    ok = application:stop(bc_gitops),
+    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+
+%% v1 answers 200 on its port; v2 answers 500, so its http check fails:
+%% within health_grace it is rolled back (hot, the same listener), v1
+%% answers again, the failure is reported, and the next ticks leave v2
+%% alone.
+unhealthy_upgrade_keeps_old_version_serving(Config) ->
+    Port = free_port(),
+    Repo = app_repo(Config, "rt_web"),
+    web_app(Repo, "1.0.0", "200 OK"),
+    _ = commit(Repo, "v1"),
+    Health = ["health => #{type => http, port => ", integer_to_list(Port),
+              ", path => <<\"/health\">>, interval => 100, timeout => 1000}"],
+    Env = ["env => #{port => ", integer_to_list(Port), "}"],
+    spec(Config, "rt_web", "1.0.0", Repo, [Health, ", ", Env]),
+    start(Config, #{health_grace => 1500, reconcile_interval => 200, backoff_base => 60000}),
+    ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
+    ok = bc_gitops:suspend(),
+    Listener = whereis(rt_web_srv),
+    events([[bc_gitops, upgrade, stop], [bc_gitops, rollback, stop]]),
+
+    web_app(Repo, "2.0.0", "500 Internal Server Error"),
+    _ = commit(Repo, "v2 answers 500"),
+    spec(Config, "rt_web", "2.0.0", Repo, [Health, ", ", Env]),
+    ?assertMatch({error, {out_of_sync, #{failed := [{rt_web, {rolled_back, _}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
+    ?assertEqual(Listener, whereis(rt_web_srv)),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_web, 1, application:which_applications())),
+    ?assertMatch({ok, #app_state{version = <<"1.0.0">>}}, bc_gitops:get_app_status(rt_web)),
+    %% Its next check (every 100 ms) finds it healthy again.
+    ok = wait_healthy(rt_web, 20),
+    {ok, #{app_errors := #{rt_web := #{reason := {rolled_back, _}, version := <<"2.0.0">>}}}} =
+        bc_gitops:status(),
+    [{[bc_gitops, upgrade, stop], #{to_version := <<"2.0.0">>, path := hot}},
+     {[bc_gitops, upgrade, stop], #{to_version := <<"1.0.0">>, path := hot}},
+     {[bc_gitops, rollback, stop], #{from_version := <<"2.0.0">>, to_version := <<"1.0.0">>}}] =
+        [{E, M} || {_, E, M} <- collect()],
+
+    %% The timer's reconciles (every 200 ms) do not try 2.0.0 again.
+    ok = bc_gitops:resume(),
+    timer:sleep(1000),
+    ?assertEqual([], collect()),
+    ?assertEqual({200, <<"1.0.0">>}, http_get(Port)).
+
+%% An app whose start fails: each attempt is reported, and the time
+%% between attempts doubles (backoff_base 400 ms, reconciles every 100 ms).
+crash_on_start_backs_off(Config) ->
+    Repo = app_repo(Config, "rt_nostart"),
+    plain_app(Repo, "rt_nostart", "start(_, _) -> {error, refuses_to_start}.\n"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_nostart", "1.0.0", Repo, "env => #{}"),
+    events([[bc_gitops, deploy, stop]]),
+    start(Config, #{reconcile_interval => 100, backoff_base => 400, backoff_max => 60000}),
+    timer:sleep(3500),
+    Attempts = [T || {T, _, #{app := rt_nostart, result := {error, _}}} <- collect()],
+    ct:pal("attempts at ~p ms", [relative(Attempts)]),
+    ?assert(length(Attempts) >= 3 andalso length(Attempts) =< 5),
+    growing(gaps(Attempts)),
+    {ok, #{app_errors := #{rt_nostart := #{attempts := N, retry_in_ms := Retry,
+                                           reason := {start_failed, _}}}}} = bc_gitops:status(),
+    ?assertEqual(length(Attempts), N),
+    ?assert(Retry > 0).
+
+%% An app that starts, then dies (its worker crashes twice, its supervisor
+%% gives up): each reconcile that finds it down restarts it, but the
+%% restarts back off instead of following the 100 ms reconciles.
+app_that_keeps_dying_backs_off(Config) ->
+    Repo = app_repo(Config, "rt_die"),
+    plain_app(Repo, "rt_die", "start(_, _) -> rt_die_sup:start_link().\n"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_die", "1.0.0", Repo, "env => #{}"),
+    events([[bc_gitops, deploy, stop], [bc_gitops, drift, detected]]),
+    start(Config, #{reconcile_interval => 100, backoff_base => 400, backoff_max => 60000}),
+    timer:sleep(4000),
+    Events = collect(),
+    Repairs = [T || {T, [bc_gitops, deploy, stop], #{app := rt_die, reason := stopped,
+                                                     result := ok}} <- Events],
+    Drifts = [T || {T, [bc_gitops, drift, detected], #{app := rt_die, healed := true}} <- Events],
+    ct:pal("repairs at ~p ms; drift seen ~p times", [relative(Repairs), length(Drifts)]),
+    %% Without the backoff it would be restarted about 20 times.
+    ?assert(length(Repairs) >= 3 andalso length(Repairs) =< 5),
+    ?assert(length(Drifts) > length(Repairs)),
+    growing(gaps(Repairs)),
+    {ok, #{repairs := #{rt_die := #{count := Count, reason := stopped}},
+           waiting := Waiting}} = bc_gitops:status(),
+    ?assertEqual(length(Repairs), Count),
+    ?assertMatch([{rt_die, {backoff, Count, _}}], Waiting).
+
+%%% Helpers
+
+wait_healthy(App, 0) ->
+    ct:fail({not_healthy, bc_gitops:get_app_status(App)});
+wait_healthy(App, N) ->
+    case bc_gitops:get_app_status(App) of
+        {ok, #app_state{health = healthy}} -> ok;
+        _ -> timer:sleep(100), wait_healthy(App, N - 1)
+    end.
+
+%% Each gap at least 1.4 times the one before (the backoff doubles; the
+%% 100 ms reconcile interval and the restart itself blur it a little).
+growing([A, B | Rest]) ->
+    ?assert(B >= 1.4 * A, {gaps, A, B}),
+    growing([B | Rest]);
+growing(_) ->
+    ok.
+
+gaps([A, B | Rest]) -> [B - A | gaps([B | Rest])];
+gaps(_) -> [].
+
+relative([]) -> [];
+relative([T0 | _] = Ts) -> [T - T0 || T <- Ts].
+
+%% Telemetry events, with the time they came at, sent to this process.
+events(Names) ->
+    Self = self(),
+    ok = telemetry:attach_many(<<"recovery">>, Names,
+                               fun(E, _, Meta, _) ->
+                                       Self ! {event, erlang:monotonic_time(millisecond), E, Meta}
+                               end, none).
+
+collect() ->
+    receive {event, T, E, M} -> [{T, E, M} | collect()]
+    after 0 -> []
+    end.
+
+start(Config, Extra) ->
+    {ok, _} = bc_gitops:start_reconciler(
+                maps:merge(#{repo_url => ?config(gitops, Config),
+                             local_path => filename:join(?config(dir, Config), "state")}, Extra)),
+    wait_reconciled(300).
+
+wait_reconciled(0) ->
+    ct:fail(first_reconcile_did_not_end);
+wait_reconciled(N) ->
+    case bc_gitops:status() of
+        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
+        _ -> timer:sleep(50), wait_reconciled(N - 1)
+    end.
+
+app_repo(Config, App) ->
+    Repo = filename:join(?config(dir, Config), App),
+    ok = bc_gitops_test_util:init_repo(Repo),
+    write_file(filename:join(Repo, "Makefile"),
+               ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+                "\tcp src/", App, ".app.src ebin/", App, ".app\n"]),
+    Repo.
+
+spec(Config, App, Version, Repo, Extra) ->
+    write_file(filename:join([?config(gitops, Config), "apps", App, "app.config"]),
+               ["#{name => ", App, ", version => <<\"", Version, "\">>,\n",
+                "  source => #{type => git, url => <<\"", Repo, "\">>, ref => <<\"main\">>},\n",
+                "  ", Extra, "}.\n"]),
+    _ = commit(?config(gitops, Config), "spec " ++ App ++ " " ++ Version).
+
+%% An app whose callback's start/2 is `Start'; rt_die_sup's worker
+%% crashes 50 ms after it starts (twice in a row is more than the
+%% supervisor's default intensity allows).
+plain_app(Repo, App, Start) ->
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    W(App ++ ".app.src", ["{application, ", App, ", [{vsn, \"1.0.0\"}, {mod, {", App, "_app, []}},\n"
+                          " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    W(App ++ "_app.erl", ["-module(", App, "_app).\n-behaviour(application).\n"
+                          "-export([start/2, stop/1]).\n", Start, "stop(_) -> ok.\n"]),
+    W("rt_die_sup.erl", "-module(rt_die_sup).\n-behaviour(supervisor).\n"
+                        "-export([start_link/0, init/1]).\n"
+                        "start_link() -> supervisor:start_link(?MODULE, []).\n"
+                        "init([]) -> {ok, {#{}, [#{id => w, start => {rt_die_w, start_link, []}}]}}.\n"),
+    W("rt_die_w.erl", "-module(rt_die_w).\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2]).\n"
+                      "start_link() -> gen_server:start_link(?MODULE, [], []).\n"
+                      "init([]) -> erlang:send_after(50, self(), die), {ok, s}.\n"
+                      "handle_call(_, _, S) -> {reply, ok, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n"
+                      "handle_info(die, S) -> {stop, died, S}.\n").
+
+%% A web app: one gen_server listening on 127.0.0.1:<env port>, answering
+%% every request with `Status' and the app's version as the body.
+web_app(Repo, Vsn, Status) ->
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    W("rt_web.app.src", ["{application, rt_web, [{vsn, \"", Vsn, "\"}, {mod, {rt_web_app, []}},\n"
+                         " {modules, [rt_web_app, rt_web_srv]},\n"
+                         " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    W("rt_web_app.erl",
+      "-module(rt_web_app).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) -> supervisor:start_link({local, rt_web_sup}, ?MODULE, []).\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => srv, start => {rt_web_srv, start_link, []},\n"
+      "                          modules => [rt_web_srv]}]}}.\n"),
+    %% Accepts with a short timeout, so that system messages (suspend,
+    %% code change) are handled between connections.
+    W("rt_web_srv.erl",
+      ["-module(rt_web_srv).\n-behaviour(gen_server).\n"
+       "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
+       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+       "init([]) ->\n"
+       "    {ok, Port} = application:get_env(rt_web, port),\n"
+       "    {ok, L} = gen_tcp:listen(Port, [binary, {active, false}, {reuseaddr, true},\n"
+       "                                    {ip, {127, 0, 0, 1}}]),\n"
+       "    {ok, L, 0}.\n"
+       "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
+       "handle_cast(_, L) -> {noreply, L, 0}.\n"
+       "handle_info(timeout, L) ->\n"
+       "    case gen_tcp:accept(L, 20) of\n"
+       "        {ok, S} -> serve(S);\n"
+       "        {error, timeout} -> ok\n"
+       "    end,\n"
+       "    {noreply, L, 0};\n"
+       "handle_info(_, L) -> {noreply, L, 0}.\n"
+       "code_change(_, L, _) -> {ok, L}.\n"
+       "serve(S) ->\n"
+       "    _ = gen_tcp:recv(S, 0, 1000),\n"
+       "    Body = <<\"", Vsn, "\">>,\n"
+       "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
+       "                         integer_to_list(byte_size(Body)),\n"
+       "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
+       "    gen_tcp:close(S).\n"]).
+
+http_get(Port) ->
+    Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",
+    {ok, {{_, Code, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 3000}],
+                                                   [{body_format, binary}]),
+    {Code, Body}.
+
+free_port() ->
+    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(S),
+    ok = gen_tcp:close(S),
+    Port.
