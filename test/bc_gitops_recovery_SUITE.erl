@@ -10,13 +10,13 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
-         app_that_keeps_dying_backs_off/1]).
+         app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
-     app_that_keeps_dying_backs_off].
+     app_that_keeps_dying_backs_off, stopped_by_hand_comes_back].
 
 init_per_testcase(_Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_recovery"),
@@ -119,6 +119,34 @@ app_that_keeps_dying_backs_off(Config) ->
            waiting := Waiting}} = bc_gitops:status(),
     ?assertEqual(length(Repairs), Count),
     ?assertMatch([{rt_die, {backoff, Count, _}}], Waiting).
+
+%% An app stopped by hand is drift: the next reconcile starts it again and
+%% reports it. With self_heal => false it stays stopped, drift reported.
+stopped_by_hand_comes_back(Config) ->
+    Repo = app_repo(Config, "rt_still"),
+    plain_app(Repo, "rt_still", "-export([init/1]).\n"
+                                "start(_, _) -> supervisor:start_link(rt_still_app, []).\n"
+                                "init([]) -> {ok, {#{}, []}}.\n"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_still", "1.0.0", Repo, "env => #{}"),
+    events([[bc_gitops, drift, detected]]),
+    start(Config, #{reconcile_interval => 3600000}),
+    {ok, #app_state{pid = Top}} = bc_gitops:get_app_status(rt_still),
+    ok = application:stop(rt_still),
+    ok = bc_gitops:reconcile(),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_still, 1, application:which_applications())),
+    {ok, #app_state{status = running, pid = Again}} = bc_gitops:get_app_status(rt_still),
+    ?assert(is_pid(Again) andalso Again =/= Top),
+    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := true}}], collect()),
+
+    ok = bc_gitops:stop_reconciler(),
+    start(Config, #{reconcile_interval => 3600000, self_heal => false}),
+    ok = application:stop(rt_still),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{rt_still, {drift, stopped}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual(false, lists:keyfind(rt_still, 1, application:which_applications())),
+    ?assertMatch({ok, #app_state{status = stopped}}, bc_gitops:get_app_status(rt_still)),
+    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := false}} | _], collect()).
 
 %%% Helpers
 
