@@ -29,6 +29,7 @@ erlang-test: compile
 	$(REBAR) ct
 	$(REBAR) xref
 	$(REBAR) dialyzer
+	$(REBAR) edoc
 
 fuzz:
 	bash fuzz/run.sh $(SECONDS)
