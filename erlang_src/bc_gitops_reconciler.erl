@@ -192,7 +192,10 @@ work({manual, Action}, #{config := #{runtime_module := Runtime}}) ->
 
 -spec finished(job(), term(), #st{}) -> #st{}.
 finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St) ->
-    St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, #{}), last = R,
+    %% A run that failed before applying anything leaves the repairs as
+    %% they were.
+    St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, St#st.repairs),
+                last = R,
                 last_at = erlang:system_time(millisecond)},
     case Outcome of
         ok ->
