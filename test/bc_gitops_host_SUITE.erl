@@ -1,10 +1,10 @@
-%%% bc_gitops as its users meet it: a dependency of a relx release. The
-%%% case builds a real host project with the real tools, runs it as an OS
-%%% process of its own, and has it reconcile a local gitops repository
-%%% whose one spec deploys a small rebar3 app (hs_hello) from git.
-%%% Programs are started as ports, never through a shell; any that still
-%%% runs when a case ends (a failure, a timetrap) is killed in
-%%% end_per_testcase.
+%%% bc_gitops as its users meet it: a dependency of a relx release and of
+%%% a mix project. Each case builds a real host project with the real
+%%% tools, runs it as an OS process of its own, and has it reconcile a
+%%% local gitops repository whose one spec deploys a small rebar3 app
+%%% (hs_hello) from git. Programs are started as ports, never through a
+%%% shell; any that still runs when a case ends (a failure, a timetrap) is
+%%% killed in end_per_testcase.
 -module(bc_gitops_host_SUITE).
 
 -include_lib("common_test/include/ct.hrl").
@@ -13,17 +13,17 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2,
          end_per_testcase/2]).
--export([relx_release/1]).
+-export([relx_release/1, mix_project/1]).
 
 -import(bc_gitops_test_util, [write_file/2, commit/2]).
 
 %% A first run may build the NIF (cargo) inside the first case.
 suite() -> [{timetrap, {minutes, 15}}].
 
-all() -> [relx_release].
+all() -> [relx_release, mix_project].
 
 init_per_suite(Config) ->
-    _ = [exe(Tool) || Tool <- ["rebar3", "cargo", "git"]],
+    _ = [exe(Tool) || Tool <- ["rebar3", "mix", "cargo", "git"]],
     Root = project_root(),
     Dir = bc_gitops_test_util:tmp_dir("ct_host"),
     AppRepo = filename:join(Dir, "hs_hello"),
@@ -67,7 +67,8 @@ ask_for_hello(Config, Vsn, Greeting) ->
     _ = commit(Gitops, "hs_hello " ++ Vsn),
     ok.
 
-greeting(relx_release) -> <<"hello from the release">>.
+greeting(relx_release) -> <<"hello from the release">>;
+greeting(mix_project) -> <<"hello from mix">>.
 
 %%--------------------------------------------------------------------
 %% relx
@@ -164,6 +165,46 @@ rel_eval(Config, Bin, Expr) ->
         {match, [Hex]} -> binary_to_term(binary:decode_hex(Hex));
         nomatch -> ct:fail({eval_failed, Expr, Out})
     end.
+
+%%--------------------------------------------------------------------
+%% mix
+
+%% A mix project next to a bc_gitops checkout, depending on it by path,
+%% configured in config/config.exs. mix builds bc_gitops through its
+%% mix.exs (no rebar3, no hex), and `mix run' reconciles.
+mix_project(Config) ->
+    CaseDir = ?config(case_dir, Config),
+    ok = file:make_symlink(?config(root, Config), filename:join(CaseDir, "bc_gitops")),
+    Mix = filename:join(CaseDir, "host_mix"),
+    write_file(filename:join(Mix, "mix.exs"),
+               "defmodule HostMix.MixProject do\n"
+               "  use Mix.Project\n\n"
+               "  def project do\n"
+               "    [app: :host_mix, version: \"0.1.0\", deps: [{:bc_gitops, path: \"../bc_gitops\"}]]\n"
+               "  end\n\n"
+               "  def application, do: [extra_applications: [:logger]]\n"
+               "end\n"),
+    write_file(filename:join([Mix, "config", "config.exs"]),
+               "import Config\n\n"
+               "config :bc_gitops,\n"
+               "  repo_url: Path.expand(\"../../gitops\", __DIR__),\n"
+               "  local_path: Path.expand(\"../../state\", __DIR__),\n"
+               "  reconcile_interval: :timer.hours(1)\n"),
+    Expr = "result = :bc_gitops.reconcile()\n"
+           "{:ok, status} = :bc_gitops.status()\n"
+           "report = {result, status.status, :hs_hello_server.greet(),\n"
+           "          Application.spec(:hs_hello, :vsn), :code.priv_dir(:bc_gitops),\n"
+           "          :bc_gitops_nif.load_error(), Application.spec(:bc_gitops, :applications),\n"
+           "          Application.spec(:bc_gitops, :vsn)}\n"
+           "IO.inspect(report)\n"
+           "IO.puts(\"REPORT \" <> Base.encode16(:erlang.term_to_binary(report)))\n",
+    Out = must(run(Config, exe("mix"), ["run", "-e", Expr], [{cd, Mix}], 600000)),
+    {match, [Hex]} = re:run(Out, "REPORT ([0-9A-F]+)", [{capture, all_but_first, binary}]),
+    Priv = filename:join([Mix, "_build", "dev", "lib", "bc_gitops", "priv"]),
+    %% The .app mix made from mix.exs says what bc_gitops.app.src says.
+    ?assertEqual({ok, synced, <<"hello from mix (1.0.0)">>, "1.0.0", Priv, ok,
+                  app_key(applications), app_key(vsn)},
+                 binary_to_term(binary:decode_hex(Hex))).
 
 %%--------------------------------------------------------------------
 %% Programs, without a shell
@@ -264,6 +305,7 @@ app_key(Key) ->
 project_root() ->
     Root = normalize(filename:join(code:lib_dir(bc_gitops), "../../../..")),
     true = filelib:is_regular(filename:join([Root, "scripts", "build_nif.sh"])),
+    true = filelib:is_regular(filename:join(Root, "mix.exs")),
     Root.
 
 normalize(Path) ->
