@@ -1,10 +1,10 @@
-%%% bc_gitops as its users meet it: a dependency of a relx release and of
-%%% a mix project. Each case builds a real host project with the real
-%%% tools, runs it as an OS process of its own, and has it reconcile a
-%%% local gitops repository whose one spec deploys a small rebar3 app
-%%% (hs_hello) from git. Programs are started as ports, never through a
-%%% shell; any that still runs when a case ends (a failure, a timetrap) is
-%%% killed in end_per_testcase.
+%%% bc_gitops as its users meet it: a dependency of a relx release, of a
+%%% mix project, and in `rebar3 shell'. Each case builds a real host
+%%% project with the real tools, runs it as an OS process of its own, and
+%%% has it reconcile a local gitops repository whose one spec deploys a
+%%% small rebar3 app (hs_hello) from git. Programs are started as ports,
+%%% never through a shell; any that still runs when a case ends (a
+%%% failure, a timetrap) is killed in end_per_testcase.
 -module(bc_gitops_host_SUITE).
 
 -include_lib("common_test/include/ct.hrl").
@@ -13,14 +13,14 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2,
          end_per_testcase/2]).
--export([relx_release/1, mix_project/1]).
+-export([relx_release/1, mix_project/1, rebar3_shell/1]).
 
 -import(bc_gitops_test_util, [write_file/2, commit/2]).
 
 %% A first run may build the NIF (cargo) inside the first case.
 suite() -> [{timetrap, {minutes, 15}}].
 
-all() -> [relx_release, mix_project].
+all() -> [relx_release, mix_project, rebar3_shell].
 
 init_per_suite(Config) ->
     _ = [exe(Tool) || Tool <- ["rebar3", "mix", "cargo", "git"]],
@@ -68,7 +68,8 @@ ask_for_hello(Config, Vsn, Greeting) ->
     ok.
 
 greeting(relx_release) -> <<"hello from the release">>;
-greeting(mix_project) -> <<"hello from mix">>.
+greeting(mix_project) -> <<"hello from mix">>;
+greeting(rebar3_shell) -> <<"hello from the shell">>.
 
 %%--------------------------------------------------------------------
 %% relx
@@ -205,6 +206,55 @@ mix_project(Config) ->
     ?assertEqual({ok, synced, <<"hello from mix (1.0.0)">>, "1.0.0", Priv, ok,
                   app_key(applications), app_key(vsn)},
                  binary_to_term(binary:decode_hex(Hex))).
+
+%%--------------------------------------------------------------------
+%% rebar3 shell
+
+%% The session the README shows: in this project, `rebar3 shell' with
+%% config/shell.config.src (the repository and the state directory from
+%% the environment) boots bc_gitops, and typed calls reconcile.
+rebar3_shell(Config) ->
+    Env = [{"BC_GITOPS_REPO", ?config(gitops, Config)}, {"BC_GITOPS_DIR", ?config(state, Config)}],
+    {Port, OsPid} = start(Config, exe("rebar3"), ["shell", "--config", "config/shell.config.src"],
+                          [{cd, ?config(root, Config)}, {env, Env}]),
+    Deadline = erlang:monotonic_time(millisecond) + 600000,
+    {_, Rest0} = expect(Port, [<<"Booted bc_gitops">>, <<"Failed to boot">>], <<>>, Deadline),
+    ?assertEqual(nomatch, binary:match(Rest0, <<"Failed to boot">>), Rest0),
+    type(Port, "bc_gitops:reconcile().\n"),
+    {R1, Rest1} = expect(Port, <<"2> ">>, Rest0, Deadline),
+    ?assertMatch({match, _}, re:run(R1, "(^|> )ok\\R", [multiline]), R1),
+    type(Port, "hs_hello_server:greet().\n"),
+    {R2, _} = expect(Port, <<"3> ">>, Rest1, Deadline),
+    ?assertNotEqual(nomatch, binary:match(R2, <<"<<\"hello from the shell (1.0.0)\">>">>), R2),
+    type(Port, "q().\n"),
+    receive
+        {Port, {exit_status, Exit}} ->
+            untrack(Config, OsPid),
+            ?assertEqual(0, Exit)
+    after 60000 ->
+        ct:fail({shell_still_running, drain(Port)})
+    end.
+
+type(Port, Line) ->
+    true = port_command(Port, Line),
+    ok.
+
+%% Reads the port until Pattern (one, or the first of a list) appears;
+%% what came before it, and what came from it on.
+expect(Port, Pattern, Buf, Deadline) ->
+    case binary:match(Buf, Pattern) of
+        {Pos, Len} ->
+            ct:log("~ts", [binary:part(Buf, 0, Pos + Len)]),
+            {binary:part(Buf, 0, Pos), binary:part(Buf, Pos, byte_size(Buf) - Pos)};
+        nomatch ->
+            Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+            receive
+                {Port, {data, D}} -> expect(Port, Pattern, <<Buf/binary, D/binary>>, Deadline);
+                {Port, {exit_status, S}} -> ct:fail({exited, S, waiting_for, Pattern, Buf})
+            after Left ->
+                ct:fail({timeout, waiting_for, Pattern, Buf})
+            end
+    end.
 
 %%--------------------------------------------------------------------
 %% Programs, without a shell
