@@ -5,6 +5,11 @@
 %%% of a dependency that already runs on the node is left out: it is not
 %%% loaded twice. The spec's env is set between `application:load/1' and
 %%% `application:ensure_all_started/1'.
+%%%
+%%% In embedded mode (a release booted from its boot script, as relx's
+%%% `bin/<rel> foreground' and `daemon' do) nothing is loaded on demand:
+%%% every module of the added ebins that is not loaded yet is loaded
+%%% before the app starts, as a boot script would have done.
 -module(bc_gitops_code).
 
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
@@ -19,7 +24,7 @@ start(App, Ebins, Env) ->
     Added = [E || E <- Ebins, Of <- [app_of_ebin(E)],
                   Of =:= App orelse not lists:member(Of, Running)],
     ok = code:add_pathsa(Added),
-    case load(App) of
+    case load(App, Added) of
         ok ->
             _ = [application:set_env(App, K, V, [{persistent, true}]) || {K, V} <- maps:to_list(Env)],
             case application:ensure_all_started(App) of
@@ -30,16 +35,41 @@ start(App, Ebins, Env) ->
                     {error, {start_failed, Why}}
             end;
         {error, Why} ->
-            _ = [code:del_path(E) || E <- Added],
+            _ = stop(App, Added),
             {error, {load_failed, Why}}
     end.
 
--spec load(atom()) -> ok | {error, term()}.
-load(App) ->
+-spec load(atom(), [file:filename()]) -> ok | {error, term()}.
+load(App, Ebins) ->
     case application:load(App) of
-        ok -> ok;
-        {error, {already_loaded, App}} -> ok;
+        ok -> load_modules(code:get_mode(), Ebins);
+        {error, {already_loaded, App}} -> load_modules(code:get_mode(), Ebins);
         {error, _} = Error -> Error
+    end.
+
+-spec load_modules(interactive | embedded, [file:filename()]) -> ok | {error, term()}.
+load_modules(interactive, _Ebins) ->
+    ok;
+load_modules(embedded, Ebins) ->
+    Beams = [B || E <- Ebins, B <- filelib:wildcard(filename:join(E, "*.beam"))],
+    lists:foldl(fun(Beam, ok) -> load_beam(Beam);
+                   (_, Error) -> Error
+                end, ok, Beams).
+
+%% A module whose name is not an atom yet cannot be loaded: no atom is
+%% made before the code server makes it.
+-spec load_beam(file:filename()) -> ok | {error, term()}.
+load_beam(Beam) ->
+    Loaded = try code:is_loaded(list_to_existing_atom(filename:basename(Beam, ".beam")))
+             catch error:badarg -> false
+             end,
+    case Loaded of
+        {file, _} -> ok;
+        false ->
+            case code:load_abs(filename:rootname(Beam)) of
+                {module, _} -> ok;
+                {error, Why} -> {error, {Beam, Why}}
+            end
     end.
 
 %% @doc Stops and unloads `App', purges and deletes its modules, and drops

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what bc_gitops needs to build and test, when it is missing:
 # Erlang/OTP (>= 25), rebar3, Elixir, the C build tools and OpenSSL headers
-# for the Rust NIF, and the servers the tests start on loopback.
+# for the Rust NIF, the servers the tests start on loopback, and procps
+# (`kill`, for the host-project tests to clean up what they started).
 #
 # Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
 # everything is there. As root it installs through apt-get; as anyone else it
@@ -10,7 +11,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 \
 erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
-openssl openssh-server"
+openssl openssh-server procps"
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust >= 1.91 first (https://rustup.rs)" >&2
