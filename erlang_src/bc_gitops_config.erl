@@ -87,7 +87,9 @@ known() -> maps:keys(defaults()) ++ ?OPTIONAL_TEXT.
 -spec check(atom(), term()) -> term().
 check(repo_url, undefined) -> undefined;
 check(repo_url, V) -> non_empty_text(repo_url, V);
-check(local_path, V) -> unicode:characters_to_list(non_empty_text(local_path, V));
+%% Made absolute now: a later change of the node's working directory must
+%% not move the checkout, the builds or the state file.
+check(local_path, V) -> filename:absname(unicode:characters_to_list(non_empty_text(local_path, V)));
 check(branch, V) -> non_empty_text(branch, V);
 check(apps_dir, V) -> non_empty_text(apps_dir, V);
 check(runtime_module, V) when is_atom(V) -> V;

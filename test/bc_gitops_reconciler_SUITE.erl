@@ -128,6 +128,11 @@ bad_config_names_the_option(Config) ->
                  bc_gitops:start_reconciler(Base#{branch => <<>>})),
     %% Nothing half-configured was left running: still the idle one.
     ?assertMatch({ok, #{status := idle}}, bc_gitops:status()),
+    %% A relative local_path is made absolute once, against the directory
+    %% the node runs in now.
+    {ok, Cwd} = file:get_cwd(),
+    {ok, #{local_path := Abs}} = bc_gitops_config:from_map(Base#{local_path => "rel/state"}),
+    ?assertEqual(filename:join(Cwd, "rel/state"), Abs),
     %% The same check at boot: the application refuses to start.
     ok = application:stop(bc_gitops),
     ok = application:set_env(bc_gitops, repo_url, "file:///x"),
