@@ -13,21 +13,29 @@ main(Args) ->
     true = code:add_patha(filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"])),
     logger:set_primary_config(level, error),
     Dir = filename:join(tmp(), "bc_gitops_bench_" ++ os:getpid()),
-    try
-        Rows = parse_rows(Dir, Smoke) ++ noop_rows(Dir, Smoke) ++ fetch_rows(Dir, Smoke)
-            ++ hot_rows(Dir, Smoke) ++ latency_rows(Dir, Smoke) ++ memory_rows(Dir, Smoke),
-        io:format("~n~-58s ~12s ~12s ~12s~n", ["benchmark", "p50", "p99", "baseline p50"]),
-        [case Row of
-             {Name, P50, P99, Base} ->
-                 io:format("~-58s ~12s ~12s ~12s~n", [Name, fmt(P50), fmt(P99), fmt(Base)]);
-             {Name, Text} ->
-                 io:format("~-58s ~s~n", [Name, Text])
-         end || Row <- Rows],
-        halt(0)
-    catch
-        C:R:S -> io:format("bench FAILED: ~p:~p~n~p~n", [C, R, S]), halt(1)
-    after
-        _ = file:del_dir_r(Dir)
+    %% halt/1 skips `after': the directory (a gigabyte in a full run) is
+    %% removed before halting.
+    Result = try
+                 {ok, parse_rows(Dir, Smoke) ++ noop_rows(Dir, Smoke) ++ fetch_rows(Dir, Smoke)
+                      ++ hot_rows(Dir, Smoke) ++ latency_rows(Dir, Smoke)
+                      ++ memory_rows(Dir, Smoke)}
+             catch
+                 C:R:S -> {failed, C, R, S}
+             end,
+    _ = file:del_dir_r(Dir),
+    case Result of
+        {ok, Rows} ->
+            io:format("~n~-58s ~12s ~12s ~12s~n", ["benchmark", "p50", "p99", "baseline p50"]),
+            [case Row of
+                 {Name, P50, P99, Base} ->
+                     io:format("~-58s ~12s ~12s ~12s~n", [Name, fmt(P50), fmt(P99), fmt(Base)]);
+                 {Name, Text} ->
+                     io:format("~-58s ~s~n", [Name, Text])
+             end || Row <- Rows],
+            halt(0);
+        {failed, Class, Reason, Stack} ->
+            io:format("bench FAILED: ~p:~p~n~p~n", [Class, Reason, Stack]),
+            halt(1)
     end.
 
 %% Parse + validate + plan N specs through the NIF, against file:consult/1
@@ -332,7 +340,8 @@ latency_rows(Dir, Smoke) ->
     T0 = erlang:monotonic_time(microsecond),
     _ = spawn_link(fun() ->
                            Self ! {synced, bc_gitops_git:sync(#{url => "file://" ++ Repo,
-                                                                local_path => filename:join(Dir, "big_clone")})}
+                                                                local_path => filename:join(Dir, "big_clone"),
+                                                                timeout => 900000})}
                    end),
     {Rtts, Took} = echo_loop(Echo, [], T0),
     unlink(Echo),
@@ -346,7 +355,9 @@ latency_rows(Dir, Smoke) ->
 
 echo_loop(Echo, Acc, T0) ->
     receive
-        {synced, {ok, #{changed := true}}} -> {Acc, erlang:monotonic_time(microsecond) - T0}
+        {synced, Result} ->
+            {ok, #{changed := true}} = Result,
+            {Acc, erlang:monotonic_time(microsecond) - T0}
     after 1 ->
         Ref = make_ref(),
         T = erlang:monotonic_time(microsecond),

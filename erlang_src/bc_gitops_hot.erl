@@ -165,16 +165,13 @@ update(M, Extra, {W, P, D}, Top, Beams, AppVsn) ->
     OldVsn = old_vsn(M, AppVsn),
     Procs = processes(Top, [M]),
     T0 = erlang:monotonic_time(microsecond),
-    Suspended = suspend(Procs, []),
+    Suspended = suspend(Procs),
     try
         ok = load_new(M, Beams),
-        _ = [case catch sys:change_code(Pid, M, OldVsn, Extra, ?CHANGE_TIMEOUT) of
-                 ok -> ok;
-                 Other -> throw({code_change, {Pid, M, Other}})
-             end || {Pid, _} <- Suspended],
+        ok = change_all([{Pid, M, OldVsn, Extra} || {Pid, _} <- Suspended]),
         ok
     after
-        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
+        resume(Suspended)
     end,
     {W + erlang:monotonic_time(microsecond) - T0, P + length(Suspended), D}.
 
@@ -195,12 +192,12 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
                                    down -> {down, beam_vsn(Beam, AppVsn)}
                                end} || {M, Beam} <- Changed]),
     ChangeAll = fun(Suspended) ->
-                        [change_code(Pid, M, maps:get(M, Vsns)) || {Pid, Mods} <- Suspended,
-                                                                  {M, _} <- Changed,
-                                                                  lists:member(M, Mods)]
+                        change_all([{Pid, M, maps:get(M, Vsns), []} || {Pid, Mods} <- Suspended,
+                                                                      {M, _} <- Changed,
+                                                                      lists:member(M, Mods)])
                 end,
     T0 = erlang:monotonic_time(microsecond),
-    Suspended = suspend(Procs, []),
+    Suspended = suspend(Procs),
     try
         _ = Direction =:= down andalso ChangeAll(Suspended),
         ok = code:add_pathsa(Ebins),
@@ -208,7 +205,7 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
         _ = Direction =:= up andalso ChangeAll(Suspended),
         ok
     after
-        _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended]
+        resume(Suspended)
     end,
     Window = erlang:monotonic_time(microsecond) - T0,
     OldModules = case application:get_key(App, modules) of
@@ -220,17 +217,72 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
     {ok, #{path => hot, modules => [M || {M, _} <- Changed], suspended_us => Window,
            processes => length(Suspended)}}.
 
--spec suspend([{pid(), [module()]}], [{pid(), [module()]}]) -> [{pid(), [module()]}].
-suspend([], Done) ->
-    lists:reverse(Done);
-suspend([{Pid, _} = P | Rest], Done) ->
-    try sys:suspend(Pid, ?SUSPEND_TIMEOUT) of
-        ok -> suspend(Rest, [P | Done])
-    catch
-        exit:Why ->
-            _ = [catch sys:resume(Q, ?SUSPEND_TIMEOUT) || {Q, _} <- Done],
-            throw({suspend, {Pid, Why}})
+%% Suspends every process (in parallel, see each/2), or none: when one
+%% fails, those suspended are resumed and the first failure is thrown.
+-spec suspend([{pid(), [module()]}]) -> [{pid(), [module()]}].
+suspend(Procs) ->
+    Results = each(fun({Pid, _} = P) ->
+                           try sys:suspend(Pid, ?SUSPEND_TIMEOUT) of
+                               ok -> {ok, P}
+                           catch
+                               exit:Why -> {error, {Pid, Why}}
+                           end
+                   end, Procs),
+    Suspended = [P || {ok, P} <- Results],
+    case [E || {error, E} <- Results] of
+        [] ->
+            Suspended;
+        [First | _] ->
+            resume(Suspended),
+            throw({suspend, First})
     end.
+
+-spec resume([{pid(), [module()]}]) -> ok.
+resume(Suspended) ->
+    _ = each(fun({Pid, _}) -> catch sys:resume(Pid, ?SUSPEND_TIMEOUT) end, Suspended),
+    ok.
+
+%% code_change in every {Pid, Module, OldVsn, Extra}; the first failure (in
+%% list order) is thrown once all have run.
+-spec change_all([{pid(), module(), term(), term()}]) -> ok.
+change_all(Changes) ->
+    Results = each(fun({Pid, M, OldVsn, Extra}) ->
+                           case catch sys:change_code(Pid, M, OldVsn, Extra, ?CHANGE_TIMEOUT) of
+                               ok -> ok;
+                               Other -> {Pid, M, Other}
+                           end
+                   end, Changes),
+    case [F || F <- Results, F =/= ok] of
+        [] -> ok;
+        [First | _] -> throw({code_change, First})
+    end.
+
+%% Fun on every item, results in order. A few hundred synchronous sys calls
+%% one after the other take a context switch each; above ?EACH_RUN items
+%% they are made from up to ?EACH_WORKERS processes at once, each a
+%% contiguous run (Fun must not raise).
+-define(EACH_RUN, 64).
+-define(EACH_WORKERS, 64).
+-spec each(fun((T) -> R), [T]) -> [R].
+each(Fun, Items) when length(Items) =< ?EACH_RUN ->
+    [Fun(I) || I <- Items];
+each(Fun, Items) ->
+    Size = max(?EACH_RUN, (length(Items) + ?EACH_WORKERS - 1) div ?EACH_WORKERS),
+    Refs = [element(2, spawn_monitor(fun() -> exit({each, [Fun(I) || I <- Run]}) end))
+            || Run <- runs(Items, Size)],
+    lists:append([receive
+                      {'DOWN', Ref, process, _, {each, Results}} -> Results;
+                      {'DOWN', Ref, process, _, Why} -> error({each_worker, Why})
+                  end || Ref <- Refs]).
+
+-spec runs([T], pos_integer()) -> [[T]].
+runs([], _Size) ->
+    [];
+runs(Items, Size) when length(Items) =< Size ->
+    [Items];
+runs(Items, Size) ->
+    {Run, Rest} = lists:split(Size, Items),
+    [Run | runs(Rest, Size)].
 
 -spec load(module(), file:filename()) -> ok.
 load(Mod, Beam) ->
@@ -260,13 +312,6 @@ beam_vsn(Beam, Default) ->
     case beam_lib:version(Beam) of
         {ok, {_, [Vsn]}} -> Vsn;
         _ -> Default
-    end.
-
--spec change_code(pid(), module(), term()) -> ok.
-change_code(Pid, Mod, OldVsn) ->
-    case catch sys:change_code(Pid, Mod, OldVsn, [], ?CHANGE_TIMEOUT) of
-        ok -> ok;
-        Other -> throw({code_change, {Pid, Mod, Other}})
     end.
 
 %% Every module of the new build that is not loaded as it is there.
