@@ -268,12 +268,13 @@ each(Fun, Items) when length(Items) =< ?EACH_RUN ->
     [Fun(I) || I <- Items];
 each(Fun, Items) ->
     Size = max(?EACH_RUN, (length(Items) + ?EACH_WORKERS - 1) div ?EACH_WORKERS),
-    Refs = [element(2, spawn_monitor(fun() -> exit({each, [Fun(I) || I <- Run]}) end))
-            || Run <- runs(Items, Size)],
+    Self = self(),
+    Workers = [spawn_monitor(fun() -> Self ! {each, self(), [Fun(I) || I <- Run]} end)
+               || Run <- runs(Items, Size)],
     lists:append([receive
-                      {'DOWN', Ref, process, _, {each, Results}} -> Results;
-                      {'DOWN', Ref, process, _, Why} -> error({each_worker, Why})
-                  end || Ref <- Refs]).
+                      {each, Pid, Results} -> erlang:demonitor(Ref, [flush]), Results;
+                      {'DOWN', Ref, process, Pid, Why} -> error({each_worker, Why})
+                  end || {Pid, Ref} <- Workers]).
 
 -spec runs([T], pos_integer()) -> [[T]].
 runs([], _Size) ->
