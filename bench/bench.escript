@@ -13,16 +13,29 @@ main(Args) ->
     true = code:add_patha(filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"])),
     logger:set_primary_config(level, error),
     Dir = filename:join(tmp(), "bc_gitops_bench_" ++ os:getpid()),
-    try
-        Rows = parse_rows(Dir, Smoke) ++ noop_rows(Dir, Smoke),
-        io:format("~n~-58s ~12s ~12s ~12s~n", ["benchmark", "p50", "p99", "baseline p50"]),
-        [io:format("~-58s ~12s ~12s ~12s~n", [Name, fmt(P50), fmt(P99), fmt(Base)])
-         || {Name, P50, P99, Base} <- Rows],
-        halt(0)
-    catch
-        C:R:S -> io:format("bench FAILED: ~p:~p~n~p~n", [C, R, S]), halt(1)
-    after
-        _ = file:del_dir_r(Dir)
+    %% halt/1 skips `after': the directory (a gigabyte in a full run) is
+    %% removed before halting.
+    Result = try
+                 {ok, parse_rows(Dir, Smoke) ++ noop_rows(Dir, Smoke) ++ fetch_rows(Dir, Smoke)
+                      ++ hot_rows(Dir, Smoke) ++ latency_rows(Dir, Smoke)
+                      ++ memory_rows(Dir, Smoke)}
+             catch
+                 C:R:S -> {failed, C, R, S}
+             end,
+    _ = file:del_dir_r(Dir),
+    case Result of
+        {ok, Rows} ->
+            io:format("~n~-58s ~12s ~12s ~12s~n", ["benchmark", "p50", "p99", "baseline p50"]),
+            [case Row of
+                 {Name, P50, P99, Base} ->
+                     io:format("~-58s ~12s ~12s ~12s~n", [Name, fmt(P50), fmt(P99), fmt(Base)]);
+                 {Name, Text} ->
+                     io:format("~-58s ~s~n", [Name, Text])
+             end || Row <- Rows],
+            halt(0);
+        {failed, Class, Reason, Stack} ->
+            io:format("bench FAILED: ~p:~p~n~p~n", [Class, Reason, Stack]),
+            halt(1)
     end.
 
 %% Parse + validate + plan N specs through the NIF, against file:consult/1
@@ -108,6 +121,12 @@ noop_rows(Dir, Smoke) ->
 
 %% A runtime that "runs" whatever it is asked to, in an ETS table.
 load_runtime(Dir) ->
+    case code:is_loaded(bench_runtime) of
+        {file, _} -> ok;
+        false -> compile_runtime(Dir)
+    end.
+
+compile_runtime(Dir) ->
     Src = filename:join(Dir, "bench_runtime.erl"),
     ok = file:write_file(Src, [
         "-module(bench_runtime).\n",
@@ -126,6 +145,276 @@ load_runtime(Dir) ->
     {ok, bench_runtime, Bin} = compile:file(Src, [binary, report]),
     {module, bench_runtime} = code:load_binary(bench_runtime, Src, Bin),
     ok.
+
+%% (3) Fetch of one new commit from a local `git daemon', on a repository
+%% with a long history: bc_gitops_git:sync/1 (fetch and checkout) against
+%% `git fetch' (fetch only) into a clone of its own, in turns, a new commit
+%% pushed before each turn.
+fetch_rows(Dir, Smoke) ->
+    {Commits, Runs} = case Smoke of true -> {50, 2}; false -> {5000, 15} end,
+    Base = filename:join(Dir, "daemon"),
+    Bare = filename:join(Base, "long.git"),
+    ok = filelib:ensure_dir(filename:join(Bare, "x")),
+    ok = git(Bare, ["init", "-q", "--bare", "-b", "main"]),
+    ok = fast_import(Bare, Dir, history(1, Commits)),
+    Port = free_port(),
+    Daemon = open_port({spawn_executable, os:find_executable("git")},
+                       [{args, ["daemon", "--reuseaddr", "--export-all", "--base-path=" ++ Base,
+                                "--listen=127.0.0.1", "--port=" ++ integer_to_list(Port), Base]},
+                        exit_status, stderr_to_stdout]),
+    try
+        ok = wait_for_port(Port, 100),
+        Url = "git://127.0.0.1:" ++ integer_to_list(Port) ++ "/long.git",
+        Ours = filename:join(Dir, "fetch_ours"),
+        Cli = filename:join(Dir, "fetch_cli"),
+        {ok, _} = bc_gitops_git:sync(#{url => Url, local_path => Ours}),
+        ok = git(Dir, ["clone", "-q", Url, Cli]),
+        Pairs = [begin
+                     ok = fast_import(Bare, Dir, history(Commits + I, Commits + I)),
+                     T0 = erlang:monotonic_time(microsecond),
+                     {ok, #{changed := true}} = bc_gitops_git:sync(#{url => Url, local_path => Ours}),
+                     T1 = erlang:monotonic_time(microsecond),
+                     ok = git(Cli, ["fetch", "-q", "origin"]),
+                     T2 = erlang:monotonic_time(microsecond),
+                     {T1 - T0, T2 - T1}
+                 end || I <- lists:seq(1, Runs)],
+        Nif = lists:sort([N || {N, _} <- Pairs]),
+        Git = lists:sort([G || {_, G} <- Pairs]),
+        Name = io_lib:format("fetch 1 new commit, ~p-commit history (git daemon)", [Commits]),
+        [{Name, pct(Nif, 50), pct(Nif, 99), pct(Git, 50)},
+         {"  ratio NIF / git fetch (p50)",
+          io_lib:format("~.2f", [pct(Nif, 50) / max(1, pct(Git, 50))])}]
+    after
+        {os_pid, OsPid} = erlang:port_info(Daemon, os_pid),
+        _ = os:cmd("kill " ++ integer_to_list(OsPid)),
+        catch port_close(Daemon)
+    end.
+
+%% A fast-import stream of commits From..To on main, each changing one of
+%% 100 files (so the history is long and the tree has some width).
+history(From, To) ->
+    [["commit refs/heads/main\n",
+      "committer b <b@b> ", integer_to_list(1700000000 + N), " +0000\n",
+      data(io_lib:format("commit ~p", [N])),
+      case N of
+          From when From > 1 -> "from refs/heads/main^0\n";
+          _ -> []
+      end,
+      "M 644 inline apps/f", integer_to_list(N rem 100), "/app.config\n",
+      data(io_lib:format("#{name => f~p, version => <<\"1.0.~p\">>}.~n", [N rem 100, N]))]
+     || N <- lists:seq(From, To)].
+
+data(Text) ->
+    Bin = iolist_to_binary(Text),
+    ["data ", integer_to_list(byte_size(Bin)), "\n", Bin, "\n"].
+
+fast_import(Bare, Dir, Stream) ->
+    File = filename:join(Dir, "stream.fi"),
+    ok = file:write_file(File, Stream),
+    _ = os:cmd("git -C '" ++ Bare ++ "' fast-import --quiet < '" ++ File ++ "'"),
+    ok.
+
+free_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(L),
+    ok = gen_tcp:close(L),
+    Port.
+
+wait_for_port(_Port, 0) ->
+    {error, daemon_not_listening};
+wait_for_port(Port, Tries) ->
+    case gen_tcp:connect({127, 0, 0, 1}, Port, [], 100) of
+        {ok, S} -> gen_tcp:close(S);
+        {error, _} -> timer:sleep(50), wait_for_port(Port, Tries - 1)
+    end.
+
+%% (4) Hot upgrade of an app whose N gen_servers (under a
+%% simple_one_for_one supervisor) run a changed module, through
+%% bc_gitops_hot:upgrade/4, the default runtime's hot path, while 20
+%% clients call and cast to random workers. Lost: calls that failed plus
+%% casts the workers did not count.
+hot_rows(Dir, Smoke) ->
+    Sizes = case Smoke of true -> [50]; false -> [1000, 10000] end,
+    V1 = hot_build(Dir, "1.0.0", v1),
+    V2 = hot_build(Dir, "2.0.0", v2),
+    lists:append([hot_row(N, V1, V2) || N <- Sizes]).
+
+hot_row(N, V1, V2) ->
+    true = code:add_patha(V1),
+    ok = application:start(hb),
+    Workers = [begin {ok, P} = supervisor:start_child(hb_sup, []), P end
+               || _ <- lists:seq(1, N)],
+    WorkerT = list_to_tuple(Workers),
+    Self = self(),
+    Clients = [spawn_link(fun() -> client(Self, WorkerT, 0, 0, 0, 0) end) || _ <- lists:seq(1, 20)],
+    timer:sleep(200),
+    {Us, {ok, #{suspended_us := Window, processes := Procs}}} =
+        timer:tc(bc_gitops_hot, upgrade, [hb, whereis(hb_sup), [V2], {up, "1.0.0"}]),
+    timer:sleep(200),
+    [C ! stop || C <- Clients],
+    Stats = [receive {client, C, Calls, Failed, Casts, Worst} -> {Calls, Failed, Casts, Worst} end
+             || C <- Clients],
+    Calls = lists:sum([C || {C, _, _, _} <- Stats]),
+    Failed = lists:sum([F || {_, F, _, _} <- Stats]),
+    Casts = lists:sum([C || {_, _, C, _} <- Stats]),
+    Worst = lists:max([W || {_, _, _, W} <- Stats]),
+    Counted = lists:sum([gen_server:call(W, casts) || W <- Workers]),
+    {v2, _} = gen_server:call(element(1, WorkerT), ping),
+    ok = application:stop(hb),
+    ok = application:unload(hb),
+    _ = [begin code:purge(M), code:delete(M), code:purge(M) end || M <- [hb_app, hb_sup, hb_worker]],
+    true = code:del_path(V2),
+    _ = code:del_path(V1),
+    Lost = Failed + (Casts - Counted),
+    [{io_lib:format("hot upgrade, ~p processes (~p moved): total", [N, Procs]), Us, undefined,
+      undefined},
+     {io_lib:format("hot upgrade, ~p processes: suspension window", [N]), Window, undefined,
+      undefined},
+     {io_lib:format("hot upgrade, ~p processes: lost / calls+casts sent", [N]),
+      io_lib:format("~p / ~p (slowest call ~s)", [Lost, Calls + Casts, fmt(Worst)])}].
+
+client(Parent, Workers, Calls, Failed, Casts, Worst) ->
+    receive
+        stop -> Parent ! {client, self(), Calls, Failed, Casts, Worst}
+    after 0 ->
+        W = element(rand:uniform(tuple_size(Workers)), Workers),
+        gen_server:cast(W, bump),
+        T0 = erlang:monotonic_time(microsecond),
+        Ok = try gen_server:call(W, ping, 10000) of
+                 {_, _} -> 0
+             catch
+                 exit:_ -> 1
+             end,
+        T = erlang:monotonic_time(microsecond) - T0,
+        client(Parent, Workers, Calls + 1, Failed + Ok, Casts + 1, max(Worst, T))
+    end.
+
+%% The app `hb' at Vsn, compiled into its own ebin.
+hot_build(Dir, Vsn, Tag) ->
+    Ebin = filename:join([Dir, "hb_" ++ Vsn, "ebin"]),
+    ok = filelib:ensure_dir(filename:join(Ebin, "x")),
+    Sources =
+        [{hb_app, ["-module(hb_app).\n-behaviour(application).\n-export([start/2, stop/1]).\n",
+                   "start(_, _) -> hb_sup:start_link().\nstop(_) -> ok.\n"]},
+         {hb_sup, ["-module(hb_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n",
+                   "start_link() -> supervisor:start_link({local, hb_sup}, ?MODULE, []).\n",
+                   "init([]) -> {ok, {#{strategy => simple_one_for_one, intensity => 0,",
+                   " period => 1}, [#{id => w, start => {hb_worker, start_link, []},",
+                   " modules => [hb_worker]}]}}.\n"]},
+         {hb_worker, ["-module(hb_worker).\n-behaviour(gen_server).\n-vsn(\"", Vsn, "\").\n",
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n",
+                      "start_link() -> gen_server:start_link(?MODULE, [], []).\n",
+                      "init([]) -> {ok, #{calls => 0, casts => 0}}.\n",
+                      "handle_call(ping, _, #{calls := N} = S) -> {reply, {", atom_to_list(Tag),
+                      ", N}, S#{calls := N + 1}};\n",
+                      "handle_call(casts, _, #{casts := N} = S) -> {reply, N, S}.\n",
+                      "handle_cast(bump, #{casts := N} = S) -> {noreply, S#{casts := N + 1}}.\n",
+                      "code_change(_, S, _) -> {ok, S}.\n"]}],
+    [begin
+         Src = filename:join(Ebin, atom_to_list(M) ++ ".erl"),
+         ok = file:write_file(Src, Text),
+         {ok, M} = compile:file(Src, [{outdir, Ebin}, report])
+     end || {M, Text} <- Sources],
+    ok = file:write_file(filename:join(Ebin, "hb.app"),
+                         io_lib:format("~p.~n", [{application, hb,
+                                                 [{vsn, Vsn}, {modules, [hb_app, hb_sup, hb_worker]},
+                                                  {registered, [hb_sup]},
+                                                  {applications, [kernel, stdlib]},
+                                                  {mod, {hb_app, []}}]}])),
+    Ebin.
+
+%% (5) Round trips of a normal-priority process to an echo process, one a
+%% millisecond, while bc_gitops_git:sync/1 clones a repository of
+%% incompressible blobs (file:// remote).
+latency_rows(Dir, Smoke) ->
+    {Blobs, BlobBytes} = case Smoke of true -> {2, 1 bsl 20}; false -> {50, 4 bsl 20} end,
+    Repo = filename:join(Dir, "big"),
+    [ok = write_file(filename:join(Repo, "blob" ++ integer_to_list(I)),
+                     crypto:strong_rand_bytes(BlobBytes)) || I <- lists:seq(1, Blobs)],
+    ok = git(Repo, ["init", "-q", "-b", "main"]),
+    ok = git(Repo, ["add", "-A"]),
+    ok = git(Repo, ["-c", "user.name=b", "-c", "user.email=b@b", "-c", "core.compression=0",
+                    "commit", "-q", "-m", "blobs"]),
+    Echo = spawn_link(fun Loop() -> receive {From, Ref} -> From ! Ref, Loop() end end),
+    Self = self(),
+    T0 = erlang:monotonic_time(microsecond),
+    _ = spawn_link(fun() ->
+                           Self ! {synced, bc_gitops_git:sync(#{url => "file://" ++ Repo,
+                                                                local_path => filename:join(Dir, "big_clone"),
+                                                                timeout => 900000})}
+                   end),
+    {Rtts, Took} = echo_loop(Echo, [], T0),
+    unlink(Echo),
+    exit(Echo, kill),
+    Sorted = lists:sort(Rtts),
+    MB = Blobs * BlobBytes div (1 bsl 20),
+    [{io_lib:format("echo round trip during a ~p MB clone (~p samples)", [MB, length(Rtts)]),
+      pct(Sorted, 50), pct(Sorted, 99), undefined},
+     {"  worst round trip; the clone took",
+      io_lib:format("~s; ~s", [fmt(lists:last(Sorted)), fmt(Took)])}].
+
+echo_loop(Echo, Acc, T0) ->
+    receive
+        {synced, Result} ->
+            {ok, #{changed := true}} = Result,
+            {Acc, erlang:monotonic_time(microsecond) - T0}
+    after 1 ->
+        Ref = make_ref(),
+        T = erlang:monotonic_time(microsecond),
+        Echo ! {self(), Ref},
+        receive Ref -> ok end,
+        echo_loop(Echo, [erlang:monotonic_time(microsecond) - T | Acc], T0)
+    end.
+
+write_file(Path, Bin) ->
+    ok = filelib:ensure_dir(Path),
+    file:write_file(Path, Bin).
+
+%% (6) VmRSS of two fresh peer nodes started alike: one only boots, the
+%% other starts bc_gitops and reconciles N specs (the recording runtime).
+memory_rows(Dir, Smoke) ->
+    N = case Smoke of true -> 20; false -> 1000 end,
+    Repo = filename:join(Dir, "memory"),
+    [write_spec(Repo, I, terms, false) || I <- lists:seq(1, N)],
+    ok = git(Repo, ["init", "-q", "-b", "main"]),
+    ok = git(Repo, ["add", "-A"]),
+    ok = git(Repo, ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "specs"]),
+    Ebin = filename:dirname(code:which(bc_gitops)),
+    Without = peer_rss(Ebin, fun(_Peer) -> ok end),
+    With = peer_rss(Ebin, fun(Peer) ->
+        Src = filename:join(Dir, "bench_runtime.erl"),
+        {ok, bench_runtime, Bin} = compile:file(Src, [binary]),
+        {module, _} = peer:call(Peer, code, load_binary, [bench_runtime, Src, Bin]),
+        {ok, _} = peer:call(Peer, application, ensure_all_started, [bc_gitops]),
+        {ok, _} = peer:call(Peer, bc_gitops, start_reconciler,
+                            [#{repo_url => Repo, local_path => filename:join(Dir, "memory_state"),
+                               runtime_module => bench_runtime, reconcile_interval => 3600000}]),
+        ok = peer:call(Peer, bc_gitops, reconcile, [], 120000),
+        {ok, #{app_count := N}} = peer:call(Peer, bc_gitops, status, []),
+        ok
+    end),
+    [{io_lib:format("node RSS with bc_gitops and ~p specs / without", [N]),
+      io_lib:format("~p MiB / ~p MiB (+~p MiB)",
+                    [With div 1024, Without div 1024, (With - Without) div 1024])}].
+
+%% VmRSS in KiB of a peer node after Setup, after a garbage collection of
+%% every process and half a second to settle.
+peer_rss(Ebin, Setup) ->
+    {ok, Peer, _} = peer:start_link(#{connection => standard_io,
+                                      args => ["-pa", Ebin, "-kernel", "logger_level", "error"]}),
+    try
+        ok = Setup(Peer),
+        _ = [peer:call(Peer, erlang, garbage_collect, [P])
+             || P <- peer:call(Peer, erlang, processes, [])],
+        timer:sleep(500),
+        OsPid = peer:call(Peer, os, getpid, []),
+        {ok, Status} = file:read_file("/proc/" ++ OsPid ++ "/status"),
+        [Kb] = [binary_to_integer(string:trim(string:trim(V), trailing, " kB"))
+                || <<"VmRSS:", V/binary>> <- binary:split(Status, <<"\n">>, [global])],
+        Kb
+    after
+        peer:stop(Peer)
+    end.
 
 samples(Runs, Fun) ->
     _ = Fun(),

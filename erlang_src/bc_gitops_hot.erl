@@ -204,7 +204,7 @@ update(M, Change, {W, P, D, Done}, Top, Beams, AppVsn) ->
                   {advanced, Extra} -> [{change, Pid, M, OldVsn, Extra} || {Pid, _} <- Suspended]
               end,
     Done1 = try
-                steps([{load, M, Beam} | Changes], Done)
+                changes(Changes, steps([{load, M, Beam}], Done))
             after
                 resume(Suspended)
             end,
@@ -213,7 +213,7 @@ update(M, Change, {W, P, D, Done}, Top, Beams, AppVsn) ->
 -spec suspend_or_undo([{pid(), [module()]}], [done()]) -> [{pid(), [module()]}].
 suspend_or_undo(Procs, Done) ->
     try
-        suspend(Procs, [])
+        suspend(Procs)
     catch
         throw:{suspend, _} = Why -> throw({failed, Why, undo(Done)})
     end.
@@ -228,15 +228,15 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
                                    down -> {down, beam_vsn(Beam, AppVsn)}
                                end} || {M, Beam} <- Changed]),
     T0 = erlang:monotonic_time(microsecond),
-    Suspended = suspend(Procs, []),
+    Suspended = suspend(Procs),
     Changes = [{change, Pid, M, maps:get(M, Vsns), []}
                || {Pid, Mods} <- Suspended, M <- [changed_callback(Pid, Mods, Vsns)]],
     Loads = [{load, M, Beam} || {M, Beam} <- Changed],
     try
         ok = code:add_pathsa(Ebins),
         _ = case Direction of
-                up -> steps(Loads ++ Changes, []);
-                down -> steps(Changes ++ Loads, [])
+                up -> changes(Changes, steps(Loads, []));
+                down -> steps(Loads, changes(Changes, []))
             end,
         ok
     after
@@ -252,21 +252,36 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
     {ok, #{path => hot, modules => [M || {M, _} <- Changed], suspended_us => Window,
            processes => length(Suspended)}}.
 
--spec suspend([{pid(), [module()]}], [{pid(), [module()]}]) -> [{pid(), [module()]}].
-suspend([], Done) ->
-    lists:reverse(Done);
-suspend([{Pid, _} = P | Rest], Done) ->
-    try sys:suspend(Pid, ?SUSPEND_TIMEOUT) of
-        ok -> suspend(Rest, [P | Done])
-    catch
-        exit:Why ->
-            %% The suspend request stays in the late process's queue: a
-            %% resume queued behind it (timeout 0: nobody waits for the
-            %% answer) lets it carry on once it gets there.
-            _ = (catch sys:resume(Pid, 0)),
-            resume(Done),
-            throw({suspend, {Pid, Why}})
+%% Suspends every process (in parallel, see each/2), or none: when one
+%% fails, those suspended are resumed and the first failure is thrown.
+-spec suspend([{pid(), [module()]}]) -> [{pid(), [module()]}].
+suspend(Procs) ->
+    Results = each(fun({Pid, _} = P) ->
+                           try sys:suspend(Pid, ?SUSPEND_TIMEOUT) of
+                               ok -> {ok, P}
+                           catch
+                               exit:Why ->
+                                   %% The suspend request stays in the late
+                                   %% process's queue: a resume queued behind
+                                   %% it (timeout 0: nobody waits for the
+                                   %% answer) lets it carry on once there.
+                                   _ = (catch sys:resume(Pid, 0)),
+                                   {error, {Pid, Why}}
+                           end
+                   end, Procs),
+    Suspended = [P || {ok, P} <- Results],
+    case [E || {error, E} <- Results] of
+        [] ->
+            Suspended;
+        [First | _] ->
+            resume(Suspended),
+            throw({suspend, First})
     end.
+
+-spec resume([{pid(), [module()]}]) -> ok.
+resume(Suspended) ->
+    _ = each(fun({Pid, _}) -> catch sys:resume(Pid, ?SUSPEND_TIMEOUT) end, Suspended),
+    ok.
 
 %% The module whose change a process's code_change/3 is for. A gen_*
 %% process calls its callback module's code_change whatever module is
@@ -292,11 +307,30 @@ changed_callback(Pid, Mods, Vsns) ->
 steps([], Done) ->
     Done;
 steps([Step | Rest], Done) ->
-    try step(Step) of
-        Did -> steps(Rest, [Did | Done])
+    case attempt(Step) of
+        {ok, Did} -> steps(Rest, [Did | Done]);
+        {error, Why} -> throw({failed, Why, undo(Done)})
+    end.
+
+%% The code_change steps, one per process, all at once (see each/2): each
+%% process's state is its own. When any fails, all that succeeded are
+%% undone with the steps before (`Done'), and the first failure is thrown.
+-spec changes([step()], [done()]) -> [done()].
+changes(Changes, Done) ->
+    Results = each(fun attempt/1, Changes),
+    Did = lists:reverse([D || {ok, D} <- Results]) ++ Done,
+    case [Why || {error, Why} <- Results] of
+        [] -> Did;
+        [First | _] -> throw({failed, First, undo(Did)})
+    end.
+
+-spec attempt(step()) -> {ok, done()} | {error, {atom(), term()}}.
+attempt(Step) ->
+    try
+        {ok, step(Step)}
     catch
-        throw:{Stage, Why} -> throw({failed, {Stage, Why}, undo(Done)});
-        Class:Reason -> throw({failed, {crashed, {Class, Reason}}, undo(Done)})
+        throw:{Stage, Why} -> {error, {Stage, Why}};
+        Class:Reason -> {error, {crashed, {Class, Reason}}}
     end.
 
 -spec step(step()) -> done().
@@ -346,10 +380,33 @@ undo_one({converted, Pid, M, Vsn, Extra}) ->
            end,
     (catch sys:change_code(Pid, M, Back, Extra, ?CHANGE_TIMEOUT)) =:= ok.
 
--spec resume([{pid(), [module()]}]) -> ok.
-resume(Suspended) ->
-    _ = [catch sys:resume(Pid, ?SUSPEND_TIMEOUT) || {Pid, _} <- Suspended],
-    ok.
+%% Fun on every item, results in order. A few hundred synchronous sys calls
+%% one after the other take a context switch each; above ?EACH_RUN items
+%% they are made from up to ?EACH_WORKERS processes at once, each a
+%% contiguous run (Fun must not raise).
+-define(EACH_RUN, 64).
+-define(EACH_WORKERS, 64).
+-spec each(fun((T) -> R), [T]) -> [R].
+each(Fun, Items) when length(Items) =< ?EACH_RUN ->
+    [Fun(I) || I <- Items];
+each(Fun, Items) ->
+    Size = max(?EACH_RUN, (length(Items) + ?EACH_WORKERS - 1) div ?EACH_WORKERS),
+    Self = self(),
+    Workers = [spawn_monitor(fun() -> Self ! {each, self(), [Fun(I) || I <- Run]} end)
+               || Run <- runs(Items, Size)],
+    lists:append([receive
+                      {each, Pid, Results} -> erlang:demonitor(Ref, [flush]), Results;
+                      {'DOWN', Ref, process, Pid, Why} -> error({each_worker, Why})
+                  end || {Pid, Ref} <- Workers]).
+
+-spec runs([T], pos_integer()) -> [[T]].
+runs([], _Size) ->
+    [];
+runs(Items, Size) when length(Items) =< Size ->
+    [Items];
+runs(Items, Size) ->
+    {Run, Rest} = lists:split(Size, Items),
+    [Run | runs(Rest, Size)].
 
 -spec load(module(), file:filename()) -> ok.
 load(Mod, Beam) ->

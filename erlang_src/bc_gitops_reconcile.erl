@@ -18,7 +18,7 @@
 
 -export([run/1, dry_run/1, current_state/1]).
 
--export_type([context/0, result/0, failure/0, repair/0]).
+-export_type([context/0, result/0, failure/0, repair/0, planned/0]).
 
 -type failure() :: #{attempts := pos_integer(), retry_at := integer(),
                      reason := term(), version := binary()}.
@@ -36,8 +36,14 @@
     %% The last parse, reused while the commit does not change.
     cache := parsed() | undefined,
     failures := #{atom() => failure()},
-    repairs => #{atom() => repair()}
+    repairs => #{atom() => repair()},
+    %% What the last run planned against and its plan, made from `cache',
+    %% when it applied nothing: the same parse against the same state plans
+    %% the same, so the plan is reused when the state is unchanged.
+    previous => planned()
 }.
+
+-type planned() :: #{current := #{atom() => #app_state{}}, plan := bc_gitops_plan:plan()}.
 
 -type parsed() :: #{commit := binary(), specs := [#app_spec{}],
                     errors := [bc_gitops_specs:diagnostic()],
@@ -51,7 +57,10 @@
     blocked => [{atom(), bc_gitops_plan:block_reason()}],
     applied => [{bc_gitops_plan:action(), ok | {error, term()}}],
     waiting => [{atom(), term()}],
-    current => #{atom() => #app_state{}}
+    current => #{atom() => #app_state{}},
+    %% When nothing was applied: the plan and the state it was made from
+    %% (then `current').
+    planned => planned()
 }.
 
 %% @doc A full reconcile. Never raises: a failure of the whole run is
@@ -110,13 +119,19 @@ current_state(Runtime) ->
 steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Parsed = parsed(Config, Cache, pull(Config), map_size(Failures) > 0),
     Runtime = maps:get(runtime_module, Config),
-    #{actions := Planned, blocked := Blocked} = plan(Parsed, current_state(Runtime)),
+    Current = current_state(Runtime),
+    Plan = case Ctx of
+               #{cache := Parsed, previous := #{current := Current, plan := Same}} -> Same;
+               _ -> plan(Parsed, Current)
+           end,
+    #{actions := Planned, blocked := Blocked} = Plan,
     {Actions, Failures0} = retry_unhealthy(Planned, Failures, Parsed),
     %% The specs of the last parse are what ran before: a rollback goes
     %% back to them.
-    Previous = case Cache of
-                   #{specs := Old} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
-                   undefined -> #{}
+    Previous = case {Actions, Cache} of
+                   {[], _} -> #{};
+                   {_, #{specs := Old}} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
+                   {_, undefined} -> #{}
                end,
     Hold = #{failures => Failures0, repairs => maps:get(repairs, Ctx, #{}), held => [],
              now => erlang:monotonic_time(millisecond), config => Config,
@@ -131,9 +146,14 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                                    lists:member(App, Acted)
                                        orelse Now - At < maps:get(backoff_max, Config)
                            end, Repairs),
-    #{outcome => ok, cache => Parsed, failures => Failures1, repairs => Repairs1,
-      blocked => Blocked, applied => Applied, waiting => Waiting,
-      current => current_state(Runtime)}.
+    %% Nothing applied, nothing of ours changed: the state read for the plan
+    %% is the state after.
+    Result = #{outcome => ok, cache => Parsed, failures => Failures1, repairs => Repairs1,
+               blocked => Blocked, applied => Applied, waiting => Waiting},
+    case Applied of
+        [] -> Result#{current => Current, planned => #{current => Current, plan => Plan}};
+        _ -> Result#{current => current_state(Runtime)}
+    end.
 
 %% An app deployed but never healthy runs at its desired version, so the
 %% plan has nothing for it: it stays failed (its dependents wait) until its

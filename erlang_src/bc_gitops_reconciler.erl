@@ -32,14 +32,17 @@
     queue = [] :: [{job(), [gen_server:from()]}],
     timer :: undefined | reference(),
     cache :: undefined | map(),
+    %% The last reconcile's plan and the state it was made from, when it
+    %% applied nothing (see bc_gitops_reconcile).
+    previous :: undefined | bc_gitops_reconcile:planned(),
     failures = #{} :: #{atom() => bc_gitops_reconcile:failure()},
     repairs = #{} :: #{atom() => bc_gitops_reconcile:repair()},
     last = #{} :: map(),
     last_commit :: binary() | undefined,
     last_at :: integer() | undefined,
-    %% What was last written to the state file: unchanged, it is not
-    %% written again.
-    saved :: bc_gitops_store:stored() | undefined
+    %% What was last written to the state file, and the apps it was made
+    %% from: unchanged, it is not written again.
+    saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined
 }).
 
 %% @doc Starts the reconciler with a checked configuration.
@@ -138,7 +141,7 @@ handle_info(tick, St) ->
     end;
 handle_info({'DOWN', Ref, process, Pid, Reason}, #st{worker = {Pid, Ref, Job}} = St) ->
     Result = case Reason of
-                 {done, R} -> R;
+                 {done, R} -> expand(R, St);
                  Crash -> {crashed, Crash}
              end,
     St1 = finished(Job, Result, St#st{worker = undefined}),
@@ -169,8 +172,12 @@ enqueue(Job, From, #st{queue = Queue} = St) ->
 -spec maybe_start(#st{}) -> #st{}.
 maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
     St1 = cancel_timer(St),
-    Ctx = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
-            repairs => St1#st.repairs, manual => Callers =/= []},
+    Ctx0 = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
+             repairs => St1#st.repairs, manual => Callers =/= []},
+    Ctx = case St1#st.previous of
+              undefined -> Ctx0;
+              Previous -> Ctx0#{previous => Previous}
+          end,
     {Pid, Ref} = spawn_monitor(?MODULE, worker, [Job, Ctx]),
     St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest};
 maybe_start(St) ->
@@ -180,7 +187,34 @@ maybe_start(St) ->
 %% 'DOWN' message reports success and crash alike.
 -spec worker(job(), bc_gitops_reconcile:context()) -> no_return().
 worker(Job, Ctx) ->
-    exit({done, work(Job, Ctx)}).
+    exit({done, shrink(work(Job, Ctx), Ctx)}).
+
+%% A no-op reconcile gives back the parse and the state it was given:
+%% `same' instead of a copy of each (a thousand specs and app states are a
+%% megabyte to copy, and to collect in the reconciler); see expand/2.
+-spec shrink(term(), bc_gitops_reconcile:context()) -> term().
+shrink(#{outcome := ok, cache := Cache, current := Current,
+         planned := #{current := Current} = Planned} = R, Ctx) ->
+    Same = case Ctx of
+               #{previous := #{current := Current}} -> same;
+               _ -> Current
+           end,
+    R#{cache := case Ctx of #{cache := Cache} -> same; _ -> Cache end,
+       current := Same, planned := Planned#{current := Same}};
+shrink(Result, _Ctx) ->
+    Result.
+
+-spec expand(term(), #st{}) -> term().
+expand(#{cache := Cache, current := Current, planned := Planned} = R,
+       #st{cache = OldCache, previous = Previous}) ->
+    Current1 = case Current of
+                   same -> maps:get(current, Previous);
+                   _ -> Current
+               end,
+    R#{cache := case Cache of same -> OldCache; _ -> Cache end,
+       current := Current1, planned := Planned#{current := Current1}};
+expand(Result, _St) ->
+    Result.
 
 -spec work(job(), bc_gitops_reconcile:context()) -> term().
 work(reconcile, Ctx) ->
@@ -195,7 +229,7 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
     %% A run that failed before applying anything leaves the repairs as
     %% they were.
     St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, St#st.repairs),
-                last = R,
+                last = R, previous = maps:get(planned, R, undefined),
                 last_at = erlang:system_time(millisecond)},
     case Outcome of
         ok ->
@@ -208,9 +242,13 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
     end;
 finished(reconcile, Crash, St) ->
     ?LOG_ERROR("bc_gitops: reconcile worker crashed: ~p", [Crash]),
-    St#st{last = #{outcome => {error, Crash}}, last_at = erlang:system_time(millisecond)};
+    St#st{last = #{outcome => {error, Crash}}, previous = undefined,
+          last_at = erlang:system_time(millisecond)};
+finished(plan, {ok, _, Parsed}, #st{cache = Parsed} = St) ->
+    St;
 finished(plan, {ok, _, Parsed}, St) ->
-    St#st{cache = Parsed};
+    %% The last plan was made from another parse.
+    St#st{cache = Parsed, previous = undefined};
 finished(_Job, _Result, St) ->
     St.
 
@@ -250,19 +288,24 @@ cancel_timer(#st{timer = T} = St) ->
     _ = erlang:cancel_timer(T),
     St#st{timer = undefined}.
 
--spec persist(map(), bc_gitops_config:config(), binary(),
-              bc_gitops_store:stored() | undefined) -> bc_gitops_store:stored() | undefined.
+-spec persist(map(), bc_gitops_config:config(), binary(), Saved) -> Saved
+              when Saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined.
+persist(#{current := Current}, _Config, Commit, {#{last_commit := Commit}, Current} = Saved) ->
+    %% The same commit and the same apps as when it was written: one
+    %% compare instead of building the stored form again.
+    Saved;
 persist(#{current := Current}, Config, Commit, Saved) ->
     Apps = maps:map(fun(_, #app_state{version = V, env = E, path = P, depends_on = D}) ->
                             #{version => V, env => E, path => P, depends_on => D}
                     end, Current),
-    case #{last_commit => Commit, apps => Apps} of
-        Saved ->
-            Saved;
-        Stored ->
+    Stored = #{last_commit => Commit, apps => Apps},
+    case Saved of
+        {Stored, _} ->
+            {Stored, Current};
+        _ ->
             case bc_gitops_store:save(bc_gitops_config:state_file(Config), Stored) of
                 ok ->
-                    Stored;
+                    {Stored, Current};
                 {error, Why} ->
                     ?LOG_WARNING("bc_gitops: cannot persist state: ~p", [Why]),
                     Saved

@@ -81,6 +81,94 @@ fn local_edits_and_stray_files_are_overwritten() {
     assert_eq!(status(&dest), "");
 }
 
+/// Syncs until the sync has recorded the checkout as exact (it does not
+/// when a file is as new as its record: see the `snapshot` module).
+fn sync_until_recorded(opts: &SyncOptions) {
+    let record = opts.local_path.join(".git/bc-gitops-snapshot");
+    for _ in 0..100 {
+        sync(opts).unwrap();
+        if record.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no sync recorded the checkout");
+}
+
+#[test]
+fn an_untouched_checkout_is_trusted_and_any_change_is_still_undone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    support::isolate();
+    let up = Upstream::new();
+    up.commit(
+        &[(".gitignore", b"*.log\n"), ("apps/a/app.config", b"{a}.\n")],
+        "more",
+    );
+    let dest = up.dir.path().join("checkout");
+    let opts = options(&up.file_url(), &dest);
+    sync(&opts).unwrap();
+
+    // Nothing touched: the next sync writes nothing.
+    sync_until_recorded(&opts);
+    let ctime = |name: &str| fs::metadata(dest.join(name)).unwrap().ctime_nsec();
+    let before = (ctime("README.md"), ctime(".git/index"));
+    let out = sync(&opts).unwrap();
+    assert!(!out.changed);
+    assert_eq!(before, (ctime("README.md"), ctime(".git/index")));
+    assert!(dest.join(".git/bc-gitops-snapshot").exists());
+
+    type Change = fn(&Path);
+    let changes: [(&str, Change); 8] = [
+        ("same-size edit", |d| {
+            fs::write(d.join("README.md"), "HELLO\n").unwrap()
+        }),
+        ("edit in a subdirectory", |d| {
+            fs::write(d.join("apps/a/app.config"), "{b}.\n").unwrap()
+        }),
+        ("stray file in a subdirectory", |d| {
+            fs::write(d.join("apps/a/stray"), "x").unwrap()
+        }),
+        ("new directory", |d| {
+            fs::create_dir_all(d.join("apps/b/deep")).unwrap()
+        }),
+        ("ignored file", |d| {
+            fs::write(d.join("apps/debug.log"), "x").unwrap()
+        }),
+        ("removed file", |d| {
+            fs::remove_file(d.join("README.md")).unwrap()
+        }),
+        ("removed directory", |d| {
+            fs::remove_dir_all(d.join("apps")).unwrap()
+        }),
+        ("mode change", |d| {
+            let file = d.join("README.md");
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap()
+        }),
+    ];
+    for (what, change) in changes {
+        sync_until_recorded(&opts);
+        change(&dest);
+        let out = sync(&opts).unwrap();
+        assert!(!out.changed && out.healed.is_none(), "{what}: {out:?}");
+        assert_eq!(read(&dest, "README.md"), "hello\n", "{what}");
+        assert_eq!(read(&dest, "apps/a/app.config"), "{a}.\n", "{what}");
+        assert_eq!(status(&dest), "", "{what}");
+    }
+
+    // Damaged objects are found and healed as before.
+    sync_until_recorded(&opts);
+    for entry in fs::read_dir(dest.join(".git/objects/pack")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "pack") {
+            let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(100).unwrap();
+        }
+    }
+    let out = sync(&opts).unwrap();
+    assert!(out.healed.is_some(), "{out:?}");
+    assert_eq!(status(&dest), "");
+}
+
 #[test]
 fn force_pushed_history_is_followed() {
     support::isolate();

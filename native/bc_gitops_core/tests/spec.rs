@@ -617,3 +617,42 @@ fn links_to_files_are_ignored_like_files() {
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     assert_eq!(out.specs.len(), 1);
 }
+
+#[test]
+fn many_apps_read_in_parallel_come_back_in_order() {
+    // Enough apps for several reader threads, with a broken spec, a
+    // directory without a spec and a linked directory spread among them.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut expected_errors = Vec::new();
+    let mut expected_warnings = Vec::new();
+    for i in 0..700 {
+        let name = format!("app{i:04}");
+        match i % 97 {
+            13 => {
+                write(root, &format!("apps/{name}/app.config"), "#{name => .\n");
+                expected_errors.push(name);
+            }
+            41 => {
+                fs::create_dir_all(root.join(format!("apps/{name}"))).unwrap();
+                expected_warnings.push(name);
+            }
+            _ => write(root, &format!("apps/{name}/app.config"), &minimal(&name)),
+        }
+    }
+    std::os::unix::fs::symlink(root.join("apps/app0000"), root.join("apps/linked")).unwrap();
+    expected_errors.push("linked".to_string());
+    let out = parse_dir(root, "apps").unwrap();
+    let names: Vec<&str> = out.specs.iter().map(|s| s.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    assert_eq!(
+        names.len(),
+        700 - expected_errors.len() + 1 - expected_warnings.len()
+    );
+    let errors: Vec<&str> = out.errors.iter().map(|e| e.app.as_str()).collect();
+    let warnings: Vec<&str> = out.warnings.iter().map(|w| w.app.as_str()).collect();
+    assert_eq!(errors, expected_errors);
+    assert_eq!(warnings, expected_warnings);
+}

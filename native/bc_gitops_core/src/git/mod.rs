@@ -36,8 +36,14 @@
 //! `[user@host:port]:path`. HTTPS needs the `openssl` command at run time
 //! (see the `tls` module). Not supported: submodules, shallow clones, proxies
 //! from git config or the environment, following a redirect to another host,
-//! SSH host certificates. Large repositories pay for a full read of HEAD's
-//! tree on each sync (the health check).
+//! SSH host certificates.
+//!
+//! Cost: a sync whose ref has not moved, on a checkout nobody touched since
+//! the last sync, lists the remote's refs and stats each path of the
+//! checkout against a record the last sync left (see the `snapshot` module),
+//! and writes nothing. Any difference (an edit, a stray file, a changed pack)
+//! makes it read HEAD's whole tree (the health check) and force the checkout,
+//! as every sync of a moved ref does.
 
 mod auth;
 mod encoding;
@@ -47,6 +53,7 @@ mod net;
 mod redact;
 mod relay;
 mod repo;
+mod snapshot;
 mod sync;
 mod tls;
 mod url;

@@ -14,6 +14,7 @@ use super::error::{corrupt_error, io_error, local_error, GitError};
 use super::net::Network;
 use super::redact::{redact_url, Redactor};
 use super::repo::{self, Slot};
+use super::snapshot;
 use super::{GitRef, SyncOptions, SyncOutcome};
 
 pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
@@ -32,9 +33,11 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
         net: &net,
     };
     job.recover_interrupted_swap()?;
+    let git_dir = target.join(".git");
     match repo::inspect(&target, &opts.url) {
         Slot::Missing | Slot::Empty => {
             let commit = job.clone_and_install()?;
+            snapshot::record(&target, &git_dir, commit);
             Ok(outcome(commit, None, None))
         }
         Slot::Foreign(reason) => Err(GitError::NotARepository {
@@ -48,7 +51,11 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
         Slot::Ours(repository) => {
             let before = repo::head_commit(&repository);
             match job.update(&repository) {
-                Ok(commit) => Ok(outcome(commit, before, None)),
+                Ok(Updated::Untouched(commit)) => Ok(outcome(commit, before, None)),
+                Ok(Updated::CheckedOut(commit)) => {
+                    snapshot::record(&target, &git_dir, commit);
+                    Ok(outcome(commit, before, None))
+                }
                 Err(e) if e.is_corrupt() => {
                     drop(repository);
                     job.heal(before, e.to_string())
@@ -57,6 +64,15 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
             }
         }
     }
+}
+
+/// What [`Job::update`] did.
+enum Updated {
+    /// The checkout was exactly this commit already, as recorded by the last
+    /// sync (see the `snapshot` module): nothing was checked or written.
+    Untouched(Oid),
+    /// The tree was checked and this commit force-checked out.
+    CheckedOut(Oid),
 }
 
 fn outcome(commit: Oid, before: Option<Oid>, healed: Option<String>) -> SyncOutcome {
@@ -94,12 +110,21 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Fetches and force-checks-out the ref in the existing clone.
-    fn update(&self, repository: &Repository) -> Result<Oid, GitError> {
+    /// Fetches and force-checks-out the ref in the existing clone; when the
+    /// ref has not moved and the checkout is as the last sync left it, only
+    /// the ref listing is done.
+    fn update(&self, repository: &Repository) -> Result<Updated, GitError> {
         let local = |e: git2::Error| local_error(&e, self.target, self.redactor);
         let corrupt = |e: git2::Error| corrupt_error(&e, self.target, self.redactor);
-        repo::remove_stale_locks(repository.path());
-        repo::check_health(repository).map_err(corrupt)?;
+        let git_dir = repository.path();
+        repo::remove_stale_locks(git_dir);
+        // Untouched since a sync that checked it: the objects are the ones
+        // that passed that check, so it need not be read again.
+        let recorded = snapshot::unchanged(self.target, git_dir);
+        if recorded.is_none() {
+            snapshot::discard(git_dir);
+            repo::check_health(repository).map_err(corrupt)?;
+        }
         let previous = repo::head_commit(repository);
         let commit = match self
             .net
@@ -116,6 +141,10 @@ impl Job<'_> {
             }
             Err(e) => return Err(e),
         };
+        if recorded == Some(commit) && previous == Some(commit) {
+            return Ok(Updated::Untouched(commit));
+        }
+        snapshot::discard(git_dir);
         if let Err(e) = repo::force_checkout(repository, commit) {
             // Put the previous commit back rather than leave a half-written
             // worktree (a full disk fails mid-way); best effort.
@@ -124,13 +153,14 @@ impl Job<'_> {
             }
             return Err(local(e));
         }
-        Ok(commit)
+        Ok(Updated::CheckedOut(commit))
     }
 
     /// Re-clones beside the damaged checkout and swaps it in.
     fn heal(&self, before: Option<Oid>, reason: String) -> Result<SyncOutcome, GitError> {
         let reason = self.redactor.redact(&reason);
         let commit = self.clone_and_install()?;
+        snapshot::record(self.target, &self.target.join(".git"), commit);
         Ok(outcome(commit, before, Some(reason)))
     }
 

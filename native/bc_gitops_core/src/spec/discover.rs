@@ -5,7 +5,7 @@ use super::model::*;
 use super::validate::{Format, Validator};
 use crate::term_parse::parse_terms;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// A spec larger than this is refused unread: specs are small, and a huge
@@ -40,7 +40,7 @@ pub fn parse_dir(root: &Path, apps_dir: &str) -> Result<ParseOutput, DirError> {
         path: apps_dir.to_string(),
         source,
     };
-    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    let mut entries: Vec<AppDir> = Vec::new();
     for entry in fs::read_dir(&dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -52,17 +52,72 @@ pub fn parse_dir(root: &Path, apps_dir: &str) -> Result<ParseOutput, DirError> {
         // link to a file (or a dangling one) is ignored like a plain file.
         let link_to_dir = file_type.is_symlink() && entry.path().is_dir();
         if file_type.is_dir() || link_to_dir {
-            entries.push((name, entry.path()));
+            entries.push(AppDir {
+                name,
+                path: entry.path(),
+                link: link_to_dir,
+            });
         }
     }
-    entries.sort();
-    let mut out = ParseOutput::default();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
     let rel_dir = apps_dir.trim_matches('/');
-    for (app, path) in entries {
-        read_app(&mut out, &app, &path, &relative(rel_dir, &app));
-    }
+    let read_all = |chunk: &[AppDir]| {
+        let mut out = ParseOutput::default();
+        for app in chunk {
+            read_app(&mut out, app, &relative(rel_dir, &app.name));
+        }
+        out
+    };
+    // The files are independent: read them on every core, each thread a
+    // contiguous run of apps, joined back in order.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+        .min(entries.len() / APPS_PER_THREAD)
+        .max(1);
+    let mut out = if threads == 1 {
+        read_all(&entries)
+    } else {
+        let size = entries.len().div_ceil(threads);
+        let parts: Vec<ParseOutput> = std::thread::scope(|scope| {
+            let mut chunks = entries.chunks(size);
+            let first = chunks.next().unwrap_or_default();
+            let handles: Vec<_> = chunks.map(|c| scope.spawn(move || read_all(c))).collect();
+            let mut parts = vec![read_all(first)];
+            for handle in handles {
+                // A reader that panicked is a bug: let it surface as one
+                // (rustler turns a panic into an exception).
+                parts.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                );
+            }
+            parts
+        });
+        let mut out = ParseOutput::default();
+        for part in parts {
+            out.specs.extend(part.specs);
+            out.errors.extend(part.errors);
+            out.warnings.extend(part.warnings);
+        }
+        out
+    };
     out.specs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// At most this many reader threads, each with at least this many apps:
+/// below that, starting a thread costs more than it saves.
+const MAX_THREADS: usize = 8;
+const APPS_PER_THREAD: usize = 64;
+
+/// One directory under `apps_dir`.
+struct AppDir {
+    name: String,
+    path: PathBuf,
+    /// A symbolic link (to a directory), as the directory listing says.
+    link: bool,
 }
 
 /// Resolves `apps_dir`, refusing anything that leaves the repository.
@@ -112,25 +167,27 @@ fn relative(dir: &str, name: &str) -> String {
 }
 
 /// Reads one app directory into `out`: a spec, or errors, or a warning.
-fn read_app(out: &mut ParseOutput, app: &str, path: &Path, rel: &str) {
+fn read_app(out: &mut ParseOutput, dir: &AppDir, rel: &str) {
+    let app = dir.name.as_str();
     let error = |kind, message| diagnostic(app, rel, kind, message);
-    if is_symlink(path) {
+    if dir.link {
         let message = "app directories must not be symbolic links".to_string();
         out.errors.push(error(ErrorKind::Symlink, message));
         return;
     }
-    let term_file = path.join(TERM_FILE);
-    let json_file = path.join(JSON_FILE);
-    let found = (exists(&term_file), exists(&json_file));
-    let (file, format) = match found {
-        (true, true) => {
+    let term_file = dir.path.join(TERM_FILE);
+    let json_file = dir.path.join(JSON_FILE);
+    let term_meta = fs::symlink_metadata(&term_file);
+    let json_meta = fs::symlink_metadata(&json_file);
+    let (file, path, meta, format) = match (term_meta, json_meta) {
+        (Ok(_), Ok(_)) => {
             let message = format!("both {TERM_FILE} and {JSON_FILE} exist: keep one");
             out.errors.push(error(ErrorKind::DuplicateSpec, message));
             return;
         }
-        (true, false) => (TERM_FILE, Format::Terms),
-        (false, true) => (JSON_FILE, Format::Json),
-        (false, false) => {
+        (Ok(meta), Err(_)) => (TERM_FILE, term_file, meta, Format::Terms),
+        (Err(_), Ok(meta)) => (JSON_FILE, json_file, meta, Format::Json),
+        (Err(_), Err(_)) => {
             let message = format!("no {TERM_FILE} or {JSON_FILE}: directory ignored");
             let warning = diagnostic(app, rel, WarningKind::NoSpecFile, message);
             out.warnings.push(warning);
@@ -138,7 +195,7 @@ fn read_app(out: &mut ParseOutput, app: &str, path: &Path, rel: &str) {
         }
     };
     let rel_file = format!("{rel}/{file}");
-    match parse_file(app, &path.join(file), &rel_file, format == Format::Json) {
+    match read_file(app, &path, &rel_file, format, Ok(meta)) {
         FileResult::Spec(spec, warnings) => {
             out.specs.push(*spec);
             out.warnings.extend(warnings);
@@ -162,14 +219,6 @@ fn diagnostic<K>(app: &str, file: &str, kind: K, message: String) -> Diagnostic<
     }
 }
 
-fn exists(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok()
-}
-
-fn is_symlink(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-}
-
 /// What reading one spec file gives.
 #[derive(Debug)]
 pub enum FileResult {
@@ -181,8 +230,19 @@ pub enum FileResult {
 /// must carry; `rel_file` is how the file is named in diagnostics.
 pub fn parse_file(app: &str, path: &Path, rel_file: &str, json: bool) -> FileResult {
     let format = if json { Format::Json } else { Format::Terms };
+    read_file(app, path, rel_file, format, fs::symlink_metadata(path))
+}
+
+/// [`parse_file`], given the file's `lstat`.
+fn read_file(
+    app: &str,
+    path: &Path,
+    rel_file: &str,
+    format: Format,
+    meta: io::Result<fs::Metadata>,
+) -> FileResult {
     let mut v = Validator::new(app, rel_file, format);
-    if let Some(root) = read_root(&mut v, path) {
+    if let Some(root) = read_root(&mut v, path, meta) {
         if let Some(spec) = v.app_spec(&root) {
             return FileResult::Spec(Box::new(spec), v.warnings);
         }
@@ -190,15 +250,20 @@ pub fn parse_file(app: &str, path: &Path, rel_file: &str, json: bool) -> FileRes
     FileResult::Invalid(v.errors, v.warnings)
 }
 
-/// Reads the file's single top-level term, or records why not.
-fn read_root(v: &mut Validator<'_>, path: &Path) -> Option<crate::term::Spanned> {
+/// Reads the file's single top-level term, or records why not. `meta` is
+/// the file's `lstat`.
+fn read_root(
+    v: &mut Validator<'_>,
+    path: &Path,
+    meta: io::Result<fs::Metadata>,
+) -> Option<crate::term::Spanned> {
     let whole_file = |v: &mut Validator<'_>, kind, line: Option<u32>, message: String| {
         v.error(None, "", kind, message);
         if let Some(last) = v.errors.last_mut() {
             last.line = line;
         }
     };
-    let meta = match fs::symlink_metadata(path) {
+    let meta = match meta {
         Ok(meta) => meta,
         Err(e) => {
             whole_file(v, ErrorKind::Io, None, format!("cannot read: {e}"));
@@ -218,7 +283,13 @@ fn read_root(v: &mut Validator<'_>, path: &Path) -> Option<crate::term::Spanned>
         whole_file(v, ErrorKind::TooLarge, None, message);
         return None;
     }
-    let bytes = match fs::read(path) {
+    // The size is known: one read fills the buffer, one more sees the end.
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let read = fs::File::open(path).and_then(|mut file| {
+        let mut bytes = Vec::with_capacity(capacity);
+        file.read_to_end(&mut bytes).map(|_| bytes)
+    });
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) => {
             whole_file(v, ErrorKind::Io, None, format!("cannot read: {e}"));
