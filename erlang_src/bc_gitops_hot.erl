@@ -227,11 +227,14 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
                                    up -> old_vsn(M, AppVsn);
                                    down -> {down, beam_vsn(Beam, AppVsn)}
                                end} || {M, Beam} <- Changed]),
+    %% Worked out before the suspension: reading 10,000 processes' initial
+    %% calls takes tens of milliseconds.
+    ChangeOf = maps:from_list([{Pid, changed_callback(Pid, Mods, Vsns)} || {Pid, Mods} <- Procs]),
+    Loads = [{load, M, Beam} || {M, Beam} <- Changed],
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend(Procs),
     Changes = [{change, Pid, M, maps:get(M, Vsns), []}
-               || {Pid, Mods} <- Suspended, M <- [changed_callback(Pid, Mods, Vsns)]],
-    Loads = [{load, M, Beam} || {M, Beam} <- Changed],
+               || {Pid, _} <- Suspended, M <- [maps:get(Pid, ChangeOf)]],
     try
         ok = code:add_pathsa(Ebins),
         _ = case Direction of
