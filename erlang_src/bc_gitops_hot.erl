@@ -26,6 +26,11 @@
 %%% are resumed. The result says whether the undo got the old version back
 %%% whole (`reverted') or not (`not_reverted'); the caller decides what
 %%% comes next (see {@link bc_gitops_runtime_default:upgrade/2}).
+%%%
+%%% An appup's `update' instructions each suspend, change and resume their
+%%% own processes, so a failure in a later one cannot convert back the
+%%% processes of an earlier one (they run again): the result is then
+%%% `not_reverted', and the caller restarts the app.
 -module(bc_gitops_hot).
 
 -export([upgrade/4, direction/2]).
@@ -39,7 +44,7 @@
 
 %% One step of an upgrade, and what undoes it.
 -type step() :: {load, module(), file:filename()} | {change, pid(), module(), term(), term()}.
--type done() :: {loaded, module(), file:filename() | none}
+-type done() :: {loaded, module(), {file:filename(), binary()} | none | unrestorable}
               | {converted, pid(), module(), term(), term()}
               | {kept, pid()}.
 
@@ -229,12 +234,12 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
                                end} || {M, Beam} <- Changed]),
     %% Worked out before the suspension: reading 10,000 processes' initial
     %% calls takes tens of milliseconds.
-    ChangeOf = maps:from_list([{Pid, changed_callback(Pid, Mods, Vsns)} || {Pid, Mods} <- Procs]),
+    ChangeOf = maps:from_list([{Pid, changed_callbacks(Pid, Mods, Vsns)} || {Pid, Mods} <- Procs]),
     Loads = [{load, M, Beam} || {M, Beam} <- Changed],
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend(Procs),
     Changes = [{change, Pid, M, maps:get(M, Vsns), []}
-               || {Pid, _} <- Suspended, M <- [maps:get(Pid, ChangeOf)]],
+               || {Pid, _} <- Suspended, M <- maps:get(Pid, ChangeOf)],
     try
         ok = code:add_pathsa(Ebins),
         _ = case Direction of
@@ -286,19 +291,19 @@ resume(Suspended) ->
     _ = each(fun({Pid, _}) -> catch sys:resume(Pid, ?SUSPEND_TIMEOUT) end, Suspended),
     ok.
 
-%% The module whose change a process's code_change/3 is for. A gen_*
-%% process calls its callback module's code_change whatever module is
-%% named, so each process is changed once: for its callback module when
-%% that changed, else for the first changed module of its child spec.
--spec changed_callback(pid(), [module()], #{module() => term()}) -> module().
-changed_callback(Pid, Mods, Vsns) ->
-    Callback = case catch proc_lib:translate_initial_call(Pid) of
-                   {M, _, _} -> M;
-                   _ -> undefined
-               end,
-    case is_map_key(Callback, Vsns) of
-        true -> Callback;
-        false -> hd([M || M <- Mods, is_map_key(M, Vsns)])
+%% The modules a process's code_change is run for. A gen_server,
+%% gen_statem or supervisor calls its callback module's code_change
+%% whatever module is named, so it is changed once: for its callback module
+%% when that changed, else for the first changed module of its child spec.
+%% A gen_event manager changes only the handlers of the module named: once
+%% for each changed handler.
+-spec changed_callbacks(pid(), [module()], #{module() => term()}) -> [module()].
+changed_callbacks(Pid, Mods, Vsns) ->
+    Changed = [M || M <- Mods, is_map_key(M, Vsns)],
+    case catch proc_lib:translate_initial_call(Pid) of
+        {gen_event, _, _} -> Changed;
+        {M, _, _} when is_map_key(M, Vsns) -> [M];
+        _ -> lists:sublist(Changed, 1)
     end.
 
 %%% Steps and their undoing
@@ -323,8 +328,17 @@ changes(Changes, Done) ->
     Results = each(fun attempt/1, Changes),
     Did = lists:reverse([D || {ok, D} <- Results]) ++ Done,
     case [Why || {error, Why} <- Results] of
-        [] -> Did;
-        [First | _] -> throw({failed, First, undo(Did)})
+        [] ->
+            Did;
+        Failures ->
+            %% A code_change that timed out may still run in its process
+            %% after the old code is back: that process cannot be trusted.
+            Undo = undo(Did),
+            TimedOut = [F || {code_change, {_, _, {'EXIT', {timeout, _}}}} = F <- Failures],
+            throw({failed, hd(Failures), case TimedOut of
+                                             [] -> Undo;
+                                             _ -> not_reverted
+                                         end})
     end.
 
 -spec attempt(step()) -> {ok, done()} | {error, {atom(), term()}}.
@@ -338,9 +352,16 @@ attempt(Step) ->
 
 -spec step(step()) -> done().
 step({load, M, Beam}) ->
+    %% The old object code is read now: its build directory may be gone by
+    %% the time it is needed again.
     Old = case code:which(M) of
-              File when is_list(File) -> File;
-              _ -> none
+              non_existing -> none;
+              File when is_list(File) ->
+                  case file:read_file(File) of
+                      {ok, Bin} -> {File, Bin};
+                      {error, _} -> unrestorable
+                  end;
+              _ -> unrestorable
           end,
     ok = load(M, Beam),
     {loaded, M, Old};
@@ -357,23 +378,41 @@ step({change, Pid, M, Vsn, Extra}) ->
     end.
 
 %% Undoes the steps done, newest first; stops at the first that cannot be
-%% undone.
+%% undone. A supervisor's code_change reads the child specs from the
+%% init/1 loaded at the time, so supervisors are changed again last, once
+%% the old code is back.
 -spec undo([done()]) -> reverted | not_reverted.
-undo([]) ->
+undo(Done) ->
+    {Sups, Others} = lists:partition(fun is_supervisor_change/1, Done),
+    undo_each(Others ++ Sups).
+
+-spec undo_each([done()]) -> reverted | not_reverted.
+undo_each([]) ->
     reverted;
-undo([Did | Rest]) ->
+undo_each([Did | Rest]) ->
     case undo_one(Did) of
-        true -> undo(Rest);
+        true -> undo_each(Rest);
         false -> not_reverted
     end.
+
+-spec is_supervisor_change(done()) -> boolean().
+is_supervisor_change({converted, Pid, _, _, _}) ->
+    case catch proc_lib:translate_initial_call(Pid) of
+        {supervisor, _, _} -> true;
+        _ -> false
+    end;
+is_supervisor_change(_) ->
+    false.
 
 -spec undo_one(done()) -> boolean().
 undo_one({kept, _Pid}) ->
     true;
+undo_one({loaded, _M, unrestorable}) ->
+    false;
 undo_one({loaded, M, none}) ->
     code:soft_purge(M) andalso code:delete(M);
-undo_one({loaded, M, OldBeam}) ->
-    code:soft_purge(M) andalso code:load_abs(filename:rootname(OldBeam)) =:= {module, M};
+undo_one({loaded, M, {File, Bin}}) ->
+    code:soft_purge(M) andalso code:load_binary(M, File, Bin) =:= {module, M};
 undo_one({converted, Pid, M, Vsn, Extra}) ->
     %% The same code converts the state back: an upgrade step's
     %% code_change(Vsn) is undone by code_change({down, Vsn}), and back.

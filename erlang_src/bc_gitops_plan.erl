@@ -31,7 +31,9 @@
     {remove, atom()}
     | {deploy, #app_spec{}}
     | {upgrade, #app_spec{}, FromVersion :: binary()}
-    | {redeploy, #app_spec{}, stopped | failed}
+    %% The planner gives `stopped' or `failed' (drift); the reconcile adds
+    %% `unhealthy' for a first deploy that never became healthy.
+    | {redeploy, #app_spec{}, stopped | failed | unhealthy}
     | {reconfigure, #app_spec{}}.
 
 -type block_reason() ::

@@ -342,8 +342,12 @@ record(App, {redeploy, _, Why}, ok, #{failures := Fails, repairs := Repairs, now
     Hold#{failures := maps:remove(App, Fails),
           repairs := Repairs#{App => #{count => Count, retry_at => Now + delay(Count, Config),
                                        reason => Why, repaired_at => Now}}};
-record(App, _Action, ok, #{failures := Fails} = Hold) ->
+record(App, {redeploy, _, unhealthy}, ok, #{failures := Fails} = Hold) ->
     Hold#{failures := maps:remove(App, Fails)};
+record(App, _Action, ok, #{failures := Fails, repairs := Repairs} = Hold) ->
+    %% A new version, a new config or a removal: its crash loop, if any,
+    %% was another's.
+    Hold#{failures := maps:remove(App, Fails), repairs := maps:remove(App, Repairs)};
 record(App, Action, {error, Reason}, #{failures := Fails, now := Now, config := Config} = Hold) ->
     Attempts = case maps:find(App, Fails) of
                    {ok, #{attempts := N}} -> N + 1;

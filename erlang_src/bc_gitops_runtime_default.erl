@@ -73,13 +73,15 @@ remove(App) ->
 %% path was taken (`hot' or `restart'), with the changed modules and the
 %% suspension window for a hot one.
 %%
-%% A `code_change' that fails is different: the new version's own upgrade
-%% code is broken, and restarting would throw away the state it was meant
-%% to convert. The hot steps are undone and the old version keeps running
-%% (the same processes, or restarted at the old version when the undo could
-%% not be completed); the result is `{error, {rolled_back,
-%% {hot_upgrade_failed, Why}}}', so the version is not tried again until
-%% its spec changes.
+%% A `code_change' that fails on the way up is different: the new
+%% version's own upgrade code is broken, and restarting would throw away
+%% the state it was meant to convert. The hot steps are undone and the old
+%% version keeps running (the same processes, or restarted at the old
+%% version when the undo could not be completed); the result is `{error,
+%% {rolled_back, {hot_upgrade_failed, Why}}}', so the version is not tried
+%% again until its spec changes. On the way down (a revert, or a rollback
+%% after a failed health check) the older version is what must run: a
+%% failed `code_change({down, _}, ...)' means a restart at it.
 -spec upgrade(#app_spec{}, binary()) -> {ok, #app_state{}, map()} | {error, term()}.
 upgrade(#app_spec{name = App} = Spec, _From) ->
     case {lookup(App), prepare(Spec)} of
@@ -92,11 +94,19 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
                 {ok, _, _} = Hot ->
                     Hot;
                 {error, {code_change, _} = Why, Undo} ->
-                    keep_old(Spec, Entry, Dir, Ebins, Why, Undo);
+                    case upward(Entry, Spec) of
+                        true -> keep_old(Spec, Entry, Dir, Ebins, Why, Undo);
+                        false -> restart(Spec, Entry, Dir, Ebins, Why)
+                    end;
                 Other ->
                     restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
             end
     end.
+
+%% Whether `Spec' moves the app of `Entry' up (not a downgrade).
+-spec upward(#entry{}, #app_spec{}) -> boolean().
+upward(#entry{state = #app_state{version = From}}, #app_spec{version = To}) ->
+    bc_gitops_hot:direction(From, To) =:= up.
 
 -spec hot(#app_spec{}, #entry{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}, map()} | bc_gitops_hot:failure().
@@ -295,7 +305,12 @@ build(Src, Tool, Config) ->
 %% ran before it).
 -spec keep_builds(atom(), [file:filename()]) -> ok.
 keep_builds(App, Keep) ->
-    Dirs = filelib:wildcard(filename:join([workspace(), atom_to_list(App), "*"])),
+    %% list_dir, not a wildcard: the workspace path may hold glob characters.
+    Base = filename:join(workspace(), atom_to_list(App)),
+    Dirs = case file:list_dir(Base) of
+               {ok, Names} -> [filename:join(Base, N) || N <- Names];
+               {error, _} -> []
+           end,
     lists:foreach(fun delete_build/1, [Dir || Dir <- Dirs, not lists:member(Dir, Keep)]).
 
 -spec delete_build(file:filename()) -> ok.

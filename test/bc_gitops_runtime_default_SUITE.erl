@@ -12,7 +12,8 @@
 -export([hot_upgrade_keeps_pid_and_state/1, crashing_code_change_keeps_v1/1,
          crashing_code_change_reverts_converted/1, suspend_timeout_restarts/1,
          stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1,
-         failed_restart_starts_old_version/1]).
+         failed_restart_starts_old_version/1, revert_without_way_down_restarts/1,
+         gen_event_handlers_each_changed/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
@@ -22,7 +23,8 @@ all() ->
     [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
      hot_upgrade_of_a_tree, appup_is_followed, appup_updates_supervisor, crashing_code_change_keeps_v1,
      crashing_code_change_reverts_converted, suspend_timeout_restarts, stuck_old_code_restarts,
-     on_load_module_restarts, failed_restart_starts_old_version,
+     on_load_module_restarts, failed_restart_starts_old_version, revert_without_way_down_restarts,
+     gen_event_handlers_each_changed,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -494,6 +496,84 @@ failed_restart_starts_old_version(Config) ->
         telemetry:detach(<<"nostart">>)
     end.
 
+%% A revert to 1.0.0 when 2.0.0's code_change({down, _}, ...) crashes: on
+%% the way down the older version is what must run, so the app restarts
+%% at 1.0.0 (it is not kept at 2.0.0, as a failed upgrade keeps 1.0.0).
+revert_without_way_down_restarts(Config) ->
+    Gitops = ?config(gitops, Config),
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
+    counter_app(Repo, "2.0.0", up_only),
+    _ = commit(Repo, "v2, no way down"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
+    spec(Config, "rt_hot", "1.0.0", Repo, "v1.0.0", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_hot_server),
+    [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
+    spec(Config, "rt_hot", "2.0.0", Repo, "v2.0.0", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(#{count => 2, version => 2}, rt_hot_server:state()),
+    _ = bc_gitops_test_util:git(Gitops, ["-c", "user.name=t", "-c", "user.email=t@t",
+                                         "revert", "--no-edit", "HEAD"]),
+    ok = bc_gitops:reconcile(),
+    ?assertNotEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(0, rt_hot_server:state()),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
+    ?assertMatch({ok, #app_state{version = <<"1.0.0">>}}, bc_gitops:get_app_status(rt_hot)).
+
+%% A gen_event manager with two handlers whose modules both change: the
+%% manager runs code_change for each handler module (it converts only the
+%% handlers of the module named), and keeps its pid.
+gen_event_handlers_each_changed(Config) ->
+    Repo = app_repo(Config, "rt_ev", make),
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_ev.app.src ebin/rt_ev.app\n"),
+    W("rt_ev_sup.erl",
+      "-module(rt_ev_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) ->\n"
+      "    {ok, Sup} = supervisor:start_link({local, ?MODULE}, ?MODULE, []),\n"
+      "    ok = gen_event:add_handler(rt_ev, rt_ev_h1, []),\n"
+      "    ok = gen_event:add_handler(rt_ev, rt_ev_h2, []),\n"
+      "    {ok, Sup}.\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => ev, start => {gen_event, start_link, [{local, rt_ev}]},\n"
+      "                          modules => dynamic}]}}.\n"),
+    Handler = fun(Mod, CodeChange) ->
+                      ["-module(", Mod, ").\n-behaviour(gen_event).\n"
+                       "-export([init/1, handle_event/2, handle_call/2, code_change/3]).\n"
+                       "init([]) -> {ok, ", Mod, "}.\n"
+                       "handle_event(_, S) -> {ok, S}.\n"
+                       "handle_call(get, S) -> {ok, S, S}.\n", CodeChange]
+              end,
+    Version = fun(Vsn, CodeChange) ->
+                      W("rt_ev.app.src",
+                        ["{application, rt_ev, [{vsn, \"", Vsn, "\"}, {mod, {rt_ev_sup, []}},\n"
+                         " {modules, [rt_ev_sup, rt_ev_h1, rt_ev_h2]},\n"
+                         " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+                      W("rt_ev_h1.erl", Handler("rt_ev_h1", CodeChange)),
+                      W("rt_ev_h2.erl", Handler("rt_ev_h2", CodeChange))
+              end,
+    Version("1.0.0", "code_change(_, S, _) -> {ok, S}.\n"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_ev", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Manager = whereis(rt_ev),
+    ?assertEqual(rt_ev_h1, gen_event:call(rt_ev, rt_ev_h1, get)),
+    Version("2.0.0", "code_change(_, S, _) when is_atom(S) -> {ok, {v2, S}}.\n"),
+    _ = commit(Repo, "v2: both handlers convert their state"),
+    spec(Config, "rt_ev", "2.0.0", Repo, "main", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Manager, whereis(rt_ev)),
+    ?assertEqual({v2, rt_ev_h1}, gen_event:call(rt_ev, rt_ev_h1, get)),
+    ?assertEqual({v2, rt_ev_h2}, gen_event:call(rt_ev, rt_ev_h2, get)).
+
 %% The counter app at 1.0.0, deployed from git through a spec: its repo
 %% and its server's pid.
 deploy_counter_v1(Config) ->
@@ -607,7 +687,10 @@ counter_app(Repo, Vsn, Kind) ->
                          v2 -> "code_change({down, _}, #{count := N}, _) -> {ok, N};\n"
                                "code_change(_, N, _) when is_integer(N) ->\n"
                                "    {ok, #{count => N, version => 2}}.\n";
-                         crash -> "code_change(_, _, _) -> erlang:error(boom).\n"
+                         crash -> "code_change(_, _, _) -> erlang:error(boom).\n";
+                         up_only -> "code_change({down, _}, _, _) -> erlang:error(no_way_down);\n"
+                                    "code_change(_, N, _) when is_integer(N) ->\n"
+                                    "    {ok, #{count => N, version => 2}}.\n"
                      end]
            end,
     W("rt_hot_server.erl", [Common, Body]).
