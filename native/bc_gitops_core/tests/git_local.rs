@@ -278,7 +278,16 @@ fn unreachable_local_remote() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options("/nonexistent/repo.git", &dir.path().join("c"));
     match sync(&opts) {
-        Err(GitError::Unreachable { .. }) => {}
+        Err(GitError::Unreachable { message, .. }) => {
+            assert_eq!(message, "no such directory: /nonexistent/repo.git")
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    let opts = options("file:///nonexistent/repo.git", &dir.path().join("c"));
+    match sync(&opts) {
+        Err(GitError::Unreachable { message, .. }) => {
+            assert_eq!(message, "no such directory: /nonexistent/repo.git")
+        }
         other => panic!("expected Unreachable, got {other:?}"),
     }
 }

@@ -13,7 +13,7 @@ use git2::{
 use super::auth::Credentials;
 use super::error::{io_error, net_error, GitError, NetFacts};
 use super::hostkey::{key_type, HostKeyCheck};
-use super::redact::Redactor;
+use super::redact::{redact_url, Redactor};
 use super::relay::{Mode, Relay};
 use super::tls::{Target, TlsCheck};
 use super::url::{RemoteUrl, Transport};
@@ -39,6 +39,17 @@ impl<'a> Network<'a> {
         redactor: &'a Redactor,
     ) -> Result<Self, GitError> {
         let remote = RemoteUrl::parse(url)?;
+        // libgit2 reports a missing local path as "unsupported URL protocol".
+        // (A `file://host/...` form is left to libgit2.)
+        if let Some(dir) = remote.local_dir() {
+            let hosted = url.contains("://") && !dir.starts_with('/');
+            if !hosted && !Path::new(dir).exists() {
+                return Err(GitError::Unreachable {
+                    url: redact_url(url),
+                    message: format!("no such directory: {dir}"),
+                });
+            }
+        }
         let tls = match remote.transport {
             Transport::Https => TlsCheck::new(auth.ca_file.as_deref())?,
             _ => TlsCheck::default(),

@@ -119,6 +119,11 @@ impl RemoteUrl {
         Ok(scp_url(user, host.to_string(), 22, path))
     }
 
+    /// The directory of a local remote (a path or `file://` URL).
+    pub(crate) fn local_dir(&self) -> Option<&str> {
+        (self.transport == Transport::Local).then_some(self.path.as_str())
+    }
+
     /// Whether this remote goes over the network (and so through the relay).
     pub(crate) fn is_network(&self) -> bool {
         self.transport != Transport::Local
