@@ -46,8 +46,9 @@
 %%% 64 MiB), `max_unpacked' (per package, default 256 MiB).
 %%%
 %%% Package names from the registry stay binaries, and must match
-%%% `[a-z][a-z0-9_]*'. `metadata.config' is read with `file:consult/1' (terms
-%%% only, never evaluated). On error `DestDir' may be left partly written;
+%%% `[a-z][a-z0-9_]*'. `metadata.config' is read as terms (never evaluated)
+%%% by the NIF, which makes no atom: an atom the VM does not know yet fails
+%%% the package. On error `DestDir' may be left partly written;
 %%% the caller removes it.
 %%%
 %%% Errors: `{package_not_found, Name}', `{bad_signature, Name}',
@@ -416,7 +417,7 @@ fetch_release(Name, #{version := V, inner_checksum := Inner} = Rel,
     Computed =:= Inner orelse fail({checksum_mismatch, inner, Name, V}),
     string:uppercase(string:trim(Get("CHECKSUM"))) =:= string:uppercase(hex(Computed))
         orelse fail({checksum_mismatch, checksum_file, Name, V}),
-    Meta = metadata(Name, V, MetaBin, Tmp),
+    Meta = metadata(Name, V, MetaBin),
     ContentsFile = filename:join(Tmp, binary_to_list(Name) ++ "-contents.tar.gz"),
     ok = write(ContentsFile, Contents),
     Staging = filename:join(Tmp, binary_to_list(Name) ++ "-staging"),
@@ -437,12 +438,12 @@ write(File, Bin) ->
         {error, Why} -> fail({file_error, write, File, Why})
     end.
 
-%% The metadata as a map of binary keys; it must name `Name' and `V'.
--spec metadata(binary(), binary(), binary(), file:filename()) -> #{binary() => term()}.
-metadata(Name, V, Bin, Tmp) ->
-    File = filename:join(Tmp, binary_to_list(Name) ++ "-metadata.config"),
-    ok = write(File, Bin),
-    Terms = case file:consult(File) of
+%% The metadata as a map of binary keys; it must name `Name' and `V'. It is
+%% read without making atoms: a package could otherwise add any number to
+%% the VM for good.
+-spec metadata(binary(), binary(), binary()) -> #{binary() => term()}.
+metadata(Name, V, Bin) ->
+    Terms = case bc_gitops_nif:consult(Bin) of
                 {ok, Ts} -> Ts;
                 {error, Why} -> fail({bad_tarball, Name, V, {metadata, Why}})
             end,

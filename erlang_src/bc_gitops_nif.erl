@@ -11,7 +11,7 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1]).
+-export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1]).
 
 -on_load(init/0).
 
@@ -77,6 +77,14 @@ parse_dir(_Root, _AppsDir) ->
 %% scheduler. See {@link bc_gitops_plan:plan/3}.
 -spec plan(list(), list(), [binary()]) -> {ok, list(), list()}.
 plan(_Desired, _Current, _Invalid) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc What `file:consult/1' gives for `Text', but making no atom: an
+%% atom the VM does not know yet is `{error, {Line, {unknown_atom, Name}}}'.
+%% For terms that come from outside (a package's metadata). Runs on a dirty
+%% CPU scheduler.
+-spec consult(binary()) -> {ok, [term()]} | {error, {pos_integer(), binary() | {unknown_atom, binary()}}}.
+consult(_Text) ->
     erlang:nif_error(not_loaded()).
 
 %% The reason a stub raises: dialyzer knows erlang:nif_error/1 marks a

@@ -188,3 +188,28 @@ reload_keeps_the_nif_test() ->
     ?assertMatch({error, on_load_failure}, code:load_file(bc_gitops_nif)),
     ?assertEqual(ok, bc_gitops_nif:load_error()),
     ?assertEqual(<<"https://***@h/x">>, bc_gitops_nif:redact_url(<<"https://u:p@h/x">>)).
+
+%% consult/1 gives what file:consult/1 gives for the same text, here a hex
+%% package's metadata, with its known atoms (true, false) as atoms.
+consult_matches_file_consult_test() ->
+    Text = <<"{<<\"name\">>,<<\"pkg\">>}.\n{<<\"version\">>,<<\"1.0.0\">>}.\n"
+             "{<<\"requirements\">>,[{<<\"dep\">>,[{<<\"app\">>,<<\"dep\">>},\n"
+             "  {<<\"optional\">>,false},{<<\"requirement\">>,<<\"~> 1.0\">>}]}]}.\n"
+             "{<<\"build_tools\">>,[<<\"rebar3\">>]}.\n{ok, 1.5, \"str\", #{a => [b | c]}}.\n">>,
+    Root = tmp_dir("consult"),
+    try
+        File = filename:join(Root, "metadata.config"),
+        ok = file:write_file(File, Text),
+        ?assertEqual(file:consult(File), bc_gitops_nif:consult(Text))
+    after
+        rm_rf(Root)
+    end.
+
+%% An atom the VM does not know yet is an error with its line, and is not
+%% made; bad syntax is an error with its line.
+consult_makes_no_atom_test() ->
+    Name = <<"bc_gitops_never_made_", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+    ?assertEqual({error, {2, {unknown_atom, Name}}},
+                 bc_gitops_nif:consult(<<"{<<\"name\">>, <<\"x\">>}.\n{x, ", Name/binary, "}.\n">>)),
+    ?assertError(badarg, binary_to_existing_atom(Name, utf8)),
+    ?assertMatch({error, {L, _}} when L >= 3, bc_gitops_nif:consult(<<"{a}.\n\n{b\n">>)).

@@ -69,4 +69,30 @@ fn plan<'a>(
     planning::plan(env, &desired, &current, &invalid)
 }
 
+/// `consult(Text) -> {ok, Terms} | {error, {Line, Reason}}`: what
+/// `file:consult/1` gives for `Text`, but making no atom; an atom the VM
+/// does not know yet is `{error, {Line, {unknown_atom, Name}}}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
+    let error = |line: u32, reason: Term<'a>| (atoms::error(), (line, reason)).encode(env);
+    let src = match std::str::from_utf8(bytes.as_slice()) {
+        Ok(src) => src,
+        Err(_) => return error(1, text(env, "not UTF-8")),
+    };
+    let terms = match bc_gitops_core::term_parse::parse_terms(src) {
+        Ok(terms) => terms,
+        Err(e) => return error(e.line, text(env, &e.message)),
+    };
+    let mut out = Vec::with_capacity(terms.len());
+    for t in &terms {
+        match encode::term_existing_atoms(env, t) {
+            Ok(term) => out.push(term),
+            Err((line, name)) => {
+                return error(line, (atoms::unknown_atom(), text(env, &name)).encode(env))
+            }
+        }
+    }
+    (atoms::ok(), out).encode(env)
+}
+
 rustler::init!("bc_gitops_nif");
