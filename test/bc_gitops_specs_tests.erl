@@ -161,3 +161,21 @@ dir_without_spec_is_a_warning_test() ->
             bc_gitops_specs:parse_dir(Root, "apps"),
         ?assertMatch(#{kind := no_spec_file, app := <<"empty">>}, W)
     end).
+
+%% A spec file whose first line says `coding: latin-1' is read as
+%% file:consult/1 reads it, byte by byte (here an é as the byte 233); the
+%% same bytes without the comment are not UTF-8, an error on their line.
+latin1_coding_comment_test() ->
+    with_root(fun(Root) ->
+        Body = <<"#{name => l1, version => <<\"1\">>, source => #{type => hex},\n"
+                 "  env => #{greeting => <<\"caf", 233, "\">>, word => \"caf", 233, "\"}}.\n">>,
+        write_file(filename:join([Root, "apps", "l1", "app.config"]),
+                   <<"%% coding: latin-1\n", Body/binary>>),
+        write_file(filename:join([Root, "apps", "l2", "app.config"]), Body),
+        {ok, [Consulted]} = file:consult(filename:join([Root, "apps", "l1", "app.config"])),
+        {ok, #{specs := [#app_spec{name = l1, env = Env}], errors := [#{app := <<"l2">>} = E]}} =
+            bc_gitops_specs:parse_dir(Root, "apps"),
+        ?assertEqual(maps:get(env, Consulted), Env),
+        ?assertEqual(<<"caf", 233>>, maps:get(greeting, Env)),
+        ?assertMatch(#{line := 2}, E)
+    end).

@@ -56,7 +56,32 @@ type Result<T> = std::result::Result<T, ParseError>;
 /// The result is what `file:consult/1` would return for the same bytes,
 /// each term with the line it starts on.
 pub fn parse_terms(src: &str) -> Result<Vec<Spanned>> {
-    let mut parser = Parser::new(decode(src));
+    parse_chars(decode(src))
+}
+
+/// [`parse_terms`] from a file's bytes, as `file:consult/1` reads them:
+/// Latin-1 when a `coding:` comment in the first two lines says so (any
+/// byte is then a character), else UTF-8, where invalid UTF-8 is an error
+/// on the line it is found.
+pub fn parse_terms_bytes(bytes: &[u8]) -> Result<Vec<Spanned>> {
+    if declares_latin1(bytes) {
+        return parse_chars(bytes.iter().map(|&b| char::from(b)).collect());
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(src) => parse_chars(src.chars().collect()),
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+            Err(ParseError::new(
+                u32::try_from(line).unwrap_or(u32::MAX),
+                "the file is not valid UTF-8 (a `%% coding: latin-1` comment in its first two lines would make it Latin-1)",
+            ))
+        }
+    }
+}
+
+fn parse_chars(chars: Vec<char>) -> Result<Vec<Spanned>> {
+    let mut parser = Parser::new(chars);
     let mut terms = Vec::new();
     while let Some(term) = parser.top_term()? {
         terms.push(term);

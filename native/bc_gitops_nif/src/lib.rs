@@ -75,11 +75,7 @@ fn plan<'a>(
 #[rustler::nif(schedule = "DirtyCpu")]
 fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
     let error = |line: u32, reason: Term<'a>| (atoms::error(), (line, reason)).encode(env);
-    let src = match std::str::from_utf8(bytes.as_slice()) {
-        Ok(src) => src,
-        Err(_) => return error(1, text(env, "not UTF-8")),
-    };
-    let terms = match bc_gitops_core::term_parse::parse_terms(src) {
+    let terms = match bc_gitops_core::term_parse::parse_terms_bytes(bytes.as_slice()) {
         Ok(terms) => terms,
         Err(e) => return error(e.line, text(env, &e.message)),
     };

@@ -3,7 +3,7 @@
 use super::json::parse_json;
 use super::model::*;
 use super::validate::{Format, Validator};
-use crate::term_parse::parse_terms;
+use crate::term_parse::parse_terms_bytes;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -296,6 +296,26 @@ fn read_root(
             return None;
         }
     };
+    if v.format == Format::Terms {
+        // Read as file:consult/1 reads it: a `coding: latin-1` comment makes
+        // any byte a character; otherwise the parser wants UTF-8.
+        return match parse_terms_bytes(&bytes) {
+            Ok(mut terms) if terms.len() == 1 => terms.pop(),
+            Ok(terms) => {
+                let line = terms.get(1).map(|t| t.line);
+                let message = format!(
+                    "a spec file holds exactly one term (a map #{{...}} ending in '.'), found {}",
+                    terms.len()
+                );
+                whole_file(v, ErrorKind::NotAMap, line, message);
+                None
+            }
+            Err(e) => {
+                whole_file(v, ErrorKind::Syntax, Some(e.line), e.message);
+                None
+            }
+        };
+    }
     let src = match String::from_utf8(bytes) {
         Ok(src) => src,
         Err(e) => {
@@ -311,29 +331,11 @@ fn read_root(
             return None;
         }
     };
-    match v.format {
-        Format::Json => match parse_json(&src) {
-            Ok(root) => Some(root),
-            Err((line, message)) => {
-                whole_file(v, ErrorKind::Syntax, Some(line), message);
-                None
-            }
-        },
-        Format::Terms => match parse_terms(&src) {
-            Ok(mut terms) if terms.len() == 1 => terms.pop(),
-            Ok(terms) => {
-                let line = terms.get(1).map(|t| t.line);
-                let message = format!(
-                    "a spec file holds exactly one term (a map #{{...}} ending in '.'), found {}",
-                    terms.len()
-                );
-                whole_file(v, ErrorKind::NotAMap, line, message);
-                None
-            }
-            Err(e) => {
-                whole_file(v, ErrorKind::Syntax, Some(e.line), e.message);
-                None
-            }
-        },
+    match parse_json(&src) {
+        Ok(root) => Some(root),
+        Err((line, message)) => {
+            whole_file(v, ErrorKind::Syntax, Some(line), message);
+            None
+        }
     }
 }
