@@ -135,7 +135,7 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                end,
     Hold = #{failures => Failures0, repairs => maps:get(repairs, Ctx, #{}), held => [],
              now => erlang:monotonic_time(millisecond), config => Config,
-             manual => maps:get(manual, Ctx, false)},
+             manual => maps:get(manual, Ctx, false), busy => busy(Current)},
     {Applied, Waiting, #{failures := Failures1, repairs := Repairs}} =
         apply_actions(Runtime, Actions, Hold, Previous),
     %% An app that has run for backoff_max since its last repair is
@@ -216,10 +216,19 @@ plan(#{specs := Specs, errors := Errors}, Current) ->
     Plan.
 
 %% What decides whether an action waits: the failures and repairs so far,
-%% the apps held in this run, the time, and whether someone asked.
+%% the apps held in this run, the time, whether someone asked, and the apps
+%% the runtime reports in the middle of something.
 -type hold() :: #{failures := #{atom() => failure()}, repairs := #{atom() => repair()},
                   held := [atom()], now := integer(), config := bc_gitops_config:config(),
-                  manual := boolean()}.
+                  manual := boolean(), busy := #{atom() => atom()}}.
+
+%% Apps a runtime reports as neither up nor down but on their way
+%% (`pending', `upgrading', `removing': a runtime that works in the
+%% background): nothing more is asked of them until they get there.
+-spec busy(#{atom() => #app_state{}}) -> #{atom() => atom()}.
+busy(Current) ->
+    maps:from_list([{App, S} || {App, #app_state{status = S}} <- maps:to_list(Current),
+                                S =/= running, S =/= stopped, S =/= failed]).
 
 %% Runs the actions in order. An app in backoff waits; so does an app whose
 %% dependency failed or waits in this run.
@@ -250,8 +259,8 @@ apply_actions(Runtime, Actions, Hold, Previous) ->
 %% Why an action must wait, or `none'. The first rule that holds it wins.
 -spec hold_reason(bc_gitops_plan:action(), hold()) -> none | term().
 hold_reason(Action, Hold) ->
-    hold_reason([fun rolled_back/2, fun drift/2, fun repair_backoff/2, fun failure_backoff/2,
-                 fun dependency/2], Action, Hold).
+    hold_reason([fun in_progress/2, fun rolled_back/2, fun drift/2, fun repair_backoff/2,
+                 fun failure_backoff/2, fun dependency/2], Action, Hold).
 
 -spec hold_reason([fun((bc_gitops_plan:action(), hold()) -> none | term())],
                   bc_gitops_plan:action(), hold()) -> none | term().
@@ -261,6 +270,14 @@ hold_reason([Rule | Rules], Action, Hold) ->
     case Rule(Action, Hold) of
         none -> hold_reason(Rules, Action, Hold);
         Why -> Why
+    end.
+
+%% The runtime is still busy with the app.
+-spec in_progress(bc_gitops_plan:action(), hold()) -> none | term().
+in_progress(Action, #{busy := Busy}) ->
+    case maps:find(bc_gitops_actions:app(Action), Busy) of
+        {ok, Status} -> {in_progress, Status};
+        error -> none
     end.
 
 %% A version rolled back (unhealthy, or its code_change failed) is not

@@ -15,7 +15,8 @@
          telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
          failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
-         unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1]).
+         unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1,
+         busy_app_is_left_alone/1]).
 -export([check/1]).
 
 -import(bc_gitops_test_util, [commit/2]).
@@ -26,7 +27,7 @@ all() ->
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
      triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
-     unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails].
+     unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails, busy_app_is_left_alone].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
@@ -467,6 +468,25 @@ unhealthy_first_deploy_fails(Config) ->
     ?assertMatch({error, {out_of_sync, #{waiting := [{db, {backoff, 1, _}}, {web, _}]}}},
                  bc_gitops:reconcile()),
     ?assertEqual([], calls()).
+
+%% An app the runtime reports as on its way (`upgrading') gets nothing
+%% more until it gets there: the new version waits, and goes ahead once
+%% the app is reported running.
+busy_app_is_left_alone(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{}),
+    ?assertEqual([{deploy, db, <<"1">>}], calls()),
+    ok = bc_gitops_test_runtime:set_status(db, upgrading),
+    spec(Origin, "db", "2", [], "#{}"),
+    _ = commit(Origin, "two"),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {in_progress, upgrading}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([], calls()),
+    ok = bc_gitops_test_runtime:set_status(db, running),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{upgrade, db, <<"1">>, <<"2">>}], calls()).
 
 %%% Helpers
 

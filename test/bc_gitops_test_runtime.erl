@@ -8,7 +8,7 @@
 -include("bc_gitops.hrl").
 
 -export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).
--export([start/0, calls/0, clear_calls/0, set_delay/1, fail/2, stop_app/1]).
+-export([start/0, calls/0, clear_calls/0, set_delay/1, fail/2, stop_app/1, set_status/2]).
 
 -define(APPS, bc_gitops_test_runtime_apps).
 -define(CALLS, bc_gitops_test_runtime_calls).
@@ -43,8 +43,13 @@ fail(App, On) ->
     persistent_term:put({?MODULE, fail}, Fails#{App => On}).
 %% Marks an app stopped, as if someone stopped it by hand.
 stop_app(App) ->
+    set_status(App, stopped).
+
+%% Reports an app in `Status' from now on (a runtime working in the
+%% background says `upgrading' for a while).
+set_status(App, Status) ->
     [{App, S}] = ets:lookup(?APPS, App),
-    ets:insert(?APPS, {App, S#app_state{status = stopped}}),
+    ets:insert(?APPS, {App, S#app_state{status = Status}}),
     ok.
 
 log(Call) -> ets:insert(?CALLS, {erlang:unique_integer([monotonic]), Call}).
