@@ -315,29 +315,41 @@ crashing_code_change_keeps_v1(Config) ->
 %% Three processes of one module, the middle one's code_change/3 crashes:
 %% the neighbours, converted meanwhile, are converted back (by v2's
 %% code_change({down, _})) before v1's code returns, so all three go on
-%% with their v1 state.
+%% with their v1 state. Then the same with 200 processes (number 100
+%% crashes), which are suspended and changed from several processes at
+%% once.
 crashing_code_change_reverts_converted(Config) ->
     true = register(rt_cc_probe, self()),
-    Repo = app_repo(Config, "rt_cc", make),
-    cc_app(Repo, "1.0.0", v1),
+    ok = reverts_converted(Config, "a", 3),
+    ok = bc_gitops_runtime_default:remove(rt_cc),
+    ok = reverts_converted(Config, "b", 200).
+
+reverts_converted(Config, Tag, Count) ->
+    Repo = app_repo(Config, "rt_cc_" ++ Tag, make),
+    Crash = (Count + 1) div 2,
+    Names = [list_to_atom("rt_cc_" ++ integer_to_list(N)) || N <- lists:seq(1, Count)],
+    cc_app(Repo, "1.0.0", {v1, Count}),
     _ = commit(Repo, "v1"),
     spec(Config, "rt_cc", "1.0.0", Repo, "main", "#{}"),
+    _ = bc_gitops:stop_reconciler(),
     start(Config, #{}),
     ok = bc_gitops:reconcile(),
-    Pids = [whereis(N) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]],
-    cc_app(Repo, "2.0.0", v2),
-    _ = commit(Repo, "v2: code_change crashes on the state 2"),
+    Pids = [whereis(N) || N <- Names],
+    cc_app(Repo, "2.0.0", {v2, Count}),
+    _ = commit(Repo, "v2: code_change crashes on one state"),
     spec(Config, "rt_cc", "2.0.0", Repo, "main", "#{}"),
     ?assertMatch({error, {out_of_sync, _}}, bc_gitops:reconcile()),
     Probes = fun Collect(Acc) -> receive {rt_cc, What, N} -> Collect([{What, N} | Acc])
                                  after 0 -> lists:sort(Acc) end end([]),
-    ct:pal("code_change calls: ~p", [Probes]),
-    %% Both neighbours were converted, and back.
-    ?assertEqual([{down, 1}, {down, 3}, {up, 1}, {up, 3}], Probes),
-    ?assertEqual(Pids, [whereis(N) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]]),
-    ?assertEqual([1, 2, 3], [gen_server:call(N, get) || N <- [rt_cc_1, rt_cc_2, rt_cc_3]]),
+    ct:pal("~p processes, code_change calls: ~p", [Count, length(Probes)]),
+    %% Every other process was converted, and back.
+    Others = lists:seq(1, Count) -- [Crash],
+    ?assertEqual(lists:sort([{down, N} || N <- Others] ++ [{up, N} || N <- Others]), Probes),
+    ?assertEqual(Pids, [whereis(N) || N <- Names]),
+    ?assertEqual(lists:seq(1, Count), [gen_server:call(N, get) || N <- Names]),
     ?assertEqual(v1, rt_cc_srv:vsn()),
-    ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, _}}}, failure(rt_cc)).
+    ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, _}}}, failure(rt_cc)),
+    ok.
 
 %% A process that does not answer the suspend request in time: the hot
 %% path is given up (the others resumed), and the app restarts at v2.
@@ -695,10 +707,11 @@ counter_app(Repo, Vsn, Kind) ->
            end,
     W("rt_hot_server.erl", [Common, Body]).
 
-%% Three instances of one gen_server module under a supervisor, with
-%% states 1, 2 and 3. v2's code_change/3 crashes on 2, converts the others
-%% to {v2, N} and back on {down, _}; each call is reported to rt_cc_probe.
-cc_app(Repo, Vsn, Kind) ->
+%% Count instances of one gen_server module under a supervisor, with
+%% states 1..Count. v2's code_change/3 crashes on the middle one, converts
+%% the others to {v2, N} and back on {down, _}; each call is reported to
+%% rt_cc_probe.
+cc_app(Repo, Vsn, {Kind, Count}) ->
     W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
     write_file(filename:join(Repo, "Makefile"),
                "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
@@ -707,18 +720,20 @@ cc_app(Repo, Vsn, Kind) ->
                         " {modules, [rt_cc_sup, rt_cc_srv]},\n"
                         " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
     W("rt_cc_sup.erl",
-      "-module(rt_cc_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      ["-module(rt_cc_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
       "-export([start/2, stop/1, init/1]).\n"
       "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
       "init([]) -> {ok, {#{}, [#{id => N, start => {rt_cc_srv, start_link, [N]},\n"
-      "                          modules => [rt_cc_srv]} || N <- [1, 2, 3]]}}.\n"),
+      "                          modules => [rt_cc_srv]} || N <- lists:seq(1, ",
+      integer_to_list(Count), ")]}}.\n"]),
     CodeChange = case Kind of
                      v1 -> "vsn() -> v1.\ncode_change(_, S, _) -> {ok, S}.\n";
-                     v2 -> "vsn() -> v2.\n"
+                     v2 -> ["vsn() -> v2.\n"
                            "code_change({down, _}, {v2, N}, _) -> probe(down, N), {ok, N};\n"
-                           "code_change(_, 2, _) -> erlang:error(boom);\n"
+                           "code_change(_, ", integer_to_list((Count + 1) div 2),
+                           ", _) -> erlang:error(boom);\n"
                            "code_change(_, N, _) -> probe(up, N), {ok, {v2, N}}.\n"
-                           "probe(What, N) -> catch rt_cc_probe ! {rt_cc, What, N}.\n"
+                           "probe(What, N) -> catch rt_cc_probe ! {rt_cc, What, N}.\n"]
                  end,
     W("rt_cc_srv.erl",
       ["-module(rt_cc_srv).\n-behaviour(gen_server).\n"
