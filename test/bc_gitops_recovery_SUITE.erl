@@ -12,7 +12,7 @@
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
@@ -178,7 +178,7 @@ backed_off(Gaps, Base) ->
 %% that the events and the status describe the same moment.
 quiet() ->
     ok = bc_gitops:suspend(),
-    wait_reconciled(100).
+    wait_reconciled(10000).
 
 gaps([A, B | Rest]) -> [B - A | gaps([B | Rest])];
 gaps(_) -> [].
@@ -203,15 +203,7 @@ start(Config, Extra) ->
     {ok, _} = bc_gitops:start_reconciler(
                 maps:merge(#{repo_url => ?config(gitops, Config),
                              local_path => filename:join(?config(dir, Config), "state")}, Extra)),
-    wait_reconciled(300).
-
-wait_reconciled(0) ->
-    ct:fail(first_reconcile_did_not_end);
-wait_reconciled(N) ->
-    case bc_gitops:status() of
-        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
-        _ -> timer:sleep(50), wait_reconciled(N - 1)
-    end.
+    wait_reconciled(20000).
 
 app_repo(Config, App) ->
     Repo = filename:join(?config(dir, Config), App),

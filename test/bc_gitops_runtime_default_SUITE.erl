@@ -17,7 +17,7 @@
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1]).
 
 all() ->
     [hex_package_with_dependency, hot_upgrade_keeps_pid_and_state, hot_downgrade_by_git_revert,
@@ -303,7 +303,7 @@ crashing_code_change_keeps_v1(Config) ->
         end,
         %% The reconciler's own tick leaves the broken version alone.
         bc_gitops_reconciler ! tick,
-        wait_reconciled(100),
+        wait_reconciled(10000),
         receive {upgraded, Again} -> ct:fail({tried_again, Again})
         after 500 -> ok
         end,
@@ -832,15 +832,7 @@ start(Config, Extra) ->
                 maps:merge(#{repo_url => ?config(gitops, Config),
                              local_path => filename:join(?config(dir, Config), "state"),
                              reconcile_interval => 3600000}, Extra)),
-    wait_reconciled(200).
-
-wait_reconciled(0) ->
-    ct:fail(first_reconcile_did_not_end);
-wait_reconciled(N) ->
-    case bc_gitops:status() of
-        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
-        _ -> timer:sleep(100), wait_reconciled(N - 1)
-    end.
+    wait_reconciled(20000).
 
 %% Why the app's last action failed, from status/0.
 failure(App) ->

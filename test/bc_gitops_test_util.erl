@@ -4,6 +4,7 @@
 
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
 -export([git/2, commit/2, init_repo/1]).
+-export([wait_reconciled/1]).
 
 %% A fresh directory under the system temp dir ($TMPDIR, else /tmp).
 tmp_dir(Prefix) ->
@@ -66,4 +67,13 @@ collect(Port, Args, Acc) ->
         {Port, {exit_status, 0}} -> iolist_to_binary(Acc);
         {Port, {exit_status, N}} -> error({git, Args, N, iolist_to_binary(Acc)})
     after 60000 -> error({git_timeout, Args})
+    end.
+
+%% Waits up to Ms for a reconcile to have ended (none running, one done).
+wait_reconciled(Ms) when Ms =< 0 ->
+    ct:fail(reconcile_did_not_end);
+wait_reconciled(Ms) ->
+    case bc_gitops:status() of
+        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
+        _ -> timer:sleep(50), wait_reconciled(Ms - 50)
     end.
