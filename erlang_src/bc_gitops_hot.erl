@@ -27,10 +27,11 @@
 %%% whole (`reverted') or not (`not_reverted'); the caller decides what
 %%% comes next (see {@link bc_gitops_runtime_default:upgrade/2}).
 %%%
-%%% An appup's `update' instructions each suspend, change and resume their
-%%% own processes, so a failure in a later one cannot convert back the
-%%% processes of an earlier one (they run again): the result is then
-%%% `not_reverted', and the caller restarts the app.
+%%% An appup's consecutive `update' instructions are done as one (see
+%%% group_updates/1); an `apply' or a load between two updates ends a
+%%% group, and a failure after it cannot convert back the processes of an
+%%% earlier group (they run again): the result is then `not_reverted', and
+%%% the caller restarts the app.
 -module(bc_gitops_hot).
 
 -export([upgrade/4, direction/2]).
@@ -138,7 +139,7 @@ follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
                                 || E <- Ebins, B <- filelib:wildcard(filename:join(E, "*.beam"))]),
         {Window, Procs, Deleted, _Done} =
             lists:foldl(fun(I, Acc) -> instruction(I, Acc, Top, Beams, AppVsn) end,
-                        {0, 0, [], []}, Instructions),
+                        {0, 0, [], []}, group_updates(Instructions)),
         OldModules = case application:get_key(App, modules) of
                          {ok, Ms} -> Ms;
                          undefined -> []
@@ -171,56 +172,86 @@ instruction({apply, {M, F, A}}, {_, _, _, Done} = Acc, _Top, _Beams, _Vsn) ->
     try apply(M, F, A) of
         _ -> Acc
     catch
-        Class:Reason -> throw({failed, {apply, {M, F, Class, Reason}}, undo(Done)})
+        Class:Reason -> give_up({apply, {M, F, Class, Reason}}, Done)
     end;
-instruction({update, M}, Acc, Top, Beams, Vsn) ->
-    update(M, soft, Acc, Top, Beams, Vsn);
-instruction({update, M, Change}, Acc, Top, Beams, Vsn)
-  when Change =:= soft; Change =:= supervisor; element(1, Change) =:= advanced ->
-    update(M, Change, Acc, Top, Beams, Vsn);
+instruction({updates, Updates}, Acc, Top, Beams, Vsn) ->
+    updates(Updates, Acc, Top, Beams, Vsn);
 instruction(Other, {_, _, _, Done}, _Top, _Beams, _Vsn) ->
-    throw({failed, {unsupported_appup_instruction, Other}, undo(Done)}).
+    give_up({unsupported_appup_instruction, Other}, Done).
 
 -spec load_step(module(), #{module() => file:filename()}, appup_acc()) -> appup_acc().
 load_step(M, Beams, {W, P, D, Done}) ->
     case Beams of
         #{M := Beam} -> {W, P, D, steps([{load, M, Beam}], Done)};
-        _ -> throw({failed, {load, {M, not_in_build}}, undo(Done)})
+        _ -> give_up({load, {M, not_in_build}}, Done)
     end.
 
-%% Suspends the processes running `M', loads it, resumes them. As with
-%% OTP's release handler, a `soft' change keeps their state as it is;
-%% `{advanced, Extra}' runs their code_change with `Extra', and
-%% `supervisor' the supervisor's own (its init/1 gives the new child specs).
--spec update(module(), soft | supervisor | {advanced, term()}, appup_acc(), pid() | undefined,
-             #{module() => file:filename()}, string()) -> appup_acc().
-update(M, Change, {W, P, D, Done}, Top, Beams, AppVsn) ->
-    Beam = case Beams of
-               #{M := B} -> B;
-               _ -> throw({failed, {load, {M, not_in_build}}, undo(Done)})
-           end,
-    OldVsn = old_vsn(M, AppVsn),
-    Procs = processes(Top, [M]),
+-type change() :: soft | supervisor | {advanced, term()}.
+
+%% Consecutive `update' instructions become one `{updates, [{M, Change}]}',
+%% done as OTP's release handler does them: every process of any of them
+%% suspended, all the modules loaded, the code changes run, all resumed.
+%% So a failure in the last can still convert the first back, and no
+%% process runs new code against another's old code in between.
+-spec group_updates([tuple()]) -> [tuple()].
+group_updates(Instructions) ->
+    lists:reverse(lists:foldl(fun group_update/2, [], Instructions)).
+
+-spec group_update(tuple(), [tuple()]) -> [tuple()].
+group_update({update, M}, Acc) ->
+    group_update({update, M, soft}, Acc);
+group_update({update, M, Change}, Acc)
+  when Change =:= soft; Change =:= supervisor;
+       tuple_size(Change) =:= 2, element(1, Change) =:= advanced ->
+    case Acc of
+        [{updates, Us} | Rest] -> [{updates, Us ++ [{M, Change}]} | Rest];
+        _ -> [{updates, [{M, Change}]} | Acc]
+    end;
+group_update(Instruction, Acc) ->
+    [Instruction | Acc].
+
+%% One group of updates. As with OTP's release handler, a `soft' change
+%% keeps the processes' state as it is; `{advanced, Extra}' runs their
+%% code_change with `Extra', and `supervisor' the supervisor's own (its
+%% init/1 gives the new child specs).
+-spec updates([{module(), change()}], appup_acc(), pid() | undefined,
+              #{module() => file:filename()}, string()) -> appup_acc().
+updates(Updates, {W, P, D, Done}, Top, Beams, AppVsn) ->
+    Loads = [case Beams of
+                 #{M := Beam} -> {load, M, Beam};
+                 _ -> give_up({load, {M, not_in_build}}, Done)
+             end || {M, _} <- Updates],
+    Moved = [{M, Change, old_vsn(M, AppVsn),
+              try processes(Top, [M]) catch throw:{Stage, Why} -> give_up({Stage, Why}, Done) end}
+             || {M, Change} <- Updates],
+    %% A process named by several updates is suspended once.
+    Procs = lists:ukeysort(1, lists:append([Ps || {_, _, _, Ps} <- Moved])),
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend_or_undo(Procs, Done),
-    Changes = case Change of
-                  soft -> [];
-                  supervisor -> [{change, Pid, M, OldVsn, []} || {Pid, _} <- Suspended];
-                  {advanced, Extra} -> [{change, Pid, M, OldVsn, Extra} || {Pid, _} <- Suspended]
-              end,
+    Changes = [{change, Pid, M, OldVsn, extra(Change)}
+               || {M, Change, OldVsn, Ps} <- Moved, Change =/= soft, {Pid, _} <- Ps],
     Done1 = try
-                changes(Changes, steps([{load, M, Beam}], Done))
+                changes(Changes, steps(Loads, Done))
             after
                 resume(Suspended)
             end,
     {W + erlang:monotonic_time(microsecond) - T0, P + length(Suspended), D, Done1}.
+
+%% Undoes what was done, and fails with `Why'.
+-spec give_up({atom(), term()}, [done()]) -> no_return().
+give_up(Why, Done) ->
+    throw({failed, Why, undo(Done)}).
+
+-spec extra(supervisor | {advanced, term()}) -> term().
+extra(supervisor) -> [];
+extra({advanced, Extra}) -> Extra.
 
 -spec suspend_or_undo([{pid(), [module()]}], [done()]) -> [{pid(), [module()]}].
 suspend_or_undo(Procs, Done) ->
     try
         suspend(Procs)
     catch
-        throw:{suspend, _} = Why -> throw({failed, Why, undo(Done)})
+        throw:{suspend, _} = Why -> give_up(Why, Done)
     end.
 
 -spec swap(atom(), [file:filename()], [{module(), file:filename()}],
@@ -317,7 +348,7 @@ steps([], Done) ->
 steps([Step | Rest], Done) ->
     case attempt(Step) of
         {ok, Did} -> steps(Rest, [Did | Done]);
-        {error, Why} -> throw({failed, Why, undo(Done)})
+        {error, Why} -> give_up(Why, Done)
     end.
 
 %% The code_change steps, one per process, all at once (see each/2): each

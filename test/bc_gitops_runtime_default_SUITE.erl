@@ -13,7 +13,7 @@
          crashing_code_change_reverts_converted/1, suspend_timeout_restarts/1,
          stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1,
          failed_restart_starts_old_version/1, revert_without_way_down_restarts/1,
-         gen_event_handlers_each_changed/1]).
+         gen_event_handlers_each_changed/1, appup_updates_are_one_step/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
@@ -24,7 +24,7 @@ all() ->
      hot_upgrade_of_a_tree, appup_is_followed, appup_updates_supervisor, crashing_code_change_keeps_v1,
      crashing_code_change_reverts_converted, suspend_timeout_restarts, stuck_old_code_restarts,
      on_load_module_restarts, failed_restart_starts_old_version, revert_without_way_down_restarts,
-     gen_event_handlers_each_changed,
+     gen_event_handlers_each_changed, appup_updates_are_one_step,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -536,6 +536,60 @@ revert_without_way_down_restarts(Config) ->
     ?assertEqual(0, rt_hot_server:state()),
     ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
     ?assertMatch({ok, #app_state{version = <<"1.0.0">>}}, bc_gitops:get_app_status(rt_hot)).
+
+%% Two `update' instructions in a row are done as one: when the second
+%% one's code_change crashes, the first one's processes are still
+%% suspended, so they are converted back and v1 carries on hot (same
+%% pids, same state).
+appup_updates_are_one_step(Config) ->
+    Repo = app_repo(Config, "rt_uu", make),
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_uu.app.src ebin/rt_uu.app\n"
+               "\tif [ -f src/rt_uu.appup ]; then cp src/rt_uu.appup ebin/; fi\n"),
+    W("rt_uu_sup.erl",
+      "-module(rt_uu_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => a, start => {rt_uu_a, start_link, []}},\n"
+      "                        #{id => b, start => {rt_uu_b, start_link, []}}]}}.\n"),
+    Server = fun(Mod, CodeChange) ->
+                     ["-module(", Mod, ").\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+                      "init([]) -> {ok, 1}.\n"
+                      "handle_call(get, _, S) -> {reply, S, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
+             end,
+    App = fun(Vsn) ->
+                  W("rt_uu.app.src", ["{application, rt_uu, [{vsn, \"", Vsn, "\"},\n"
+                                      " {mod, {rt_uu_sup, []}}, {modules, [rt_uu_sup, rt_uu_a, rt_uu_b]},\n"
+                                      " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
+          end,
+    W("rt_uu_a.erl", Server("rt_uu_a", "code_change(_, S, _) -> {ok, S}.\n")),
+    W("rt_uu_b.erl", Server("rt_uu_b", "code_change(_, S, _) -> {ok, S}.\n")),
+    App("1.0.0"),
+    _ = commit(Repo, "v1"),
+    spec(Config, "rt_uu", "1.0.0", Repo, "main", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pids = [whereis(rt_uu_a), whereis(rt_uu_b)],
+    W("rt_uu_a.erl", Server("rt_uu_a", "code_change({down, _}, {v2, S}, x) -> {ok, S};\n"
+                                       "code_change(_, S, x) -> {ok, {v2, S}}.\n")),
+    W("rt_uu_b.erl", Server("rt_uu_b", "code_change(_, _, x) -> erlang:error(boom).\n")),
+    W("rt_uu.appup", "{\"2.0.0\",\n"
+                     " [{\"1.0.0\", [{update, rt_uu_a, {advanced, x}},\n"
+                     "             {update, rt_uu_b, {advanced, x}}]}],\n"
+                     " [{\"1.0.0\", []}]}.\n"),
+    App("2.0.0"),
+    _ = commit(Repo, "v2: b's code_change crashes"),
+    spec(Config, "rt_uu", "2.0.0", Repo, "main", "#{}"),
+    ?assertMatch({error, {out_of_sync, _}}, bc_gitops:reconcile()),
+    ?assertEqual(Pids, [whereis(rt_uu_a), whereis(rt_uu_b)]),
+    ?assertEqual([1, 1], [gen_server:call(N, get) || N <- [rt_uu_a, rt_uu_b]]),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_uu, 1, application:which_applications())),
+    ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, _}}}, failure(rt_uu)).
 
 %% A gen_event manager with two handlers whose modules both change: the
 %% manager runs code_change for each handler module (it converts only the
