@@ -385,9 +385,11 @@ attempt(Step) ->
 step({load, M, Beam}) ->
     %% The old object code is read now: its build directory may be gone by
     %% the time it is needed again.
-    Old = case code:which(M) of
-              non_existing -> none;
-              File when is_list(File) ->
+    %% code:is_loaded/1, not code:which/1: with the new ebins on the path,
+    %% which/1 of a module not loaded yet finds the new beam.
+    Old = case code:is_loaded(M) of
+              false -> none;
+              {file, File} when is_list(File) ->
                   case file:read_file(File) of
                       {ok, Bin} -> {File, Bin};
                       {error, _} -> unrestorable

@@ -133,9 +133,11 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                    {_, #{specs := Old}} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
                    {_, undefined} -> #{}
                end,
-    Hold = #{failures => Failures0, repairs => maps:get(repairs, Ctx, #{}), held => [],
-             now => erlang:monotonic_time(millisecond), config => Config,
-             manual => maps:get(manual, Ctx, false), busy => busy(Current)},
+    %% A busy app holds its dependents too, whether or not it has an action.
+    Busy = busy(Current),
+    Hold = #{failures => Failures0, repairs => maps:get(repairs, Ctx, #{}),
+             held => maps:keys(Busy), now => erlang:monotonic_time(millisecond),
+             config => Config, manual => maps:get(manual, Ctx, false), busy => Busy},
     {Applied, Waiting, #{failures := Failures1, repairs := Repairs}} =
         apply_actions(Runtime, Actions, Hold, Previous),
     %% An app that has run for backoff_max since its last repair is

@@ -480,13 +480,15 @@ busy_app_is_left_alone(Config) ->
     ?assertEqual([{deploy, db, <<"1">>}], calls()),
     ok = bc_gitops_test_runtime:set_status(db, upgrading),
     spec(Origin, "db", "2", [], "#{}"),
-    _ = commit(Origin, "two"),
-    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {in_progress, upgrading}}]}}},
+    spec(Origin, "web", "1", ["db"], "#{}"),
+    _ = commit(Origin, "two, and web on top of it"),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {in_progress, upgrading}},
+                                                     {web, {dependency_not_ready, db}}]}}},
                  bc_gitops:reconcile()),
     ?assertEqual([], calls()),
     ok = bc_gitops_test_runtime:set_status(db, running),
     ok = bc_gitops:reconcile(),
-    ?assertEqual([{upgrade, db, <<"1">>, <<"2">>}], calls()).
+    ?assertEqual([{upgrade, db, <<"1">>, <<"2">>}, {deploy, web, <<"1">>}], calls()).
 
 %%% Helpers
 

@@ -91,10 +91,9 @@ crash_on_start_backs_off(Config) ->
     ct:pal("attempts at ~p ms", [relative(Attempts)]),
     ?assert(length(Attempts) >= 3 andalso length(Attempts) =< 5),
     backed_off(gaps(Attempts), 400),
-    {ok, #{app_errors := #{rt_nostart := #{attempts := N, retry_in_ms := Retry,
-                                           reason := {start_failed, _}}}}} = bc_gitops:status(),
-    ?assertEqual(length(Attempts), N),
-    ?assert(Retry > 0).
+    {ok, #{app_errors := #{rt_nostart := #{attempts := N, reason := {start_failed, _}}}}} =
+        bc_gitops:status(),
+    ?assertEqual(length(Attempts), N).
 
 %% An app that starts, then dies (its worker crashes twice, its supervisor
 %% gives up): each reconcile that finds it down restarts it, but the
@@ -117,10 +116,9 @@ app_that_keeps_dying_backs_off(Config) ->
     ?assert(length(Repairs) >= 3 andalso length(Repairs) =< 5),
     ?assert(length(Drifts) > length(Repairs)),
     backed_off(gaps(Repairs), 400),
-    {ok, #{repairs := #{rt_die := #{count := Count, reason := stopped, retry_in_ms := Retry}},
+    {ok, #{repairs := #{rt_die := #{count := Count, reason := stopped}},
            waiting := Waiting}} = bc_gitops:status(),
     ?assertEqual(length(Repairs), Count),
-    ?assert(Retry > 0),
     %% Held at the last reconcile, unless that one came right after a
     %% repair, while the app was still up.
     case Waiting of
@@ -166,13 +164,13 @@ wait_healthy(App, N) ->
         _ -> timer:sleep(100), wait_healthy(App, N - 1)
     end.
 
-%% The k-th gap is at least Base * 2^(k-1) (the delay counts from the end
-%% of each attempt, the gaps are measured between ends), so the gaps grow:
-%% the last is more than twice the first.
+%% The k-th gap is at least Base * 2^(k-1): the delay counts from the end
+%% of each attempt, and the gaps are measured between ends. (Without the
+%% backoff they would follow the 100 ms reconciles.)
 backed_off(Gaps, Base) ->
     _ = [?assert(Gap >= Base bsl (K - 1), {gap, K, Gap})
          || {K, Gap} <- lists:zip(lists:seq(1, length(Gaps)), Gaps)],
-    ?assert(lists:last(Gaps) > 2 * hd(Gaps), {gaps, Gaps}).
+    ok.
 
 %% Stops the timer's reconciles and waits for a running one to end, so
 %% that the events and the status describe the same moment.

@@ -292,6 +292,8 @@ crashing_code_change_keeps_v1(Config) ->
         ?assertEqual(2, rt_hot_server:state()),
         ?assertEqual(3, rt_hot_server:bump()),
         ?assertEqual(V1, rt_hot_server:module_info(md5)),
+        %% A module v1 had not loaded yet is not left at v2 either.
+        ?assertEqual(1, rt_hot_helper:vsn()),
         ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
         ?assertMatch({rolled_back, {hot_upgrade_failed, {code_change, {Pid, rt_hot_server, _}}}},
                      failure(rt_hot)),
@@ -302,8 +304,10 @@ crashing_code_change_keeps_v1(Config) ->
         after 1000 -> ct:fail(no_upgrade_event)
         end,
         %% The reconciler's own tick leaves the broken version alone.
+        {ok, #{last_reconcile := Before}} = bc_gitops:status(),
+        timer:sleep(5),
         bc_gitops_reconciler ! tick,
-        wait_reconciled(10000),
+        ok = ticked(Before, 200),
         receive {upgraded, Again} -> ct:fail({tried_again, Again})
         after 500 -> ok
         end,
@@ -759,7 +763,10 @@ counter_app(Repo, Vsn, Kind) ->
                                     "    {ok, #{count => N, version => 2}}.\n"
                      end]
            end,
-    W("rt_hot_server.erl", [Common, Body]).
+    W("rt_hot_server.erl", [Common, Body]),
+    %% A module nothing calls before the upgrade (so not loaded yet).
+    W("rt_hot_helper.erl", ["-module(rt_hot_helper).\n-export([vsn/0]).\nvsn() -> ",
+                            case Kind of v1 -> "1"; _ -> "2" end, ".\n"]).
 
 %% Count instances of one gen_server module under a supervisor, with
 %% states 1..Count. v2's code_change/3 crashes on the middle one, converts
@@ -887,6 +894,15 @@ start(Config, Extra) ->
                              local_path => filename:join(?config(dir, Config), "state"),
                              reconcile_interval => 3600000}, Extra)),
     wait_reconciled(20000).
+
+%% Waits for a reconcile that ends after `Before' (ms since the epoch).
+ticked(_Before, 0) ->
+    ct:fail(no_reconcile_after_tick);
+ticked(Before, N) ->
+    case bc_gitops:status() of
+        {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At > Before -> ok;
+        _ -> timer:sleep(50), ticked(Before, N - 1)
+    end.
 
 %% Why the app's last action failed, from status/0.
 failure(App) ->

@@ -283,13 +283,24 @@ fn unreachable_local_remote() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    let opts = options("file:///nonexistent/repo.git", &dir.path().join("c"));
+    let opts = options("file:///nonexistent/my%20repo.git", &dir.path().join("c"));
     match sync(&opts) {
         Err(GitError::Unreachable { message, .. }) => {
-            assert_eq!(message, "no such directory: /nonexistent/repo.git")
+            assert_eq!(message, "no such directory: /nonexistent/my repo.git")
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
+}
+
+#[test]
+fn percent_escaped_file_url_reaches_its_repository() {
+    support::isolate();
+    let up = Upstream::new();
+    let spaced = up.dir.path().join("my repo.git");
+    fs::rename(&up.bare, &spaced).unwrap();
+    let url = format!("file://{}", spaced.display()).replace(' ', "%20");
+    let dest = up.dir.path().join("checkout");
+    assert!(sync(&options(&url, &dest)).is_ok());
 }
 
 #[test]

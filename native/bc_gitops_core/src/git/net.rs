@@ -40,10 +40,16 @@ impl<'a> Network<'a> {
     ) -> Result<Self, GitError> {
         let remote = RemoteUrl::parse(url)?;
         // libgit2 reports a missing local path as "unsupported URL protocol".
-        // (A `file://host/...` form is left to libgit2.)
-        if let Some(dir) = remote.local_dir() {
-            let hosted = url.contains("://") && !dir.starts_with('/');
-            if !hosted && !Path::new(dir).exists() {
+        // (A `file://host/...` form is left to libgit2; a `file://` path is
+        // percent-decoded first, as libgit2 does.)
+        let is_url = url.contains("://");
+        let local = remote.local_dir().and_then(|dir| match is_url {
+            false => Some(dir.to_string()),
+            true if dir.starts_with('/') => percent_decode(dir),
+            true => None,
+        });
+        if let Some(dir) = local {
+            if !Path::new(&dir).exists() {
                 return Err(GitError::Unreachable {
                     url: redact_url(url),
                     message: format!("no such directory: {dir}"),
@@ -349,4 +355,23 @@ impl<'n, 'r> Session<'n, 'r> {
             self.net.redactor,
         )
     }
+}
+
+/// `%XX` escapes decoded, as in a `file://` URL's path; `None` when an
+/// escape is malformed or the result is not UTF-8.
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
