@@ -97,28 +97,52 @@ derived(App, Top, Ebins, OldVsn) ->
 
 %%% Appups
 
-%% The instructions of the new version's .appup for going from (up) or to
-%% (down) the running version, when it ships one with such an entry.
+%% The appup instructions for this move, when there are any. Up: the new
+%% version's .appup, its entry for the running version. Down, as OTP does
+%% it: the running (newer) version's .appup, its down entry for the
+%% version being returned to.
 -spec appup_instructions(atom(), [file:filename()], up | down, string()) ->
     {ok, [tuple()]} | none.
-appup_instructions(App, Ebins, Direction, OldVsn) ->
-    Files = [F || E <- Ebins, F <- [filename:join(E, atom_to_list(App) ++ ".appup")],
-                  filelib:is_regular(F)],
-    case Files of
-        [File | _] ->
-            case file:consult(File) of
-                {ok, [{_NewVsn, Ups, Downs}]} ->
-                    Entries = case Direction of up -> Ups; down -> Downs end,
-                    case [Is || {Vsn, Is} <- Entries, vsn_matches(Vsn, OldVsn)] of
-                        [Instructions | _] -> {ok, Instructions};
-                        [] -> none
-                    end;
+appup_instructions(App, Ebins, up, RunningVsn) ->
+    entry(in_dirs(App, ".appup", Ebins), up, RunningVsn);
+appup_instructions(App, Ebins, down, _RunningVsn) ->
+    %% The running version's ebin is the one on the code path now: the
+    %% older build's ebins are not added before the instructions are read.
+    Running = case code:where_is_file(atom_to_list(App) ++ ".appup") of
+                  non_existing -> [];
+                  File -> [File]
+              end,
+    case in_dirs(App, ".app", Ebins) of
+        [AppFile | _] ->
+            case file:consult(AppFile) of
+                {ok, [{application, App, Keys}]} ->
+                    entry(Running, down, proplists:get_value(vsn, Keys, ""));
                 _ ->
                     none
             end;
         [] ->
             none
     end.
+
+-spec in_dirs(atom(), string(), [file:filename()]) -> [file:filename()].
+in_dirs(App, Ext, Dirs) ->
+    [F || D <- Dirs, F <- [filename:join(D, atom_to_list(App) ++ Ext)], filelib:is_regular(F)].
+
+%% The instructions of the first matching entry of the first .appup file.
+-spec entry([file:filename()], up | down, string()) -> {ok, [tuple()]} | none.
+entry([File | _], Direction, Vsn) ->
+    case file:consult(File) of
+        {ok, [{_Vsn, Ups, Downs}]} ->
+            Entries = case Direction of up -> Ups; down -> Downs end,
+            case [Is || {V, Is} <- Entries, vsn_matches(V, Vsn)] of
+                [Instructions | _] -> {ok, Instructions};
+                [] -> none
+            end;
+        _ ->
+            none
+    end;
+entry([], _Direction, _Vsn) ->
+    none.
 
 %% An appup version is a string, or a binary holding a regular expression.
 -spec vsn_matches(string() | binary(), string()) -> boolean().
@@ -132,13 +156,13 @@ vsn_matches(Re, OldVsn) when is_binary(Re) ->
 %% the caller restarts the app.
 -spec follow_appup(atom(), pid() | undefined, [file:filename()], [tuple()],
                    {up | down, string()}) -> {ok, info()} | failure().
-follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
+follow_appup(App, Top, Ebins, Instructions, OldVsn) ->
     try
         ok = code:add_pathsa(Ebins),
         Beams = maps:from_list([{list_to_atom(filename:basename(B, ".beam")), B}
                                 || E <- Ebins, B <- filelib:wildcard(filename:join(E, "*.beam"))]),
         {Window, Procs, Deleted, _Done} =
-            lists:foldl(fun(I, Acc) -> instruction(I, Acc, Top, Beams, AppVsn) end,
+            lists:foldl(fun(I, Acc) -> instruction(I, Acc, Top, Beams, OldVsn) end,
                         {0, 0, [], []}, group_updates(Instructions)),
         OldModules = case application:get_key(App, modules) of
                          {ok, Ms} -> Ms;
@@ -160,7 +184,7 @@ follow_appup(App, Top, Ebins, Instructions, {_Direction, AppVsn}) ->
 -type appup_acc() :: {integer(), integer(), [module()], [done()]}.
 
 -spec instruction(tuple(), appup_acc(), pid() | undefined,
-                  #{module() => file:filename()}, string()) -> appup_acc().
+                  #{module() => file:filename()}, {up | down, string()}) -> appup_acc().
 instruction({load_module, M}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
 instruction({load_module, M, _Deps}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
 instruction({add_module, M}, Acc, _Top, Beams, _Vsn) -> load_step(M, Beams, Acc);
@@ -215,13 +239,22 @@ group_update(Instruction, Acc) ->
 %% code_change with `Extra', and `supervisor' the supervisor's own (its
 %% init/1 gives the new child specs).
 -spec updates([{module(), change()}], appup_acc(), pid() | undefined,
-              #{module() => file:filename()}, string()) -> appup_acc().
-updates(Updates, {W, P, D, Done}, Top, Beams, AppVsn) ->
+              #{module() => file:filename()}, {up | down, string()}) -> appup_acc().
+updates(Updates, {W, P, D, Done}, Top, Beams, {Direction, AppVsn}) ->
     Loads = [case Beams of
                  #{M := Beam} -> {load, M, Beam};
                  _ -> give_up({load, {M, not_in_build}}, Done)
              end || {M, _} <- Updates],
-    Moved = [{M, Change, old_vsn(M, AppVsn),
+    %% Up: code_change(OldVsn) in the new code. Down, as the release handler
+    %% does it: code_change({down, Vsn}) in the running, newer code, with
+    %% the vsn of the module about to be loaded.
+    Vsn = fun(M) ->
+                  case Direction of
+                      up -> old_vsn(M, AppVsn);
+                      down -> {down, beam_vsn(maps:get(M, Beams), AppVsn)}
+                  end
+          end,
+    Moved = [{M, Change, Vsn(M),
               try processes(Top, [M]) catch throw:{Stage, Why} -> give_up({Stage, Why}, Done) end}
              || {M, Change} <- Updates],
     %% A process named by several updates is suspended once.
@@ -229,9 +262,17 @@ updates(Updates, {W, P, D, Done}, Top, Beams, AppVsn) ->
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend_or_undo(Procs, Done),
     Changes = [{change, Pid, M, OldVsn, extra(Change)}
-               || {M, Change, OldVsn, Ps} <- Moved, Change =/= soft, {Pid, _} <- Ps],
+               || {M, Change, OldVsn, Ps} <- Moved, Change =/= soft, Change =/= supervisor,
+                  {Pid, _} <- Ps],
+    %% A supervisor's code_change reads the child specs of the init/1 loaded
+    %% at the time: it runs once the modules are loaded, either way.
+    Sups = [{change, Pid, M, OldVsn, []}
+            || {M, supervisor, OldVsn, Ps} <- Moved, {Pid, _} <- Ps],
     Done1 = try
-                changes(Changes, steps(Loads, Done))
+                case Direction of
+                    up -> changes(Changes ++ Sups, steps(Loads, Done));
+                    down -> changes(Sups, steps(Loads, changes(Changes, Done)))
+                end
             after
                 resume(Suspended)
             end,
@@ -242,8 +283,7 @@ updates(Updates, {W, P, D, Done}, Top, Beams, AppVsn) ->
 give_up(Why, Done) ->
     throw({failed, Why, undo(Done)}).
 
--spec extra(supervisor | {advanced, term()}) -> term().
-extra(supervisor) -> [];
+-spec extra({advanced, term()}) -> term().
 extra({advanced, Extra}) -> Extra.
 
 -spec suspend_or_undo([{pid(), [module()]}], [done()]) -> [{pid(), [module()]}].

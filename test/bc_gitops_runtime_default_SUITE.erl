@@ -13,7 +13,8 @@
          crashing_code_change_reverts_converted/1, suspend_timeout_restarts/1,
          stuck_old_code_restarts/1, appup_updates_supervisor/1, on_load_module_restarts/1,
          failed_restart_starts_old_version/1, revert_without_way_down_restarts/1,
-         gen_event_handlers_each_changed/1, appup_updates_are_one_step/1]).
+         gen_event_handlers_each_changed/1, appup_updates_are_one_step/1,
+         appup_downgrade/1]).
 -export([rebar3_app_lifecycle/1, makefile_app/1, mix_app/1, app_with_git_dependency/1,
          failed_build_output/1, hung_build_is_killed/1, restart_uses_existing_build/1]).
 
@@ -24,7 +25,7 @@ all() ->
      hot_upgrade_of_a_tree, appup_is_followed, appup_updates_supervisor, crashing_code_change_keeps_v1,
      crashing_code_change_reverts_converted, suspend_timeout_restarts, stuck_old_code_restarts,
      on_load_module_restarts, failed_restart_starts_old_version, revert_without_way_down_restarts,
-     gen_event_handlers_each_changed, appup_updates_are_one_step,
+     gen_event_handlers_each_changed, appup_updates_are_one_step, appup_downgrade,
      rebar3_app_lifecycle, makefile_app, mix_app, app_with_git_dependency, failed_build_output,
      hung_build_is_killed, restart_uses_existing_build].
 
@@ -540,6 +541,61 @@ revert_without_way_down_restarts(Config) ->
     ?assertEqual(0, rt_hot_server:state()),
     ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_hot, 1, application:which_applications())),
     ?assertMatch({ok, #app_state{version = <<"1.0.0">>}}, bc_gitops:get_app_status(rt_hot)).
+
+%% A revert from 2.0.0 to 1.0.0 follows the down entry of the running
+%% 2.0.0's .appup (as OTP does): code_change({down, _}, State, to_v1) runs
+%% in the 2.0.0 code, then 1.0.0 is loaded; same pid, state handed back.
+appup_downgrade(Config) ->
+    Repo = app_repo(Config, "rt_dn", make),
+    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
+    write_file(filename:join(Repo, "Makefile"),
+               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+               "\tcp src/rt_dn.app.src ebin/rt_dn.app\n"
+               "\tif [ -f src/rt_dn.appup ]; then cp src/rt_dn.appup ebin/; fi\n"),
+    W("rt_dn_sup.erl",
+      "-module(rt_dn_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+      "-export([start/2, stop/1, init/1]).\n"
+      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
+      "init([]) -> {ok, {#{}, [#{id => s, start => {rt_dn_srv, start_link, []}}]}}.\n"),
+    Server = fun(CodeChange) ->
+                     ["-module(rt_dn_srv).\n-behaviour(gen_server).\n"
+                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+                      "init([]) -> {ok, 7}.\n"
+                      "handle_call(get, _, S) -> {reply, S, S}.\n"
+                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
+             end,
+    App = fun(Vsn) ->
+                  W("rt_dn.app.src", ["{application, rt_dn, [{vsn, \"", Vsn, "\"},\n"
+                                      " {mod, {rt_dn_sup, []}}, {modules, [rt_dn_sup, rt_dn_srv]},\n"
+                                      " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
+          end,
+    W("rt_dn_srv.erl", Server("code_change(_, S, _) -> {ok, S}.\n")),
+    App("1.0.0"),
+    _ = commit(Repo, "v1"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
+    %% Without the appup's Extra (a derived downgrade passes []), 2.0.0's
+    %% code_change({down, _}, ...) has no clause: only the appup works.
+    W("rt_dn_srv.erl", Server("code_change({down, _}, {v2, N}, to_v1) -> {ok, N};\n"
+                              "code_change(_, N, to_v2) -> {ok, {v2, N}}.\n")),
+    W("rt_dn.appup", "{\"2.0.0\",\n"
+                     " [{\"1.0.0\", [{update, rt_dn_srv, {advanced, to_v2}}]}],\n"
+                     " [{\"1.0.0\", [{update, rt_dn_srv, {advanced, to_v1}}]}]}.\n"),
+    App("2.0.0"),
+    _ = commit(Repo, "v2 with an appup both ways"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
+    spec(Config, "rt_dn", "1.0.0", Repo, "v1.0.0", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_dn_srv),
+    spec(Config, "rt_dn", "2.0.0", Repo, "v2.0.0", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({v2, 7}, gen_server:call(rt_dn_srv, get)),
+    spec(Config, "rt_dn", "1.0.0", Repo, "v1.0.0", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pid, whereis(rt_dn_srv)),
+    ?assertEqual(7, gen_server:call(rt_dn_srv, get)),
+    ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_dn, 1, application:which_applications())).
 
 %% Two `update' instructions in a row are done as one: when the second
 %% one's code_change crashes, the first one's processes are still
