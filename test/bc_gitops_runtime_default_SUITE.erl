@@ -250,24 +250,7 @@ appup_is_followed(Config) ->
 %% code's code_change({down, Vsn}, ...) hands the state back as an integer
 %% before the older code is loaded, as OTP's release handler does it.
 hot_downgrade_by_git_revert(Config) ->
-    Gitops = ?config(gitops, Config),
-    Repo = app_repo(Config, "rt_hot", make),
-    counter_app(Repo, "1.0.0", v1),
-    _ = commit(Repo, "v1"),
-    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
-    counter_app(Repo, "2.0.0", v2),
-    _ = commit(Repo, "v2"),
-    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
-    spec(Config, "rt_hot", "1.0.0", Repo, "v1.0.0", "#{}"),
-    start(Config, #{}),
-    ok = bc_gitops:reconcile(),
-    Pid = whereis(rt_hot_server),
-    [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
-    spec(Config, "rt_hot", "2.0.0", Repo, "v2.0.0", "#{}"),
-    ok = bc_gitops:reconcile(),
-    ?assertEqual(#{count => 2, version => 2}, rt_hot_server:state()),
-    _ = bc_gitops_test_util:git(Gitops, ["-c", "user.name=t", "-c", "user.email=t@t",
-                                         "revert", "--no-edit", "HEAD"]),
+    Pid = counter_up_then_revert(Config, v2),
     ok = bc_gitops:reconcile(),
     ?assertEqual(Pid, whereis(rt_hot_server)),
     ?assertEqual(2, rt_hot_server:state()),
@@ -517,25 +500,7 @@ failed_restart_starts_old_version(Config) ->
 %% the way down the older version is what must run, so the app restarts
 %% at 1.0.0 (it is not kept at 2.0.0, as a failed upgrade keeps 1.0.0).
 revert_without_way_down_restarts(Config) ->
-    Gitops = ?config(gitops, Config),
-    Repo = app_repo(Config, "rt_hot", make),
-    counter_app(Repo, "1.0.0", v1),
-    _ = commit(Repo, "v1"),
-    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
-    counter_app(Repo, "2.0.0", up_only),
-    _ = commit(Repo, "v2, no way down"),
-    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
-    spec(Config, "rt_hot", "1.0.0", Repo, "v1.0.0", "#{}"),
-    start(Config, #{}),
-    ok = bc_gitops:reconcile(),
-    Pid = whereis(rt_hot_server),
-    [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
-    spec(Config, "rt_hot", "2.0.0", Repo, "v2.0.0", "#{}"),
-    ok = bc_gitops:reconcile(),
-    ?assertEqual(Pid, whereis(rt_hot_server)),
-    ?assertEqual(#{count => 2, version => 2}, rt_hot_server:state()),
-    _ = bc_gitops_test_util:git(Gitops, ["-c", "user.name=t", "-c", "user.email=t@t",
-                                         "revert", "--no-edit", "HEAD"]),
+    Pid = counter_up_then_revert(Config, up_only),
     ok = bc_gitops:reconcile(),
     ?assertNotEqual(Pid, whereis(rt_hot_server)),
     ?assertEqual(0, rt_hot_server:state()),
@@ -699,6 +664,31 @@ gen_event_handlers_each_changed(Config) ->
     ?assertEqual(Manager, whereis(rt_ev)),
     ?assertEqual({v2, rt_ev_h1}, gen_event:call(rt_ev, rt_ev_h1, get)),
     ?assertEqual({v2, rt_ev_h2}, gen_event:call(rt_ev, rt_ev_h2, get)).
+
+%% The counter app deployed at 1.0.0 (tag v1.0.0), bumped twice, upgraded
+%% hot to 2.0.0 of `Kind' (tag v2.0.0), then the spec commit reverted (not
+%% reconciled yet). Returns the server's pid from 1.0.0.
+counter_up_then_revert(Config, Kind) ->
+    Repo = app_repo(Config, "rt_hot", make),
+    counter_app(Repo, "1.0.0", v1),
+    _ = commit(Repo, "v1"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v1.0.0"]),
+    counter_app(Repo, "2.0.0", Kind),
+    _ = commit(Repo, "v2"),
+    _ = bc_gitops_test_util:git(Repo, ["tag", "v2.0.0"]),
+    spec(Config, "rt_hot", "1.0.0", Repo, "v1.0.0", "#{}"),
+    start(Config, #{}),
+    ok = bc_gitops:reconcile(),
+    Pid = whereis(rt_hot_server),
+    [1, 2] = [rt_hot_server:bump() || _ <- lists:seq(1, 2)],
+    spec(Config, "rt_hot", "2.0.0", Repo, "v2.0.0", "#{}"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Pid, whereis(rt_hot_server)),
+    ?assertEqual(#{count => 2, version => 2}, rt_hot_server:state()),
+    _ = bc_gitops_test_util:git(?config(gitops, Config),
+                                ["-c", "user.name=t", "-c", "user.email=t@t",
+                                 "revert", "--no-edit", "HEAD"]),
+    Pid.
 
 %% The counter app at 1.0.0, deployed from git through a spec: its repo
 %% and its server's pid.
