@@ -195,32 +195,12 @@ hot_upgrade_of_a_tree(Config) ->
 %% Extra of {advanced, Extra} reaching code_change/3.
 appup_is_followed(Config) ->
     Repo = app_repo(Config, "rt_up", make),
-    Server = fun(CodeChange) ->
-                     ["-module(rt_up_server).\n-behaviour(gen_server).\n"
-                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
-                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-                      "init([]) -> {ok, 7}.\n"
-                      "handle_call(get, _, S) -> {reply, S, S}.\n"
-                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
-             end,
-    App = fun(Vsn, Extra) ->
-                  write_file(filename:join([Repo, "src", "rt_up.app.src"]),
-                             ["{application, rt_up, [{vsn, \"", Vsn, "\"}, {mod, {rt_up_sup, []}},\n"
-                              " {modules, [rt_up_sup, rt_up_server", Extra, "]},\n"
-                              " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
-          end,
-    write_file(filename:join(Repo, "Makefile"),
-               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
-               "\tcp src/rt_up.app.src ebin/rt_up.app\n"
-               "\tif [ -f src/rt_up.appup ]; then cp src/rt_up.appup ebin/; fi\n"),
-    write_file(filename:join([Repo, "src", "rt_up_sup.erl"]),
-               "-module(rt_up_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
-               "-export([start/2, stop/1, init/1]).\n"
-               "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
-               "init([]) -> {ok, {#{}, [#{id => s, start => {rt_up_server, start_link, []}}]}}.\n"),
+    Server = fun(CodeChange) -> server_src("rt_up_server", "7", CodeChange) end,
+    App = fun(Vsn, Extra) -> app_src(Repo, "rt_up", Vsn, ["rt_up_sup", "rt_up_server" | Extra]) end,
+    appup_app(Repo, "rt_up", "#{id => s, start => {rt_up_server, start_link, []}}"),
     write_file(filename:join([Repo, "src", "rt_up_server.erl"]),
                Server("code_change(_, S, _) -> {ok, S}.\n")),
-    App("1.0.0", ""),
+    App("1.0.0", []),
     _ = commit(Repo, "v1"),
     spec(Config, "rt_up", "1.0.0", Repo, "main", "#{}"),
     start(Config, #{}),
@@ -236,7 +216,7 @@ appup_is_followed(Config) ->
                "             {update, rt_up_server, {advanced, to_v2}},\n"
                "             {apply, {persistent_term, put, [rt_up_applied, true]}}]}],\n"
                " [{\"1.0.0\", []}]}.\n"),
-    App("2.0.0", ", rt_up_extra"),
+    App("2.0.0", ["rt_up_extra"]),
     _ = commit(Repo, "v2 with an appup"),
     spec(Config, "rt_up", "2.0.0", Repo, "main", "#{}"),
     ok = bc_gitops:reconcile(),
@@ -513,28 +493,9 @@ revert_without_way_down_restarts(Config) ->
 appup_downgrade(Config) ->
     Repo = app_repo(Config, "rt_dn", make),
     W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
-    write_file(filename:join(Repo, "Makefile"),
-               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
-               "\tcp src/rt_dn.app.src ebin/rt_dn.app\n"
-               "\tif [ -f src/rt_dn.appup ]; then cp src/rt_dn.appup ebin/; fi\n"),
-    W("rt_dn_sup.erl",
-      "-module(rt_dn_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
-      "-export([start/2, stop/1, init/1]).\n"
-      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
-      "init([]) -> {ok, {#{}, [#{id => s, start => {rt_dn_srv, start_link, []}}]}}.\n"),
-    Server = fun(CodeChange) ->
-                     ["-module(rt_dn_srv).\n-behaviour(gen_server).\n"
-                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
-                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-                      "init([]) -> {ok, 7}.\n"
-                      "handle_call(get, _, S) -> {reply, S, S}.\n"
-                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
-             end,
-    App = fun(Vsn) ->
-                  W("rt_dn.app.src", ["{application, rt_dn, [{vsn, \"", Vsn, "\"},\n"
-                                      " {mod, {rt_dn_sup, []}}, {modules, [rt_dn_sup, rt_dn_srv]},\n"
-                                      " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
-          end,
+    appup_app(Repo, "rt_dn", "#{id => s, start => {rt_dn_srv, start_link, []}}"),
+    Server = fun(CodeChange) -> server_src("rt_dn_srv", "7", CodeChange) end,
+    App = fun(Vsn) -> app_src(Repo, "rt_dn", Vsn, ["rt_dn_sup", "rt_dn_srv"]) end,
     W("rt_dn_srv.erl", Server("code_change(_, S, _) -> {ok, S}.\n")),
     App("1.0.0"),
     _ = commit(Repo, "v1"),
@@ -569,29 +530,10 @@ appup_downgrade(Config) ->
 appup_updates_are_one_step(Config) ->
     Repo = app_repo(Config, "rt_uu", make),
     W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
-    write_file(filename:join(Repo, "Makefile"),
-               "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
-               "\tcp src/rt_uu.app.src ebin/rt_uu.app\n"
-               "\tif [ -f src/rt_uu.appup ]; then cp src/rt_uu.appup ebin/; fi\n"),
-    W("rt_uu_sup.erl",
-      "-module(rt_uu_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
-      "-export([start/2, stop/1, init/1]).\n"
-      "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\nstop(_) -> ok.\n"
-      "init([]) -> {ok, {#{}, [#{id => a, start => {rt_uu_a, start_link, []}},\n"
-      "                        #{id => b, start => {rt_uu_b, start_link, []}}]}}.\n"),
-    Server = fun(Mod, CodeChange) ->
-                     ["-module(", Mod, ").\n-behaviour(gen_server).\n"
-                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
-                      "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-                      "init([]) -> {ok, 1}.\n"
-                      "handle_call(get, _, S) -> {reply, S, S}.\n"
-                      "handle_cast(_, S) -> {noreply, S}.\n", CodeChange]
-             end,
-    App = fun(Vsn) ->
-                  W("rt_uu.app.src", ["{application, rt_uu, [{vsn, \"", Vsn, "\"},\n"
-                                      " {mod, {rt_uu_sup, []}}, {modules, [rt_uu_sup, rt_uu_a, rt_uu_b]},\n"
-                                      " {applications, [kernel, stdlib]}, {env, []}]}.\n"])
-          end,
+    appup_app(Repo, "rt_uu", "#{id => a, start => {rt_uu_a, start_link, []}},\n"
+                             "#{id => b, start => {rt_uu_b, start_link, []}}"),
+    Server = fun(Mod, CodeChange) -> server_src(Mod, "1", CodeChange) end,
+    App = fun(Vsn) -> app_src(Repo, "rt_uu", Vsn, ["rt_uu_sup", "rt_uu_a", "rt_uu_b"]) end,
     W("rt_uu_a.erl", Server("rt_uu_a", "code_change(_, S, _) -> {ok, S}.\n")),
     W("rt_uu_b.erl", Server("rt_uu_b", "code_change(_, S, _) -> {ok, S}.\n")),
     App("1.0.0"),
@@ -664,6 +606,38 @@ gen_event_handlers_each_changed(Config) ->
     ?assertEqual(Manager, whereis(rt_ev)),
     ?assertEqual({v2, rt_ev_h1}, gen_event:call(rt_ev, rt_ev_h1, get)),
     ?assertEqual({v2, rt_ev_h2}, gen_event:call(rt_ev, rt_ev_h2, get)).
+
+%% An app built by make (an .appup in src/ goes to ebin/ too) whose
+%% `<App>_sup' is its application callback and top supervisor, with the
+%% child specs `Children' (text).
+appup_app(Repo, App, Children) ->
+    write_file(filename:join(Repo, "Makefile"),
+               ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+                "\tcp src/", App, ".app.src ebin/", App, ".app\n"
+                "\tif [ -f src/", App, ".appup ]; then cp src/", App, ".appup ebin/; fi\n"]),
+    write_file(filename:join([Repo, "src", App ++ "_sup.erl"]),
+               ["-module(", App, "_sup).\n-behaviour(application).\n-behaviour(supervisor).\n"
+                "-export([start/2, stop/1, init/1]).\n"
+                "start(_, _) -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).\n"
+                "stop(_) -> ok.\n"
+                "init([]) -> {ok, {#{}, [", Children, "]}}.\n"]).
+
+%% The .app.src of `App' at `Vsn', started by `<App>_sup'.
+app_src(Repo, App, Vsn, Modules) ->
+    write_file(filename:join([Repo, "src", App ++ ".app.src"]),
+               ["{application, ", App, ", [{vsn, \"", Vsn, "\"}, {mod, {", App, "_sup, []}},\n"
+                " {modules, [", lists:join(", ", Modules), "]},\n"
+                " {applications, [kernel, stdlib]}, {env, []}]}.\n"]).
+
+%% A registered gen_server `Mod' whose state starts as `Init' (text) and
+%% answers `get' with it.
+server_src(Mod, Init, CodeChange) ->
+    ["-module(", Mod, ").\n-behaviour(gen_server).\n"
+     "-export([start_link/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+     "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+     "init([]) -> {ok, ", Init, "}.\n"
+     "handle_call(get, _, S) -> {reply, S, S}.\n"
+     "handle_cast(_, S) -> {noreply, S}.\n", CodeChange].
 
 %% The counter app deployed at 1.0.0 (tag v1.0.0), bumped twice, upgraded
 %% hot to 2.0.0 of `Kind' (tag v2.0.0), then the spec commit reverted (not
