@@ -69,15 +69,18 @@ pub fn parse_terms_bytes(bytes: &[u8]) -> Result<Vec<Spanned>> {
     }
     match std::str::from_utf8(bytes) {
         Ok(src) => parse_chars(src.chars().collect()),
-        Err(e) => {
-            let valid = &bytes[..e.valid_up_to()];
-            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-            Err(ParseError::new(
-                u32::try_from(line).unwrap_or(u32::MAX),
-                "the file is not valid UTF-8 (a `%% coding: latin-1` comment in its first two lines would make it Latin-1)",
-            ))
-        }
+        Err(e) => Err(ParseError::new(
+            utf8_error_line(bytes, &e),
+            "the file is not valid UTF-8 (a `%% coding: latin-1` comment in its first two lines would make it Latin-1)",
+        )),
     }
+}
+
+/// The 1-based line of `bytes` on which its invalid UTF-8 starts.
+pub(crate) fn utf8_error_line(bytes: &[u8], e: &std::str::Utf8Error) -> u32 {
+    let valid = &bytes[..e.valid_up_to()];
+    let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+    u32::try_from(line).unwrap_or(u32::MAX)
 }
 
 fn parse_chars(chars: Vec<char>) -> Result<Vec<Spanned>> {

@@ -3,7 +3,7 @@
 use super::json::parse_json;
 use super::model::*;
 use super::validate::{Format, Validator};
-use crate::term_parse::parse_terms_bytes;
+use crate::term_parse::{parse_terms_bytes, utf8_error_line};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -319,13 +319,11 @@ fn read_root(
     let src = match String::from_utf8(bytes) {
         Ok(src) => src,
         Err(e) => {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-            let line = u32::try_from(line).ok();
+            let line = utf8_error_line(e.as_bytes(), &e.utf8_error());
             whole_file(
                 v,
                 ErrorKind::Syntax,
-                line,
+                Some(line),
                 "the file is not valid UTF-8".to_string(),
             );
             return None;
