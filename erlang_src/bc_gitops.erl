@@ -93,7 +93,7 @@ get_current_state() ->
     case bc_gitops_reconciler:config() of
         {ok, #{runtime_module := Runtime}} ->
             try {ok, maps:map(fun(_, S) -> S#app_state{health = bc_gitops_reconciler:health(S)} end,
-                              bc_gitops_reconcile:current_state(Runtime))}
+                              bc_gitops_pass:current_state(Runtime))}
             catch throw:{step_failed, Why} -> {error, Why}
             end;
         Error ->

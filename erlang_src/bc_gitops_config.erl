@@ -19,6 +19,7 @@
     apps_dir := binary(),
     reconcile_interval := pos_integer(),
     runtime_module := module(),
+    clock := module(),
     git_timeout := pos_integer(),
     backoff_base := pos_integer(),
     backoff_max := pos_integer(),
@@ -51,6 +52,7 @@ defaults() ->
       apps_dir => <<"apps">>,
       reconcile_interval => 60000,
       runtime_module => bc_gitops_runtime_default,
+      clock => bc_gitops_clock,
       git_timeout => 60000,
       backoff_base => 10000,
       backoff_max => 600000,
@@ -75,7 +77,9 @@ from_map(Map) when is_map(Map) ->
         %% An idle reconciler (no repo) never calls its runtime, so a
         %% runtime that is not there yet need not stop the boot.
         _ = maps:get(repo_url, Config) =:= undefined
-            orelse check_runtime(maps:get(runtime_module, Config)),
+            orelse check_module(runtime_module, maps:get(runtime_module, Config),
+                                bc_gitops_runtime:callbacks()),
+        _ = check_module(clock, maps:get(clock, Config), bc_gitops_clock:callbacks()),
         {ok, Config}
     catch
         throw:{bad_config, _, _} = Bad -> {error, Bad}
@@ -92,8 +96,8 @@ check(repo_url, V) -> non_empty_text(repo_url, V);
 check(local_path, V) -> filename:absname(unicode:characters_to_list(non_empty_text(local_path, V)));
 check(branch, V) -> non_empty_text(branch, V);
 check(apps_dir, V) -> non_empty_text(apps_dir, V);
-check(runtime_module, V) when is_atom(V) -> V;
-check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)");
+check(K, V) when (K =:= runtime_module orelse K =:= clock), is_atom(V) -> V;
+check(K, _) when K =:= runtime_module; K =:= clock -> bad(K, "must be a module name (an atom)");
 check(K, V) when (K =:= ssh_verify_host orelse K =:= self_heal), is_boolean(V) -> V;
 check(K, _) when K =:= ssh_verify_host; K =:= self_heal -> bad(K, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
@@ -104,16 +108,17 @@ check(K, V) ->
     true = lists:member(K, ?OPTIONAL_TEXT),
     non_empty_text(K, V).
 
--spec check_runtime(module()) -> true.
-check_runtime(Module) ->
+%% The module of option `Key' loads and exports every callback.
+-spec check_module(atom(), module(), [{atom(), arity()}]) -> true.
+check_module(Key, Module, Callbacks) ->
     case code:ensure_loaded(Module) of
         {module, Module} ->
-            Missing = [F || {Name, Arity} = F <- bc_gitops_runtime:callbacks(),
+            Missing = [F || {Name, Arity} = F <- Callbacks,
                             not erlang:function_exported(Module, Name, Arity)],
             Missing =:= [] orelse
-                bad(runtime_module, io_lib:format("~p does not export ~p", [Module, Missing]));
+                bad(Key, io_lib:format("~p does not export ~p", [Module, Missing]));
         {error, Why} ->
-            bad(runtime_module, io_lib:format("module ~p cannot be loaded: ~p", [Module, Why]))
+            bad(Key, io_lib:format("module ~p cannot be loaded: ~p", [Module, Why]))
     end.
 
 -spec non_empty_text(atom(), term()) -> binary().
