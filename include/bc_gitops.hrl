@@ -42,7 +42,13 @@
     source :: #source_spec{},
     env = #{} :: #{atom() => term()},
     health :: #health_spec{} | undefined,
-    depends_on = [] :: [atom()]
+    depends_on = [] :: [atom()],
+    %% Cluster mode: the members it runs on: all, or those whose node name
+    %% matches one of the patterns (`*' matches any run of characters).
+    placement = all :: all | [binary()],
+    %% Cluster mode: batches of at most max_parallel members (the cluster's
+    %% default), and a pause in ms after each batch (0).
+    rollout :: #{max_parallel => pos_integer(), pause => non_neg_integer()} | undefined
 }).
 
 %% One application as it is on this node.

@@ -19,7 +19,7 @@ const SPEC_VERSION: usize = 2;
 const SPEC_ENV: usize = 5;
 const SPEC_DEPENDS_ON: usize = 7;
 /// Field counts (tuple size minus the tag).
-const SPEC_ARITY: usize = 7;
+const SPEC_ARITY: usize = 9;
 const STATE_NAME: usize = 1;
 const STATE_VERSION: usize = 2;
 const STATE_STATUS: usize = 3;

@@ -5,7 +5,8 @@
 
 use crate::encode::{atom, atoms, opt_text, term, text};
 use bc_gitops_core::spec::{
-    AppSpec, BuildTool, Diagnostic, HealthSpec, HealthType, SourceSpec, SourceType,
+    AppSpec, BuildTool, Diagnostic, HealthSpec, HealthType, Placement, Rollout, SourceSpec,
+    SourceType,
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, Term};
@@ -34,8 +35,36 @@ pub fn app_spec<'a>(env: Env<'a>, spec: &AppSpec) -> Term<'a> {
             env_map,
             health,
             depends_on.encode(env),
+            placement(env, &spec.placement),
+            rollout(env, spec.rollout.as_ref()),
         ],
     )
+}
+
+/// `all`, or the list of patterns as binaries.
+fn placement<'a>(env: Env<'a>, placement: &Placement) -> Term<'a> {
+    match placement {
+        Placement::All => atom(env, "all"),
+        Placement::Nodes(patterns) => {
+            let items: Vec<Term<'a>> = patterns.iter().map(|p| text(env, p)).collect();
+            items.encode(env)
+        }
+    }
+}
+
+/// `undefined`, or a map of the keys the spec gives.
+fn rollout<'a>(env: Env<'a>, rollout: Option<&Rollout>) -> Term<'a> {
+    let Some(r) = rollout else {
+        return atoms::undefined().encode(env);
+    };
+    let mut pairs = Vec::with_capacity(2);
+    if let Some(n) = r.max_parallel {
+        pairs.push((atom(env, "max_parallel"), n.encode(env)));
+    }
+    if let Some(ms) = r.pause_ms {
+        pairs.push((atom(env, "pause"), ms.encode(env)));
+    }
+    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }
 
 fn source_spec<'a>(env: Env<'a>, source: &SourceSpec) -> Term<'a> {
