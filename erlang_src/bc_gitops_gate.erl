@@ -28,7 +28,7 @@
 
 -opaque gate() :: #{app := atom(), action := bc_gitops_plan:action(),
                     previous := #app_spec{} | undefined, deadline := integer(),
-                    ref := reference(), pid := pid()}.
+                    opened := integer(), ref := reference(), pid := pid()}.
 
 %% @doc Whether `Action' must pass a health gate: a deploy, a redeploy or
 %% an upgrade of an app with a health spec.
@@ -45,15 +45,15 @@ needed(_Action) -> false.
 -spec open(bc_gitops_plan:action(), #app_spec{} | undefined, bc_gitops_config:config(),
            pid()) -> gate().
 open(Action, Previous, #{clock := Clock, health_grace := Grace}, Owner) ->
-    start(#{action => Action, previous => Previous, deadline => Clock:now_ms() + Grace},
-          Clock, Owner).
+    start(#{action => Action, previous => Previous, deadline => Clock:now_ms() + Grace,
+            opened => erlang:monotonic_time()}, Clock, Owner).
 
 %% @doc Opens `Gate' again for the calling process (a later reconcile
 %% that took it over), with the deadline it had: a grace period is never
 %% restarted.
 -spec reopen(gate(), bc_gitops_config:config()) -> gate().
 reopen(Gate, #{clock := Clock}) ->
-    start(maps:with([action, previous, deadline], Gate), Clock, self()).
+    start(maps:with([action, previous, deadline, opened], Gate), Clock, self()).
 
 -spec start(map(), module(), pid()) -> gate().
 start(#{action := Action, deadline := Deadline} = Gate, Clock, Owner) ->
@@ -95,11 +95,21 @@ wait_healthy(App, Health, Clock, Deadline, Last) ->
 
 %% @doc What a closed gate means for its action: `ok' when healthy; else
 %% an upgrade is rolled back (to the spec that ran before, if known, at
-%% the version it came from) and a deploy fails.
+%% the version it came from) and a deploy fails. Emits
+%% `[bc_gitops, gate, stop]' (`duration' since it opened; `app',
+%% `version', `result': `healthy' or `{unhealthy, Why}').
 -spec settle(module(), gate(), bc_gitops_health:result()) -> ok | {error, term()}.
-settle(_Runtime, _Gate, healthy) ->
+settle(Runtime, #{app := App, action := Action, opened := Opened} = Gate, Health) ->
+    bc_gitops_telemetry:execute([bc_gitops, gate, stop],
+                                #{duration => erlang:monotonic_time() - Opened},
+                                #{app => App, version => (element(2, Action))#app_spec.version,
+                                  result => Health}),
+    closed(Runtime, Gate, Health).
+
+-spec closed(module(), gate(), bc_gitops_health:result()) -> ok | {error, term()}.
+closed(_Runtime, _Gate, healthy) ->
     ok;
-settle(Runtime, #{action := {upgrade, #app_spec{name = App, version = V} = Spec, From},
+closed(Runtime, #{action := {upgrade, #app_spec{name = App, version = V} = Spec, From},
                   previous := Previous}, {unhealthy, Why}) ->
     Back = case Previous of
                #app_spec{} -> Previous#app_spec{version = From};
@@ -113,5 +123,5 @@ settle(Runtime, #{action := {upgrade, #app_spec{name = App, version = V} = Spec,
         ok -> {error, {rolled_back, Why}};
         {error, Again} -> {error, {rollback_failed, Why, Again}}
     end;
-settle(_Runtime, _Gate, {unhealthy, Why}) ->
+closed(_Runtime, _Gate, {unhealthy, Why}) ->
     {error, {unhealthy, Why}}.

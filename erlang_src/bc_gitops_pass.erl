@@ -11,7 +11,7 @@
 
 -include("bc_gitops.hrl").
 
--export([run/1, dry_run/1, current_state/1]).
+-export([run/1, dry_run/1, current_state/1, desired/2]).
 
 -export_type([context/0, result/0, planned/0]).
 
@@ -32,7 +32,12 @@
     %% the same, so the plan is reused when the state is unchanged.
     previous => planned(),
     %% Health gates a run cut short by a new commit left open.
-    gates => [bc_gitops_gate:gate()]
+    gates => [bc_gitops_gate:gate()],
+    %% Cluster mode: the specs the coordinator assigned, instead of a pull;
+    %% whether a newer assignment came; and the specs failed cluster-wide.
+    given => parsed(),
+    moved => fun(() -> boolean()),
+    holds => #{atom() => bc_gitops_rollout:failure()}
 }.
 
 -type planned() :: #{current := #{atom() => #app_state{}}, plan := bc_gitops_plan:plan()}.
@@ -113,9 +118,22 @@ current_state(Runtime) ->
         Class:Reason -> throw({step_failed, {runtime, {crashed, Class, Reason}}})
     end.
 
+%% @doc What git says now: pull and parse (the parse of `Cache' is kept
+%% while its commit is unchanged). For a cluster's coordinator.
+-spec desired(bc_gitops_config:config(), parsed() | undefined) -> {ok, parsed()} | {error, term()}.
+desired(Config, Cache) ->
+    try
+        {ok, parsed(Config, Cache, pull(Config), false)}
+    catch
+        throw:{step_failed, Reason} -> {error, Reason}
+    end.
+
 -spec steps(context()) -> result().
 steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
-    Parsed = parsed(Config, Cache, pull(Config), map_size(Failures) > 0),
+    Parsed = case Ctx of
+                 #{given := Given} -> Given;
+                 _ -> parsed(Config, Cache, pull(Config), map_size(Failures) > 0)
+             end,
     Runtime = maps:get(runtime_module, Config),
     Current = current_state(Runtime),
     Plan = case Ctx of
@@ -138,14 +156,15 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
       healthy := Healthy, superseded := Superseded} =
         bc_gitops_apply:run(#{runtime => Runtime, config => Config, actions => Actions,
                               hold => Hold, previous => Previous, gates => Gates,
-                              moved => fun() -> moved(Config, Commit) end}),
+                              moved => maps:get(moved, Ctx, fun() -> moved(Config, Commit) end)}),
     %% An app that has run for backoff_max since its last repair is
     %% trusted again: its repairs start over.
     Clock = maps:get(clock, Config),
     Acted = [bc_gitops_action:app(A) || A <- Actions],
     Repairs = bc_gitops_hold:forget_repairs(Acted, Clock:now_ms(), Hold1),
     Result = #{outcome => ok, cache => Parsed, failures => bc_gitops_hold:failures(Hold1),
-               repairs => Repairs, blocked => Blocked, applied => Applied, waiting => Waiting,
+               repairs => Repairs, blocked => Blocked, applied => Applied,
+               waiting => Waiting ++ held_in_cluster(maps:get(holds, Ctx, #{}), Waiting),
                gates => Open, healthy => Healthy, superseded => Superseded},
     %% Nothing applied, nothing of ours changed: the state read for the plan
     %% is the state after.
@@ -153,6 +172,14 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
         {[], []} -> Result#{current => Current, planned => #{current => Current, plan => Plan}};
         _ -> Result#{current => current_state(Runtime)}
     end.
+
+%% A version failed for the whole cluster waits on every member, as a
+%% version rolled back here does.
+-spec held_in_cluster(#{atom() => bc_gitops_rollout:failure()}, [{atom(), term()}]) ->
+    [{atom(), term()}].
+held_in_cluster(Holds, Waiting) ->
+    [{App, {rolled_back, V}} || {App, #{version := V}} <- lists:keysort(1, maps:to_list(Holds)),
+                                not lists:keymember(App, 1, Waiting)].
 
 %% The gates an earlier run left open go on, with their deadlines, for the
 %% apps this run leaves alone whose spec is still the one being gated; an

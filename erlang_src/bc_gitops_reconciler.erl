@@ -15,6 +15,11 @@
 %%% when the branch moved, that reconcile ends early, its callers join the
 %%% follow-up, and its open gates are handed to it. Timers and time come
 %%% from the `clock' option's module ({@link bc_gitops_clock}).
+%%%
+%%% In cluster mode it is a member: it never pulls git, but converges the
+%%% node to what the coordinator assigned to it ({@link bc_gitops_member}),
+%%% taking deltas only from a member node, and reports after each change
+%%% and each reconcile.
 -module(bc_gitops_reconciler).
 
 -behaviour(gen_server).
@@ -22,7 +27,8 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1]).
+-export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
+         ack/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 -export([worker/2]).
 
@@ -55,7 +61,13 @@
     last_at :: integer() | undefined,
     %% What was last written to the state file, and the apps it was made
     %% from: unchanged, it is not written again.
-    saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined
+    saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined,
+    %% Cluster mode: the assignment, what of it settled, and where
+    %% reports go.
+    member :: undefined | #{assignment := bc_gitops_member:assignment(),
+                            settled := bc_gitops_member:settled(),
+                            coordinator := pid() | undefined,
+                            monitor => reference()}
 }).
 
 %% @doc Starts the reconciler with a checked configuration.
@@ -79,6 +91,14 @@ desired() -> call(desired, 5000).
 %% @doc The checked configuration it runs with.
 -spec config() -> {ok, bc_gitops_config:config()} | {error, not_running}.
 config() -> call(config, 5000).
+
+%% @doc Cluster mode: the last assignment delta taken in.
+-spec ack() -> reference() | undefined.
+ack() ->
+    case call(ack, 5000) of
+        {ok, Ack} -> Ack;
+        {error, _} -> undefined
+    end.
 
 %% @doc Pauses automatic reconciles.
 -spec suspend() -> ok | {error, not_running}.
@@ -104,7 +124,15 @@ init(Config) ->
                  undefined -> #{last_commit => undefined};
                  _ -> bc_gitops_store:load(bc_gitops_config:state_file(Config))
              end,
-    St = #st{config = Config, last_commit = maps:get(last_commit, Stored)},
+    St = #st{config = Config, last_commit = maps:get(last_commit, Stored),
+             member = case maps:get(cluster, Config, false) of
+                          false -> undefined;
+                          _ ->
+                              Kept = maps:merge(#{assignment => bc_gitops_member:new(),
+                                                  settled => #{}},
+                                                maps:get(cluster, Stored, #{})),
+                              Kept#{coordinator => undefined}
+                      end},
     case maps:get(repo_url, Config) of
         undefined ->
             ?LOG_NOTICE("bc_gitops: no repo_url configured; the reconciler is idle"),
@@ -124,6 +152,8 @@ handle_call(desired, _From, #st{cache = Cache} = St) ->
     {reply, {ok, case Cache of undefined -> []; #{specs := S} -> S end}, St};
 handle_call(config, _From, St) ->
     {reply, {ok, St#st.config}, St};
+handle_call(ack, _From, #st{member = #{assignment := #{ack := Ack}}} = St) ->
+    {reply, {ok, Ack}, St};
 handle_call(suspend, _From, St) ->
     {reply, ok, cancel_timers(St#st{suspended = true})};
 handle_call(resume, _From, #st{suspended = true} = St) ->
@@ -142,6 +172,22 @@ handle_call(_Other, _From, St) ->
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
+handle_cast({assign, From, Delta}, #st{member = #{assignment := A, settled := S} = M} = St) ->
+    case from_member(From, St) of
+        true ->
+            A1 = bc_gitops_member:assign(Delta, A, S),
+            St1 = follow(From, St#st{member = M#{assignment := A1},
+                                     last_commit = bc_gitops_member:commit(A1)}),
+            St2 = maybe_start(enqueue(reconcile, none, save_member(St1))),
+            {noreply, report(St2)};
+        false ->
+            {noreply, St}
+    end;
+handle_cast({report_to, From}, #st{member = #{}} = St) ->
+    case from_member(From, St) of
+        true -> {noreply, report(follow(From, St))};
+        false -> {noreply, St}
+    end;
 handle_cast(_Msg, St) ->
     {noreply, St}.
 
@@ -173,6 +219,11 @@ handle_info({'DOWN', Ref, process, Pid, Reason}, #st{worker = {Pid, Ref, Job}} =
                   St1
           end,
     {noreply, schedule(maybe_start(St2#st{waiting = []}))};
+handle_info({'DOWN', Ref, process, _, _}, #st{member = #{monitor := Ref} = M} = St) ->
+    %% The coordinator reported to is gone (a late word from one that had
+    %% stepped down, or it died): this node's cluster part says who is.
+    ok = bc_gitops_cluster:tell(),
+    {noreply, St#st{member = maps:remove(monitor, M#{coordinator := undefined})}};
 handle_info({'EXIT', _, _}, St) ->
     {noreply, St};
 handle_info(_Other, St) ->
@@ -180,8 +231,70 @@ handle_info(_Other, St) ->
 
 %%% Jobs
 
+%% Whether there is anything to reconcile to: a repository, and in cluster
+%% mode an assignment (before the first, the member leaves the node alone).
 -spec configured(#st{}) -> boolean().
-configured(#st{config = #{repo_url := Url}}) -> Url =/= undefined.
+configured(#st{config = #{repo_url := undefined}}) -> false;
+configured(#st{member = #{assignment := #{ack := undefined}}}) -> false;
+configured(#st{}) -> true.
+
+%%% Cluster member
+
+%% Only a member node's coordinator is listened to.
+-spec from_member(pid(), #st{}) -> boolean().
+from_member(Pid, #st{config = #{cluster := #{members := Members}}}) ->
+    case lists:member(node(Pid), Members) of
+        true ->
+            true;
+        false ->
+            ?LOG_WARNING("bc_gitops: ignoring ~p, which is not a member of the cluster", [node(Pid)]),
+            false
+    end.
+
+%% Reports go to `Pid' from now on; it is watched.
+-spec follow(pid(), #st{}) -> #st{}.
+follow(Pid, #st{member = #{coordinator := Pid}} = St) ->
+    St;
+follow(Pid, #st{member = M} = St) ->
+    _ = [erlang:demonitor(Old, [flush]) || #{monitor := Old} <- [M]],
+    St#st{member = M#{coordinator := Pid, monitor => erlang:monitor(process, Pid)}}.
+
+%% What settled in a reconcile of the assignment; the coordinator is told.
+-spec settle(map(), #st{}) -> #st{}.
+settle(_R, #st{member = undefined} = St) ->
+    St;
+settle(R, #st{member = #{assignment := A, settled := S} = M} = St) ->
+    report(St#st{member = M#{settled := bc_gitops_member:settle(R, A, S)}}).
+
+-spec report(#st{}) -> #st{}.
+report(#st{member = #{coordinator := undefined}} = St) ->
+    St;
+report(#st{member = #{coordinator := Pid, assignment := A, settled := S}} = St) ->
+    Current = maps:get(current, St#st.last, #{}),
+    Busy = case St#st.worker of
+               {_, _, reconcile} -> true;
+               _ -> lists:keymember(reconcile, 1, St#st.queue)
+           end,
+    Report = #{node => node(), ack => maps:get(ack, A), commit => bc_gitops_member:commit(A),
+               busy => Busy, holds => bc_gitops_member:holds(A),
+               apps => bc_gitops_member:report(A, S, St#st.failures, Current)},
+    gen_server:cast(Pid, {report, node(), Report}),
+    St.
+
+-spec member_stored(#st{}) -> map().
+member_stored(#st{member = undefined}) -> #{};
+member_stored(#st{member = #{assignment := A, settled := S}}) ->
+    #{cluster => #{assignment => A, settled => S}}.
+
+%% A new assignment is kept at once: a member that restarts converges to
+%% it even before it reaches a coordinator.
+-spec save_member(#st{}) -> #st{}.
+save_member(#st{saved = Saved, config = Config, last_commit = Commit} = St) ->
+    Current = case Saved of
+                  {_, C} -> C;
+                  undefined -> #{}
+              end,
+    St#st{saved = persist(#{current => Current}, Config, Commit, member_stored(St), Saved)}.
 
 %% Reconciles and dry runs already queued take more callers instead of
 %% queueing again: that is the coalescing. A reconcile asked for while one
@@ -208,9 +321,16 @@ maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
     St1 = cancel_timers(St),
     Ctx0 = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
              repairs => St1#st.repairs, manual => Callers =/= [], gates => St1#st.gates},
-    Ctx = case St1#st.previous of
-              undefined -> Ctx0;
-              Previous -> Ctx0#{previous => Previous}
+    Ctx1 = case St1#st.previous of
+               undefined -> Ctx0;
+               Previous -> Ctx0#{previous => Previous}
+           end,
+    Ctx = case St1#st.member of
+              undefined ->
+                  Ctx1;
+              #{assignment := #{ack := Ack} = A} ->
+                  Ctx1#{given => bc_gitops_member:parsed(A), holds => bc_gitops_member:holds(A),
+                        moved => fun() -> ack() =/= Ack end}
           end,
     %% A heap sized for the parse and the state it is given and works on:
     %% a worker that starts small spends a no-op reconcile of 1,000 apps
@@ -280,7 +400,9 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
             ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache),
                                                 maps:from_list([{A, healthy}
                                                                 || A <- maps:get(healthy, R)])),
-            St1#st{last_commit = Commit, saved = persist(R, St1#st.config, Commit, St1#st.saved)};
+            St2 = settle(R, St1),
+            St2#st{last_commit = Commit,
+                   saved = persist(R, St2#st.config, Commit, member_stored(St2), St2#st.saved)};
         {error, Why} ->
             ?LOG_WARNING("bc_gitops: reconcile failed: ~p", [Why]),
             St1
@@ -362,17 +484,23 @@ cancel_timers(#st{config = #{clock := Clock}} = St) ->
     _ = [Clock:cancel_timer(Ref) || {_Token, Ref} <- [St#st.timer, St#st.retry]],
     St#st{timer = undefined, retry = undefined}.
 
--spec persist(map(), bc_gitops_config:config(), binary(), Saved) -> Saved
+-spec persist(map(), bc_gitops_config:config(), binary() | undefined, map(), Saved) -> Saved
               when Saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined.
-persist(#{current := Current}, _Config, Commit, {#{last_commit := Commit}, Current} = Saved) ->
+persist(#{current := Current}, _Config, Commit, Extra,
+        {#{last_commit := Commit}, Current} = Saved) when Extra =:= #{} ->
     %% The same commit and the same apps as when it was written: one
     %% compare instead of building the stored form again.
     Saved;
-persist(#{current := Current}, Config, Commit, Saved) ->
+persist(#{current := Current}, Config, Commit, Extra, Saved) ->
     Apps = maps:map(fun(_, #app_state{version = V, env = E, path = P, depends_on = D}) ->
                             #{version => V, env => E, path => P, depends_on => D}
                     end, Current),
-    Stored = #{last_commit => Commit, apps => Apps},
+    write_state(maps:merge(#{last_commit => Commit, apps => Apps}, Extra), Current, Config, Saved).
+
+-spec write_state(bc_gitops_store:stored(), #{atom() => #app_state{}}, bc_gitops_config:config(),
+                  Saved) -> Saved
+              when Saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined.
+write_state(Stored, Current, Config, Saved) ->
     case Saved of
         {Stored, _} ->
             {Stored, Current};
@@ -389,7 +517,13 @@ persist(#{current := Current}, Config, Commit, Saved) ->
 %%% Status
 
 -spec status_map(#st{}) -> map().
-status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
+status_map(#st{member = #{}} = St) ->
+    (status_map1(St))#{cluster => bc_gitops_cluster:info()};
+status_map(St) ->
+    status_map1(St).
+
+-spec status_map1(#st{}) -> map().
+status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
     Specs = case Cache of undefined -> []; #{specs := S} -> S end,
     Current = maps:get(current, Last, #{}),
     Managed = [S#app_state{health = health(S)} || S <- maps:values(Current)],
