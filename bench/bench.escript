@@ -13,7 +13,8 @@ main(Args) ->
     Smoke = Args =:= ["smoke"],
     All = [{"parse", fun parse_rows/2}, {"noop", fun noop_rows/2}, {"fetch", fun fetch_rows/2},
            {"hot", fun hot_rows/2}, {"latency", fun latency_rows/2},
-           {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2}],
+           {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2},
+           {"cluster", fun cluster_rows/2}],
     Chosen = case Args -- ["smoke"] of
                  [] -> All;
                  Names -> [S || {Name, _} = S <- All, lists:member(Name, Names)]
@@ -168,6 +169,23 @@ gate_rows(Dir, Smoke) ->
 hrl() ->
     Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
     filename:join([Root, "include", "bc_gitops.hrl"]).
+
+%% (8) A rolling hot upgrade over 5 peer nodes, under load, next to one
+%% node's upgrade: bench/bench_cluster.erl, on the demo's peers.
+cluster_rows(Dir, Smoke) ->
+    Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+    Out = filename:join(Dir, "bench_cluster"),
+    ok = demo_peers_compile(Root, Out),
+    {ok, _} = compile:file(filename:join(Root, "bench/bench_cluster.erl"),
+                           [{outdir, Out}, report]),
+    Ebin = filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"]),
+    bench_cluster:rows(Out, Smoke, [Ebin]).
+
+demo_peers_compile(Root, Out) ->
+    ok = filelib:ensure_path(Out),
+    {ok, _} = compile:file(filename:join(Root, "scripts/demo_peers.erl"), [{outdir, Out}, report]),
+    true = code:add_patha(Out),
+    demo_peers:compile(Root, Out).
 
 %% A runtime that "runs" whatever it is asked to, in an ETS table.
 load_runtime(Dir) ->

@@ -178,7 +178,9 @@ handle_cast({assign, From, Delta}, #st{member = #{assignment := A, settled := S}
             A1 = bc_gitops_member:assign(Delta, A, S),
             St1 = follow(From, St#st{member = M#{assignment := A1},
                                      last_commit = bc_gitops_member:commit(A1)}),
-            St2 = maybe_start(enqueue(reconcile, none, save_member(St1))),
+            %% The reconcile starts before the assignment is written: the
+            %% write syncs the disk, and the acknowledgement waits for it.
+            St2 = save_member(maybe_start(enqueue(reconcile, none, St1))),
             {noreply, report(St2)};
         false ->
             {noreply, St}
