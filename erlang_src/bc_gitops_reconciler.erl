@@ -180,8 +180,13 @@ handle_cast({assign, From, Delta}, #st{member = #{assignment := A, settled := S}
                                      last_commit = bc_gitops_member:commit(A1)}),
             %% The reconcile starts before the assignment is written: the
             %% write syncs the disk, and the acknowledgement waits for it.
-            St2 = save_member(maybe_start(enqueue(reconcile, none, St1))),
-            {noreply, report(St2)};
+            %% A suspended member keeps it for when it resumes (the
+            %% rollout waits for it meanwhile).
+            St2 = case St1#st.suspended of
+                      true -> St1;
+                      false -> maybe_start(enqueue(reconcile, none, St1))
+                  end,
+            {noreply, report(save_member(St2))};
         false ->
             {noreply, St}
     end;

@@ -75,6 +75,11 @@ rolls_out_one_node_at_a_time(Config) ->
 
     app_version(Config, "2.0.0", "200 OK"),
     gitops_spec(Config, "2.0.0", ""),
+    %% A member's plan: its own part, from the coordinator's parse.
+    ?assertMatch({ok, #{actions := [{upgrade, #app_spec{name = cl_web, version = <<"2.0.0">>},
+                                     <<"1.0.0">>}]}},
+                 bc_gitops_test_cluster:call(C, 2, bc_gitops, plan, [])),
+    ?assertEqual(<<"1.0.0">>, running_version(C, 2)),
     Sampler = sample_in_change(C),
     ok = bc_gitops_test_cluster:call(C, 3, bc_gitops, reconcile, []),
     Samples = stop_sampler(Sampler),
@@ -96,6 +101,11 @@ rolls_out_one_node_at_a_time(Config) ->
                           to := <<"2.0.0">>}]}} =
         bc_gitops_test_cluster:call(C, 1, bc_gitops, cluster_status, []),
     ?assertEqual(bc_gitops_test_cluster:nodes(C), lists:sort(Done)),
+    [Coordinator] = lists:usort([coordinator(C, I) || I <- [1, 2, 3]]),
+    [?assertMatch({ok, #{status := synced,
+                         cluster := #{coordinator := Coordinator, role := Role}}}
+                    when Role =:= coordinator orelse Role =:= member,
+                  bc_gitops_test_cluster:call(C, I, bc_gitops, status, [])) || I <- [1, 2, 3]],
     %% The coordinator told the rollout's steps.
     Steps = [{R, Nodes} || {_, _, [bc_gitops, rollout, step], _,
                             #{app := cl_web, to := <<"2.0.0">>, result := R, nodes := Nodes}}
