@@ -274,6 +274,8 @@ settle(R, #st{member = #{assignment := A, settled := S} = M} = St) ->
     report(St#st{member = M#{settled := bc_gitops_member:settle(R, A, S)}}).
 
 -spec report(#st{}) -> #st{}.
+report(#st{member = undefined} = St) ->
+    St;
 report(#st{member = #{coordinator := undefined}} = St) ->
     St;
 report(#st{member = #{coordinator := Pid, assignment := A, settled := S}} = St) ->
@@ -412,12 +414,13 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
                    saved = persist(R, St2#st.config, Commit, member_stored(St2), St2#st.saved)};
         {error, Why} ->
             ?LOG_WARNING("bc_gitops: reconcile failed: ~p", [Why]),
-            St1
+            %% A member still tells the coordinator it is no longer busy.
+            report(St1)
     end;
 finished(reconcile, Crash, St) ->
     ?LOG_ERROR("bc_gitops: reconcile worker crashed: ~p", [Crash]),
-    St#st{last = #{outcome => {error, Crash}}, previous = undefined,
-          last_at = erlang:system_time(millisecond)};
+    report(St#st{last = #{outcome => {error, Crash}}, previous = undefined,
+                 last_at = erlang:system_time(millisecond)});
 finished(plan, {ok, _, Parsed}, #st{cache = Parsed} = St) ->
     St;
 finished(plan, {ok, _, Parsed}, St) ->
