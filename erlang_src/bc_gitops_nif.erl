@@ -11,7 +11,7 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1]).
+-export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
 
 -on_load(init/0).
 
@@ -85,6 +85,15 @@ plan(_Desired, _Current, _Invalid) ->
 %% CPU scheduler.
 -spec consult(binary()) -> {ok, [term()]} | {error, {pos_integer(), binary() | {unknown_atom, binary()}}}.
 consult(_Text) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc One JSON document from outside as a term: objects are maps with
+%% binary keys, strings binaries, `true', `false' and `null' atoms; no other
+%% atom is made. Nesting deeper than 128 is an error. Runs on a dirty CPU
+%% scheduler. See {@link bc_gitops_json:decode/1}.
+-spec json_decode(binary()) ->
+    {ok, term()} | {error, {non_neg_integer(), non_neg_integer(), binary()}}.
+json_decode(_Bytes) ->
     erlang:nif_error(not_loaded()).
 
 %% The reason a stub raises: dialyzer knows erlang:nif_error/1 marks a

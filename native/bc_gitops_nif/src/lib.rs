@@ -91,4 +91,16 @@ fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
     (atoms::ok(), out).encode(env)
 }
 
+/// `json_decode(Bytes) -> {ok, Term} | {error, {Line, Column, Message}}`:
+/// one JSON document from outside (a webhook's body) as a term: objects
+/// are maps with binary keys, strings binaries, `true`, `false` and `null`
+/// atoms. No other atom is made.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
+    match bc_gitops_core::json::decode(bytes.as_slice()) {
+        Ok(value) => (atoms::ok(), encode::term(env, &value)).encode(env),
+        Err(e) => (atoms::error(), (e.line, e.column, text(env, &e.message))).encode(env),
+    }
+}
+
 rustler::init!("bc_gitops_nif");
