@@ -95,7 +95,11 @@ clustered() ->
 %% `blocked' (`[{App, Reason}]'), `waiting' (apps held this run) and
 %% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}')
 %% and `repairs' (`#{App => #{count, reason, retry_in_ms}}': apps restarted
-%% for drift at several reconciles in a row, backing off).
+%% for drift at several reconciles in a row, backing off), and
+%% `in_progress' (`[#{app, action, phase, since}]': what runs now, `phase'
+%% one of `fetching', `building', `starting', `upgrading', `health_wait'
+%% (and `stopping' for a remove), `since' in system time (ms); empty when
+%% nothing runs).
 -spec status() -> {ok, map()} | {error, not_running}.
 status() ->
     bc_gitops_reconciler:status().

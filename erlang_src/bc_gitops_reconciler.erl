@@ -555,6 +555,7 @@ status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
       blocked => maps:get(blocked, Last, []),
       waiting => maps:get(waiting, Last, []),
       app_errors => app_errors(St#st.failures, now(St)),
+      in_progress => bc_gitops_progress:list(),
       repairs => repairs(St#st.repairs, now(St))}.
 
 -spec now(#st{}) -> integer().

@@ -52,6 +52,9 @@ init(Config) ->
     %% The default runtime's record of the apps it runs: owned here, so it
     %% lives exactly as long as the application.
     _ = ets:new(bc_gitops_runtime_default:table(), [named_table, public, set]),
+    %% So is what runs now: written by the processes doing the work, read
+    %% by status().
+    ok = bc_gitops_progress:new(),
     Health = #{id => bc_gitops_health_monitor,
                start => {bc_gitops_health_monitor, start_link, []},
                modules => [bc_gitops_health_monitor]},
