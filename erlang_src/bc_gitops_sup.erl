@@ -52,9 +52,11 @@ init(Config) ->
     %% The default runtime's record of the apps it runs: owned here, so it
     %% lives exactly as long as the application.
     _ = ets:new(bc_gitops_runtime_default:table(), [named_table, public, set]),
-    %% So is what runs now: written by the processes doing the work, read
-    %% by status().
+    %% So are what runs now, the metrics and the latest events: written
+    %% by the processes doing the work, read by status() and the HTTP face.
     ok = bc_gitops_progress:new(),
+    ok = bc_gitops_metrics:new(),
+    ok = bc_gitops_events:new(),
     Health = #{id => bc_gitops_health_monitor,
                start => {bc_gitops_health_monitor, start_link, []},
                modules => [bc_gitops_health_monitor]},
