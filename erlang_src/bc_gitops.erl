@@ -30,7 +30,7 @@
 -export([reconcile/0, sync/0, plan/0, status/0, suspend/0, resume/0,
          get_desired_state/0, get_current_state/0, get_app_status/1,
          deploy/1, remove/1, upgrade/2, start_reconciler/1, stop_reconciler/0,
-         cluster_status/0]).
+         cluster_status/0, http_port/0]).
 
 %% Waiting for a reconcile: builds can be slow.
 -define(RUN_TIMEOUT, infinity).
@@ -80,6 +80,12 @@ plan() ->
 -spec cluster_status() -> {ok, map()} | {error, term()}.
 cluster_status() ->
     bc_gitops_cluster:status().
+
+%% @doc The port the HTTP face listens on (the one picked, when the
+%% `http' option says port 0); `{error, not_running}' when it is off.
+-spec http_port() -> {ok, inet:port_number()} | {error, not_running}.
+http_port() ->
+    bc_gitops_http:port().
 
 -spec clustered() -> boolean().
 clustered() ->

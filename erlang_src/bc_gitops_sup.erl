@@ -1,7 +1,8 @@
 %%% @doc The top supervisor: it holds the health monitor and the
 %%% reconciler, started from the application env at boot or from
 %%% {@link bc_gitops:start_reconciler/1}; in cluster mode also the node's
-%%% part in the cluster ({@link bc_gitops_cluster}), after the reconciler.
+%%% part in the cluster ({@link bc_gitops_cluster}), after the reconciler,
+%%% then the HTTP face when configured ({@link bc_gitops_http}).
 -module(bc_gitops_sup).
 
 -behaviour(supervisor).
@@ -11,6 +12,8 @@
 
 -define(CHILD, bc_gitops_reconciler).
 -define(CLUSTER, bc_gitops_cluster).
+%% Started with the reconciler, after it, in this order.
+-define(EXTRA, [?CLUSTER, bc_gitops_http]).
 
 %% @doc `Config' is the reconciler's checked configuration, or `none' to
 %% start without a reconciler.
@@ -22,18 +25,27 @@ start_link(Config) ->
 -spec start_reconciler(bc_gitops_config:config()) -> {ok, pid()} | {error, term()}.
 start_reconciler(Config) ->
     ok = stop_reconciler(),
-    case supervisor:start_child(?MODULE, child(Config)) of
-        {ok, Pid} ->
-            case [C || C <- cluster_child(Config)] of
-                [] -> {ok, Pid};
-                [Cluster] ->
-                    case supervisor:start_child(?MODULE, Cluster) of
-                        {ok, _} -> {ok, Pid};
-                        {error, _} = Error -> ok = stop_reconciler(), Error
-                    end
-            end;
-        {error, _} = Error ->
-            Error
+    case start_child(child(Config)) of
+        {ok, Pid} -> start_extra(extra_children(Config), Pid);
+        {error, _} = Error -> Error
+    end.
+
+-spec start_extra([supervisor:child_spec()], pid()) -> {ok, pid()} | {error, term()}.
+start_extra([], Pid) ->
+    {ok, Pid};
+start_extra([Child | Rest], Pid) ->
+    case start_child(Child) of
+        {ok, _} -> start_extra(Rest, Pid);
+        {error, _} = Error -> ok = stop_reconciler(), Error
+    end.
+
+%% Why a child did not start, without its child spec.
+-spec start_child(supervisor:child_spec()) -> {ok, pid()} | {error, term()}.
+start_child(Child) ->
+    case supervisor:start_child(?MODULE, Child) of
+        {ok, Pid} -> {ok, Pid};
+        {error, {Why, Spec}} when element(1, Spec) =:= child -> {error, Why};
+        {error, _} = Error -> Error
     end.
 
 %% @doc Stops the reconciler (and its cluster part), if one runs.
@@ -42,7 +54,7 @@ stop_reconciler() ->
     _ = [begin
              _ = supervisor:terminate_child(?MODULE, Id),
              supervisor:delete_child(?MODULE, Id)
-         end || Id <- [?CLUSTER, ?CHILD]],
+         end || Id <- lists:reverse([?CHILD | ?EXTRA])],
     ok.
 
 %% @private
@@ -62,11 +74,15 @@ init(Config) ->
                modules => [bc_gitops_health_monitor]},
     case Config of
         none -> {ok, {flags(), [Health]}};
-        _ -> {ok, {flags(), [Health, child(Config) | cluster_child(Config)]}}
+        _ -> {ok, {flags(), [Health, child(Config) | extra_children(Config)]}}
     end.
 
 -spec flags() -> supervisor:sup_flags().
 flags() -> #{strategy => one_for_one, intensity => 5, period => 60}.
+
+-spec extra_children(bc_gitops_config:config()) -> [supervisor:child_spec()].
+extra_children(Config) ->
+    cluster_child(Config) ++ bc_gitops_http:child_specs(Config).
 
 -spec cluster_child(bc_gitops_config:config()) -> [supervisor:child_spec()].
 cluster_child(#{cluster := #{}, repo_url := Url} = Config) when Url =/= undefined ->
