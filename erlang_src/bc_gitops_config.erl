@@ -38,9 +38,10 @@
     build_timeout := pos_integer(),
     self_heal := boolean(),
     health_grace := pos_integer(),
-    %% The HTTP face (bc_gitops_http).
+    %% The HTTP face (bc_gitops_http, bc_gitops_notify).
     http := false | bc_gitops_http:options(),
-    webhook_secret => binary()
+    webhook_secret => binary(),
+    notify := [bc_gitops_notify:target()]
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
@@ -65,7 +66,8 @@ defaults() ->
       self_heal => true,
       health_grace => 30000,
       ssh_verify_host => true,
-      http => false}.
+      http => false,
+      notify => []}.
 
 %% @doc The configuration from the `bc_gitops' application env.
 -spec from_env() -> {ok, config()} | {error, {bad_config, atom(), binary()}}.
@@ -127,6 +129,7 @@ check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base
     is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),
     V;
 check(http, V) -> bc_gitops_http:check_option(V);
+check(notify, V) -> bc_gitops_notify:check_option(V);
 check(webhook_secret, V) ->
     S = non_empty_text(webhook_secret, V),
     byte_size(S) >= 8 orelse bad(webhook_secret, "must be at least 8 bytes"),
@@ -187,7 +190,8 @@ redacted(Config) ->
     Hidden#{http := case maps:get(http, Config, false) of
                         #{} = H -> maps:map(Hide, H);
                         false -> false
-                    end}.
+                    end,
+            notify := [maps:map(Hide, N) || N <- maps:get(notify, Config, [])]}.
 
 %% @doc Where the gitops repository is checked out: `<local_path>/repo'.
 %% bc_gitops owns `local_path'; the checkout is forced to the remote, so

@@ -2,7 +2,8 @@
 %%% reconciler, started from the application env at boot or from
 %%% {@link bc_gitops:start_reconciler/1}; in cluster mode also the node's
 %%% part in the cluster ({@link bc_gitops_cluster}), after the reconciler,
-%%% then the HTTP face when configured ({@link bc_gitops_http}).
+%%% then the HTTP face when configured: the listener ({@link bc_gitops_http})
+%%% and the notifications ({@link bc_gitops_notify}).
 -module(bc_gitops_sup).
 
 -behaviour(supervisor).
@@ -13,7 +14,7 @@
 -define(CHILD, bc_gitops_reconciler).
 -define(CLUSTER, bc_gitops_cluster).
 %% Started with the reconciler, after it, in this order.
--define(EXTRA, [?CLUSTER, bc_gitops_http]).
+-define(EXTRA, [?CLUSTER, bc_gitops_http, bc_gitops_notify]).
 
 %% @doc `Config' is the reconciler's checked configuration, or `none' to
 %% start without a reconciler.
@@ -82,7 +83,8 @@ flags() -> #{strategy => one_for_one, intensity => 5, period => 60}.
 
 -spec extra_children(bc_gitops_config:config()) -> [supervisor:child_spec()].
 extra_children(Config) ->
-    cluster_child(Config) ++ bc_gitops_http:child_specs(Config).
+    cluster_child(Config) ++ bc_gitops_http:child_specs(Config)
+        ++ bc_gitops_notify:child_specs(Config).
 
 -spec cluster_child(bc_gitops_config:config()) -> [supervisor:child_spec()].
 cluster_child(#{cluster := #{}, repo_url := Url} = Config) when Url =/= undefined ->

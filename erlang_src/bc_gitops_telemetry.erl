@@ -3,8 +3,9 @@
 %%%
 %%% Every event also goes, loaded or not, to bc_gitops' own observers, in
 %%% the emitting process and without waiting on any other: the Prometheus
-%%% counters ({@link bc_gitops_metrics}) and the status page's latest
-%%% events ({@link bc_gitops_events}).
+%%% counters ({@link bc_gitops_metrics}), the status page's latest events
+%%% ({@link bc_gitops_events}) and the outgoing notifications
+%%% ({@link bc_gitops_notify}, a cast when it runs).
 %%%
 %%% Durations are in native time units (`erlang:monotonic_time/0'), as
 %%% telemetry's span convention has them; convert with
@@ -19,6 +20,7 @@
 execute(Event, Measurements, Metadata) ->
     ok = bc_gitops_metrics:observe(Event, Measurements, Metadata),
     ok = bc_gitops_events:observe(Event, Measurements, Metadata),
+    ok = bc_gitops_notify:observe(Event, Measurements, Metadata),
     case erlang:module_loaded(telemetry) of
         true -> emit(telemetry, Event, Measurements, Metadata);
         false -> ok
