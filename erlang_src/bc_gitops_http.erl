@@ -191,17 +191,7 @@ start_acceptor(#st{listen = Listen, args = {Opts, Count}}) ->
 acceptor(Listen, Opts, Count) ->
     case gen_tcp:accept(Listen) of
         {ok, Socket} ->
-            case counters:get(Count, 1) >= ?MAX_CONNECTIONS of
-                true ->
-                    ok = gen_tcp:close(Socket);
-                false ->
-                    ok = counters:add(Count, 1, 1),
-                    Pid = proc_lib:spawn(bc_gitops_http_conn, serve, [Opts, Count]),
-                    case gen_tcp:controlling_process(Socket, Pid) of
-                        ok -> Pid ! {go, Socket};
-                        {error, _} -> gen_tcp:close(Socket)
-                    end
-            end,
+            ok = hand_over(Socket, Opts, Count),
             acceptor(Listen, Opts, Count);
         {error, closed} ->
             ok;
@@ -210,4 +200,20 @@ acceptor(Listen, Opts, Count) ->
             ?LOG_WARNING("bc_gitops: HTTP accept failed: ~p", [Why]),
             timer:sleep(100),
             acceptor(Listen, Opts, Count)
+    end.
+
+%% A process of its own for the connection, or a close when there are
+%% too many.
+-spec hand_over(gen_tcp:socket(), conn_options(), counters:counters_ref()) -> ok.
+hand_over(Socket, Opts, Count) ->
+    case counters:get(Count, 1) >= ?MAX_CONNECTIONS of
+        true ->
+            gen_tcp:close(Socket);
+        false ->
+            ok = counters:add(Count, 1, 1),
+            Pid = proc_lib:spawn(bc_gitops_http_conn, serve, [Opts, Count]),
+            case gen_tcp:controlling_process(Socket, Pid) of
+                ok -> Pid ! {go, Socket}, ok;
+                {error, _} -> gen_tcp:close(Socket)
+            end
     end.

@@ -57,12 +57,17 @@ status() ->
 %% @doc `GET /api/plan'.
 -spec plan() -> bc_gitops_http_conn:response().
 plan() ->
-    {Pid, Ref} = spawn_monitor(fun() -> exit({plan, bc_gitops:plan()}) end),
+    %% In a process of its own, so that a late answer is nobody's message.
+    Self = self(),
+    Tag = make_ref(),
+    {Pid, Ref} = spawn_monitor(fun() -> Self ! {Tag, bc_gitops:plan()} end),
     receive
-        {'DOWN', Ref, process, Pid, {plan, {ok, #{actions := Actions, blocked := Blocked}}}} ->
+        {Tag, {ok, #{actions := Actions, blocked := Blocked}}} ->
+            erlang:demonitor(Ref, [flush]),
             bc_gitops_http_router:json(200, #{actions => [action_json(A) || A <- Actions],
                                               blocked => pairs(Blocked)});
-        {'DOWN', Ref, process, Pid, {plan, {error, Why}}} ->
+        {Tag, {error, Why}} ->
+            erlang:demonitor(Ref, [flush]),
             unavailable(Why);
         {'DOWN', Ref, process, Pid, Crash} ->
             unavailable({crashed, Crash})

@@ -223,8 +223,9 @@ terminate(_Why, _St) ->
 
 %% @private Crash reports show no URL and no secret.
 -spec format_status(normal | terminate, [term()]) -> term().
-format_status(_Opt, [_PDict, #st{senders = Senders} = St]) ->
-    [{data, [{"State", St#st{senders = [{Pid, I, hidden} || {Pid, I, _} <- Senders]}}]}];
+format_status(_Opt, [_PDict, #st{senders = Senders, apps = Apps, commit = Commit}]) ->
+    [{data, [{"State", #{senders => [{Pid, I} || {Pid, I, _} <- Senders], apps => Apps,
+                         commit => Commit}}]}];
 format_status(_Opt, [_PDict, St]) ->
     [{data, [{"State", St}]}].
 

@@ -98,8 +98,12 @@ handle_info(_Other, St) ->
 
 %% @private Crash reports show no URL and no secret.
 -spec format_status(normal | terminate, [term()]) -> term().
-format_status(_Opt, [_PDict, #st{} = St]) ->
-    [{data, [{"State", St#st{target = hidden, queue = queue:len(St#st.queue)}}]}];
+format_status(_Opt, [_PDict, #st{index = I, label = Label, queue = Queue, current = Current}]) ->
+    [{data, [{"State", #{target => I, host => Label, waiting => queue:len(Queue),
+                         current => case Current of
+                                        {Event, _Body, Attempt} -> {Event, Attempt};
+                                        undefined -> undefined
+                                    end}}]}];
 format_status(_Opt, [_PDict, St]) ->
     [{data, [{"State", St}]}].
 

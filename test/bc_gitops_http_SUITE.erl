@@ -36,10 +36,7 @@ end_per_suite(_Config) ->
 
 init_per_testcase(_Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_http"),
-    Gitops = filename:join(Dir, "gitops"),
-    ok = bc_gitops_test_util:init_repo(Gitops),
-    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
-    _ = commit(Gitops, "empty"),
+    Gitops = bc_gitops_test_apps:gitops(Dir),
     ok = bc_gitops_test_runtime:start(),
     ok = bc_gitops_test_health:reset(),
     ok = bc_gitops_test_logs:capture(),

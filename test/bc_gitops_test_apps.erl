@@ -3,9 +3,18 @@
 %%% (recovery, HTTP face).
 -module(bc_gitops_test_apps).
 
--export([app_repo/2, app_repo/3, spec/5, plain_app/3, web_app/4, http_get/1, free_port/0]).
+-export([gitops/1, app_repo/2, app_repo/3, spec/5, plain_app/3, web_app/4, http_get/1, free_port/0]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
+
+%% A gitops repository Dir/gitops with an empty apps/ (apps/.keep),
+%% committed.
+gitops(Dir) ->
+    Gitops = filename:join(Dir, "gitops"),
+    ok = bc_gitops_test_util:init_repo(Gitops),
+    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
+    _ = commit(Gitops, "empty"),
+    Gitops.
 
 %% A git repository Dir/App whose Makefile compiles src/ into ebin/.
 app_repo(Dir, App) ->
