@@ -175,17 +175,17 @@ hrl() ->
 cluster_rows(Dir, Smoke) ->
     Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
     Out = filename:join(Dir, "bench_cluster"),
-    ok = demo_peers_compile(Root, Out),
+    ok = bc_gitops_peers_compile(Root, Out),
     {ok, _} = compile:file(filename:join(Root, "bench/bench_cluster.erl"),
                            [{outdir, Out}, report]),
     Ebin = filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"]),
     bench_cluster:rows(Out, Smoke, [Ebin]).
 
-demo_peers_compile(Root, Out) ->
+bc_gitops_peers_compile(Root, Out) ->
     ok = filelib:ensure_path(Out),
-    {ok, _} = compile:file(filename:join(Root, "scripts/demo_peers.erl"), [{outdir, Out}, report]),
+    {ok, _} = compile:file(filename:join(Root, "test/bc_gitops_peers.erl"), [{outdir, Out}, report]),
     true = code:add_patha(Out),
-    demo_peers:compile(Root, Out).
+    bc_gitops_peers:compile(Root, Out).
 
 %% A runtime that "runs" whatever it is asked to, in an ETS table.
 load_runtime(Dir) ->

@@ -12,7 +12,7 @@
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
@@ -164,20 +164,6 @@ stopped_by_hand_comes_back(Config) ->
 
 %%% Helpers
 
-%% Moves the test clock on by Ms, and waits for the reconcile it starts.
-advance_and_wait(Ms) ->
-    Self = self(),
-    Ref = make_ref(),
-    ok = telemetry:attach(Ref, [bc_gitops, reconcile, stop],
-                          fun(_, _, _, _) -> Self ! {Ref, reconciled} end, none),
-    try
-        ok = bc_gitops_test_clock:advance(Ms),
-        receive {Ref, reconciled} -> ok after 20000 -> ct:fail(no_reconcile) end,
-        wait_reconciled(20000)
-    after
-        telemetry:detach(Ref)
-    end.
-
 %% Moves the test clock on 100 ms at a time (a reconcile each) until a
 %% repair happens; the clock time of that repair.
 repair_after(Repaired, Tries) when Tries > 100 ->
@@ -276,34 +262,9 @@ web_app(Repo, Vsn, Status) ->
       "start(_, _) -> supervisor:start_link({local, rt_web_sup}, ?MODULE, []).\nstop(_) -> ok.\n"
       "init([]) -> {ok, {#{}, [#{id => srv, start => {rt_web_srv, start_link, []},\n"
       "                          modules => [rt_web_srv]}]}}.\n"),
-    %% Accepts with a short timeout, so that system messages (suspend,
-    %% code change) are handled between connections.
-    W("rt_web_srv.erl",
-      ["-module(rt_web_srv).\n-behaviour(gen_server).\n"
-       "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
-       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-       "init([]) ->\n"
-       "    {ok, Port} = application:get_env(rt_web, port),\n"
-       "    {ok, L} = gen_tcp:listen(Port, [binary, {active, false}, {reuseaddr, true},\n"
-       "                                    {ip, {127, 0, 0, 1}}]),\n"
-       "    {ok, L, 0}.\n"
-       "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
-       "handle_cast(_, L) -> {noreply, L, 0}.\n"
-       "handle_info(timeout, L) ->\n"
-       "    case gen_tcp:accept(L, 20) of\n"
-       "        {ok, S} -> serve(S);\n"
-       "        {error, timeout} -> ok\n"
-       "    end,\n"
-       "    {noreply, L, 0};\n"
-       "handle_info(_, L) -> {noreply, L, 0}.\n"
-       "code_change(_, L, _) -> {ok, L}.\n"
-       "serve(S) ->\n"
-       "    _ = gen_tcp:recv(S, 0, 1000),\n"
-       "    Body = <<\"", Vsn, "\">>,\n"
-       "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
-       "                         integer_to_list(byte_size(Body)),\n"
-       "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
-       "    gen_tcp:close(S).\n"]).
+    W("rt_web_srv.erl", bc_gitops_test_util:web_server_src(
+                          "rt_web_srv", "element(2, application:get_env(rt_web, port))",
+                          Vsn, Status)).
 
 http_get(Port) ->
     Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",
