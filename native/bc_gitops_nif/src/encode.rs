@@ -115,5 +115,6 @@ pub mod atoms {
         app_state,
         bad_record,
         unknown_atom,
+        unsupported,
     }
 }

@@ -4,6 +4,7 @@
 //! each runs on a dirty scheduler. A panic inside a NIF is caught by rustler
 //! and raised as an Erlang exception; it never takes the VM down.
 
+mod archive;
 mod encode;
 mod git;
 mod planning;
