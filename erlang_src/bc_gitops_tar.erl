@@ -3,8 +3,9 @@
 %%%
 %%% {@link unpack/3} lists the archive (gzip-compressed or plain tar) before
 %%% extracting anything and refuses it (`{unsafe_entry, Name, Why}') if any
-%%% entry has an absolute name, a `..' component, is a device or a FIFO, lies
-%%% below a symbolic link of the archive, or is a link whose target is
+%%% entry has an absolute name, a `..' component, is a device, a FIFO or of
+%%% a type that tar tools do not agree on (GNU sparse files...), lies below a
+%%% symbolic link of the archive, or is a link whose target is
 %%% absolute, leaves the archive's root, or passes through another symbolic
 %%% link. Hard links must name an earlier regular file of the archive; they
 %%% are unpacked as hard links to it. The entries' data may hold at most
