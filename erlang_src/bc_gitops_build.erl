@@ -57,25 +57,28 @@ exec(Program, Args, Dir, Env, Timeout) ->
         {error, _} = Error -> Error
     end.
 
-%% An Elixir app needs Elixir itself (elixir, logger) on the code path. A
-%% node that does not have it yet gets the installation that built the app.
+%% An Elixir app needs Elixir itself (elixir, logger) on the code path:
+%% the installation on the node's code path when it has one, else the one
+%% that built the app. Listed whatever ran before, so that a build's ebins
+%% do not depend on it (a build is reused after a node restart);
+%% bc_gitops_code:start/3 does not add them again for a running Elixir.
 -spec runtime_ebins(tool(), pos_integer()) -> [file:filename()].
 runtime_ebins(mix, Timeout) ->
-    case code:lib_dir(elixir) of
-        {error, bad_name} ->
-            Args = ["-e", "IO.puts(:code.lib_dir(:elixir))"],
-            case bc_gitops_exec:run("elixir", Args, #{timeout => Timeout}) of
-                {ok, Out} ->
-                    %% The last line: anything Elixir warned about comes first.
-                    Dir = lists:last([""] ++ string:lexemes(binary_to_list(Out), "\r\n")),
-                    Lib = filename:dirname(Dir),
-                    [filename:join([Lib, App, "ebin"]) || App <- ["elixir", "logger"]];
-                {error, _} ->
-                    []
-            end;
-        _ ->
-            []
-    end;
+    Lib = case code:lib_dir(elixir) of
+              {error, bad_name} ->
+                  Args = ["-e", "IO.puts(:code.lib_dir(:elixir))"],
+                  case bc_gitops_exec:run("elixir", Args, #{timeout => Timeout}) of
+                      {ok, Out} ->
+                          %% The last line: anything Elixir warned about comes first.
+                          filename:dirname(
+                            lists:last([""] ++ string:lexemes(binary_to_list(Out), "\r\n")));
+                      {error, _} ->
+                          none
+                  end;
+              Dir ->
+                  filename:dirname(Dir)
+          end,
+    [filename:join([Lib, App, "ebin"]) || Lib =/= none, App <- ["elixir", "logger"]];
 runtime_ebins(_, _) ->
     [].
 

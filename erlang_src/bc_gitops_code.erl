@@ -15,14 +15,19 @@
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 
 %% @doc Adds `Ebins' to the front of the code path (but those of apps
-%% already running), loads `App', sets `Env' and starts it with its
-%% dependencies. Returns the paths it added, for {@link stop/2}.
+%% already running from a directory on the code path), loads `App', sets
+%% `Env' and starts it with its dependencies. Returns the paths it added,
+%% for {@link stop/2}.
 -spec start(atom(), [file:filename()], map()) ->
     {ok, [file:filename()]} | {error, term()}.
 start(App, Ebins, Env) ->
     Running = [A || {A, _, _} <- application:which_applications()],
+    %% A running app whose directory left the code path (the app that
+    %% added it was removed or restarted) gets it back: its modules not
+    %% loaded yet must still load.
     Added = [E || E <- Ebins, Of <- [app_of_ebin(E)],
-                  Of =:= App orelse not lists:member(Of, Running)],
+                  Of =:= App orelse not lists:member(Of, Running)
+                      orelse code:lib_dir(Of) =:= {error, bad_name}],
     ok = code:add_pathsa(Added),
     case load(App, Added) of
         ok ->

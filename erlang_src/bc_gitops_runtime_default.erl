@@ -114,14 +114,22 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
            dir = OldDir}, Dir, Ebins) ->
     Direction = bc_gitops_hot:direction(OldV, V),
-    case bc_gitops_hot:upgrade(App, top_pid(App), Ebins, {Direction, binary_to_list(OldV)}) of
+    Before = code:get_path(),
+    %% An ebin already on the code path (a running Elixir's) has nothing to
+    %% change, and each of its modules not loaded yet would count as new.
+    New = [E || E <- Ebins, not lists:member(E, Before)],
+    case bc_gitops_hot:upgrade(App, top_pid(App), New, {Direction, binary_to_list(OldV)}) of
         {ok, Info} ->
             _ = [code:del_path(P) || P <- OldPaths, not lists:member(P, Ebins)],
+            %% The paths the app holds from now on: its own, and those the
+            %% upgrade added; not one the node had of itself (a running
+            %% Elixir's), which removing the app must leave alone.
+            Paths = [E || E <- Ebins, lists:member(E, OldPaths ++ New)],
             %% The application controller re-read the .app file: put the
             %% spec's env back, and tell the app what changed.
             ok = bc_gitops_code:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
