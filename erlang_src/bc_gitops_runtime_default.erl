@@ -13,8 +13,10 @@
 %%% <li>`hex': the package and its hex dependencies come from a hex
 %%%     repository (`hex_repo_url', `hex_public_key'; hex.pm by default, or
 %%%     `$HEX_MIRROR'), registry signatures and checksums verified
-%%%     ({@link bc_gitops_hex}); the dependencies reach the rebar3 build
-%%%     through `_checkouts', so it never goes online.</li>
+%%%     ({@link bc_gitops_hex}); the dependencies reach a rebar3 build
+%%%     through `_checkouts', a mix build through `deps/' (mix runs offline,
+%%%     with `<workspace_dir>/.mix' as its `MIX_HOME' and no Hex archive,
+%%%     {@link bc_gitops_build}), so the build never goes online.</li>
 %%% </ul>
 %%% Each version is built in its own directory,
 %%% `<workspace_dir>/<app>/<version>'. A build that completed is marked, so
@@ -296,9 +298,14 @@ fetch_and_build(#app_spec{name = App, version = V,
                                                          {hex_repo_name, repo_name},
                                                          {ca_file, ca_file}],
                                           #{From := Value} <- [Config]]),
-    case bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"), Opts) of
-        {ok, #{source_dir := Src}} -> build(Src, Tool, Config);
-        {error, Why} -> {error, {fetch_failed, Why}}
+    case bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"),
+                             Opts#{build => Tool}) of
+        {ok, #{build_dir := BuildDir, tool := Built}} ->
+            %% mix gets a MIX_HOME of bc_gitops's own, shared by the builds.
+            bc_gitops_build:build(Built, BuildDir, maps:get(build_timeout, Config),
+                                  #{mix_home => filename:join(workspace(), ".mix")});
+        {error, Why} ->
+            {error, {fetch_failed, Why}}
     end.
 
 -spec build(file:filename(), bc_gitops_build:tool() | undefined, bc_gitops_config:config()) ->
