@@ -24,16 +24,9 @@ all() ->
      missing_version, unsatisfiable_requirement, dependency_conflict, unknown_package].
 
 init_per_suite(Config) ->
-    {ok, _} = application:ensure_all_started(inets),
-    {ok, _} = application:ensure_all_started(ssl),
     Priv = ?config(priv_dir, Config),
-    Repo = filename:join(Priv, "repo"),
-    ok = filelib:ensure_path(filename:join(Repo, "packages")),
-    ok = filelib:ensure_path(filename:join(Repo, "tarballs")),
-    Key = public_key:generate_key({rsa, 2048, 65537}),
+    {Repo, Work, Key} = bc_gitops_hex_repo:init(Priv),
     Other = public_key:generate_key({rsa, 2048, 65537}),
-    Work = filename:join(Priv, "work"),
-    ok = filelib:ensure_path(Work),
     %% hx_dep: four releases; ~> 0.2 must pick 0.2.5.
     DepReleases = [release(Repo, Work, <<"hx_dep">>, V, [], rebar3)
                    || V <- [<<"0.1.0">>, <<"0.2.0">>, <<"0.2.5">>, <<"1.0.0">>]],
@@ -190,8 +183,7 @@ unknown_package(Config) ->
 %%====================================================================
 
 opts(Config) ->
-    #{repo_url => ?config(url, Config), public_key => ?config(pem, Config),
-      repo_name => ?REPO, timeout => 30000}.
+    bc_gitops_hex_repo:fetch_opts(?config(url, Config), ?config(pem, Config)).
 
 dest(Config, Name) ->
     D = filename:join(?config(priv_dir, Config), "dest_" ++ Name),

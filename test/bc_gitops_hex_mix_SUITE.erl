@@ -31,14 +31,8 @@ all() ->
      erlang_package_on_elixir_package, build_tool_choice].
 
 init_per_suite(Config) ->
-    {ok, _} = application:ensure_all_started(inets),
-    {ok, _} = application:ensure_all_started(ssl),
     Priv = ?config(priv_dir, Config),
-    Repo = filename:join(Priv, "repo"),
-    Work = filename:join(Priv, "work"),
-    [ok = filelib:ensure_path(D) || D <- [filename:join(Repo, "packages"),
-                                         filename:join(Repo, "tarballs"), Work]],
-    Key = public_key:generate_key({rsa, 2048, 65537}),
+    {Repo, Work, Key} = bc_gitops_hex_repo:init(Priv),
     Pkg = fun(Name, Releases) -> registry(Repo, Name, Name, Releases, Key) end,
     %% hx_dep (Erlang): ~> 0.2 must pick 0.2.5.
     Pkg(<<"hx_dep">>, [release(Repo, Work, <<"hx_dep">>, V, [], rebar3)
@@ -345,8 +339,7 @@ camel(Name) ->
 %%====================================================================
 
 opts(Config) ->
-    #{repo_url => ?config(url, Config), public_key => ?config(pem, Config),
-      repo_name => ?REPO, timeout => 30000}.
+    bc_gitops_hex_repo:fetch_opts(?config(url, Config), ?config(pem, Config)).
 
 gitops(Config) ->
     Gitops = filename:join(?config(dir, Config), "gitops"),

@@ -7,9 +7,26 @@
 
 -include_lib("public_key/include/public_key.hrl").
 
--export([public_pem/1, registry/5, release/6, release/7, serve/2]).
+-export([init/1, fetch_opts/2, public_pem/1, registry/5, release/6, release/7, serve/2]).
 
 -define(REPO, <<"test_repo">>).
+
+%% A repository directory (`<Base>/repo', empty), a directory for the
+%% tarballs being made (`<Base>/work') and a new signing key, with inets
+%% and ssl started to serve and fetch: {Repo, Work, Key}.
+init(Base) ->
+    {ok, _} = application:ensure_all_started(inets),
+    {ok, _} = application:ensure_all_started(ssl),
+    Repo = filename:join(Base, "repo"),
+    Work = filename:join(Base, "work"),
+    [ok = filelib:ensure_path(D) || D <- [filename:join(Repo, "packages"),
+                                         filename:join(Repo, "tarballs"), Work]],
+    {Repo, Work, public_key:generate_key({rsa, 2048, 65537})}.
+
+%% bc_gitops_hex:fetch/4 options for the repository served at `Url' and
+%% signed with the key of `Pem'.
+fetch_opts(Url, Pem) ->
+    #{repo_url => Url, public_key => Pem, repo_name => ?REPO, timeout => 30000}.
 
 %% Serves `Repo' over http on 127.0.0.1: {Pid, BaseUrl}.
 serve(Repo, ServerRoot) ->
