@@ -15,19 +15,14 @@
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 
 %% @doc Adds `Ebins' to the front of the code path (but those of apps
-%% already running from a directory on the code path), loads `App', sets
-%% `Env' and starts it with its dependencies. Returns the paths it added,
-%% for {@link stop/2}.
+%% already running), loads `App', sets `Env' and starts it with its
+%% dependencies. Returns the paths it added, for {@link stop/2}.
 -spec start(atom(), [file:filename()], map()) ->
     {ok, [file:filename()]} | {error, term()}.
 start(App, Ebins, Env) ->
     Running = [A || {A, _, _} <- application:which_applications()],
-    %% A running app whose directory left the code path (the app that
-    %% added it was removed or restarted) gets it back: its modules not
-    %% loaded yet must still load.
     Added = [E || E <- Ebins, Of <- [app_of_ebin(E)],
-                  Of =:= App orelse not lists:member(Of, Running)
-                      orelse code:lib_dir(Of) =:= {error, bad_name}],
+                  Of =:= App orelse not lists:member(Of, Running)],
     ok = code:add_pathsa(Added),
     case load(App, Added) of
         ok ->
@@ -79,7 +74,8 @@ load_beam(Beam) ->
 
 %% @doc Stops and unloads `App', purges and deletes its modules, and drops
 %% `Paths' from the code path. Modules of another loaded application are
-%% kept.
+%% kept, and so is the path of another application that still runs (the
+%% Elixir an Elixir app brought: its modules not loaded yet must load).
 -spec stop(atom(), [file:filename()]) -> ok.
 stop(App, Paths) ->
     %% The .app's modules key, and the beams of the app's own ebin: a
@@ -103,7 +99,8 @@ stop(App, Paths) ->
              _ = code:delete(M),
              code:purge(M)
          end || M <- Modules, not lists:member(M, Others)],
-    _ = [code:del_path(P) || P <- Paths],
+    Running = [A || {A, _, _} <- application:which_applications()],
+    _ = [code:del_path(P) || P <- Paths, not lists:member(app_of_ebin(P), Running)],
     ok.
 
 %% @doc Applies a new spec env to a running `App': `set_env' for changed

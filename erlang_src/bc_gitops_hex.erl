@@ -541,24 +541,13 @@ layout(Package, rebar3, Source, Meta, Deps) ->
             write(filename:join(Wrapper, "mix.exs"),
                   iolist_to_binary(
                     ["# Written by bc_gitops: builds the hex package ", Package,
-                     " (rebar3) and its
-# dependencies, mix and rebar3 ones, offline.
-"
-                     "defmodule BcGitops.HexRoot.MixProject do
-  use Mix.Project
-
-"
-                     "  def project do
-"
-                     "    [app: :bc_gitops_hex_root, version: \"0.0.0\", compilers: [],
-"
-                     "     consolidate_protocols: false,
-"
-                     "     deps: [{:", App, ", path: \"../", Package, "\", manager: :rebar3}]]
-"
-                     "  end
-end
-"])),
+                     " (rebar3) and its\n# dependencies, mix and rebar3 ones, offline.\n"
+                     "defmodule BcGitops.HexRoot.MixProject do\n  use Mix.Project\n\n"
+                     "  def project do\n"
+                     "    [app: :bc_gitops_hex_root, version: \"0.0.0\", compilers: [],\n"
+                     "     consolidate_protocols: false,\n"
+                     "     deps: [{:", App, ", path: \"../", Package, "\", manager: :rebar3}]]\n"
+                     "  end\nend\n"])),
             links(filename:join(Wrapper, "deps"), Deps),
             {Wrapper, mix}
     end.
