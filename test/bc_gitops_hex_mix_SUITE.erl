@@ -108,7 +108,9 @@ elixir_package_builds_offline(Config) ->
     [?assertEqual({ok, D}, file:read_link(filename:join([Source, "deps", binary_to_list(N)])))
      || {N, _, D} <- Deps],
     MixHome = filename:join(?config(dir, Config), "mix_home"),
-    {ok, Ebins} = bc_gitops_build:build(mix, Source, ?BUILD_TIMEOUT, #{mix_home => MixHome}),
+    {Us, {ok, Ebins}} =
+        timer:tc(bc_gitops_build, build, [mix, Source, ?BUILD_TIMEOUT, #{mix_home => MixHome}]),
+    ct:pal("offline mix build of hx_ex and its 2 dependencies: ~p ms", [Us div 1000]),
     Lib = filename:join([Source, "_build", "prod", "lib"]),
     [?assert(lists:member(filename:join([Lib, A, "ebin"]), Ebins))
      || A <- ["hx_ex", "hx_exutil", "hx_dep"]],
@@ -170,8 +172,9 @@ deploy_hot_upgrade_remove(Config) ->
     end,
     %% Hot, and only the app's changed code was loaded: none of Elixir's.
     receive
-        {upgraded, #{app := hx_ex, result := ok, path := hot, modules := Mods}} ->
-            ct:pal("hot upgrade of hx_ex: modules ~p", [Mods]),
+        {upgraded, #{app := hx_ex, result := ok, path := hot, modules := Mods,
+                     suspended_us := Suspended}} ->
+            ct:pal("hot upgrade of hx_ex: modules ~p, suspended ~p us", [Mods, Suspended]),
             ?assert(lists:member(Counter, Mods)),
             ?assertEqual([], [M || M <- Mods, not lists:prefix("Elixir.HxEx.", atom_to_list(M))])
     after 1000 ->
