@@ -18,8 +18,8 @@
 %%% dependencies from `deps/', checks their versions, and builds them in
 %%% dependency order with their own tool (mix, or rebar3 through
 %%% `MIX_REBAR3') before the project, all into `_build/prod/lib'. The
-%%% `elixir' program runs `Mix.CLI' as the `mix' script does, with that SCM
-%%% registered first; the SCM's object code is copied to
+%%% `elixir' program runs `Mix.CLI' as the `mix' script does, once that
+%%% SCM is registered; the SCM's object code is copied to
 %%% `<mix_home>/bc_gitops/ebin' for it.
 %%%
 %%% Why an SCM: mix 1.14 loads every dependency `mix.exs' declares before
