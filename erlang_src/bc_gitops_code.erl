@@ -74,7 +74,8 @@ load_beam(Beam) ->
 
 %% @doc Stops and unloads `App', purges and deletes its modules, and drops
 %% `Paths' from the code path. Modules of another loaded application are
-%% kept.
+%% kept, and so is the path of another application that still runs (the
+%% Elixir an Elixir app brought: its modules not loaded yet must load).
 -spec stop(atom(), [file:filename()]) -> ok.
 stop(App, Paths) ->
     %% The .app's modules key, and the beams of the app's own ebin: a
@@ -98,7 +99,8 @@ stop(App, Paths) ->
              _ = code:delete(M),
              code:purge(M)
          end || M <- Modules, not lists:member(M, Others)],
-    _ = [code:del_path(P) || P <- Paths],
+    Running = [A || {A, _, _} <- application:which_applications()],
+    _ = [code:del_path(P) || P <- Paths, not lists:member(app_of_ebin(P), Running)],
     ok.
 
 %% @doc Applies a new spec env to a running `App': `set_env' for changed
