@@ -1,10 +1,11 @@
 //! SSH host key verification against OpenSSH known_hosts files.
 //!
 //! Done here rather than left to libgit2 because libgit2 only reads
-//! `~/.ssh/known_hosts` and sees the relay's address instead of the real host
-//! (see `relay`). Supports plain and hashed (`|1|salt|hash`) host names,
-//! `[host]:port` entries, `*`/`?` wildcards, `!` negation and `@revoked`;
-//! `@cert-authority` lines are skipped (host certificates are not supported).
+//! `~/.ssh/known_hosts`, while the `ssh_known_hosts` option names another
+//! file and the system's `/etc/ssh/ssh_known_hosts` counts too. Supports
+//! plain and hashed (`|1|salt|hash`) host names, `[host]:port` entries,
+//! `*`/`?` wildcards, `!` negation and `@revoked`; `@cert-authority` lines
+//! are skipped (host certificates are not supported).
 
 use std::fs;
 use std::path::PathBuf;
