@@ -53,7 +53,6 @@
 //! as every sync of a moved ref does.
 
 mod auth;
-mod encoding;
 mod error;
 mod hostkey;
 mod libgit2_opts;
