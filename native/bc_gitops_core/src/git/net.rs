@@ -15,7 +15,7 @@ use super::auth::Credentials;
 use super::error::{net_error, GitError, NetFacts};
 use super::hostkey::{key_type, HostKeyCheck};
 use super::libgit2_opts::Timeouts;
-use super::redact::{redact_url, Redactor};
+use super::redact::{percent_decode, redact_url, Redactor};
 use super::url::{RemoteUrl, Transport};
 use super::{Auth, GitRef};
 
@@ -47,7 +47,7 @@ impl<'a> Network<'a> {
         let is_url = url.contains("://");
         let local = remote.local_dir().and_then(|dir| match is_url {
             false => Some(dir.to_string()),
-            true if dir.starts_with('/') => percent_decode(dir),
+            true if dir.starts_with('/') => Some(percent_decode(dir)),
             true => None,
         });
         if let Some(dir) = local {
@@ -324,23 +324,4 @@ impl<'n, 'r> Session<'n, 'r> {
             self.net.redactor,
         )
     }
-}
-
-/// `%XX` escapes decoded, as in a `file://` URL's path; `None` when an
-/// escape is malformed or the result is not UTF-8.
-fn percent_decode(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = path.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
