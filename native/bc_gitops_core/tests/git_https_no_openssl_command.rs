@@ -12,23 +12,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use bc_gitops_core::git::{sync, Auth, GitError, SyncOptions};
-use support::{isolate, lighttpd, self_signed, HttpSetup, Upstream};
+use support::{https_self_signed, isolate, Upstream};
 
 #[test]
 fn https_sync_runs_no_openssl_command() {
     isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
-    // Made with the real openssl command, before PATH changes.
-    let (cert, key) = self_signed(conf.path(), "server");
-    let server = lighttpd(
-        up.dir.path(),
-        conf.path(),
-        &HttpSetup {
-            tls: Some((&cert, &key)),
-            ..HttpSetup::default()
-        },
-    );
+    // The certificate is made with the real openssl command, before PATH
+    // changes.
+    let (server, cert) = https_self_signed(up.dir.path(), conf.path());
 
     let bin = conf.path().join("bin");
     fs::create_dir(&bin).unwrap();
