@@ -18,7 +18,7 @@ compile: setup
 test: setup rust-test rust-lint erlang-test demo bench-smoke
 
 rust-test:
-	cargo test --locked -p bc_gitops_core --lib --tests
+	cargo test --locked --workspace
 
 rust-lint:
 	cargo fmt --all -- --check
