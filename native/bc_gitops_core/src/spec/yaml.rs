@@ -35,9 +35,14 @@ pub fn parse_yaml(src: &str) -> Result<Spanned, ReadError> {
     let mut open: Vec<Collection> = Vec::new();
     let mut root: Option<Spanned> = None;
     let mut documents = 0usize;
+    // At the end of the input the scanner counts one line more than the
+    // file has (an implicit empty value, an unclosed bracket): such a node
+    // or error is on the last line.
+    let last_line = tree::line(line_count(src));
+    let on_a_line = |n: usize| tree::line(n).min(last_line);
     while let Some(next) = parser.next_event() {
-        let (event, span) = next.map_err(scan_error)?;
-        let line = tree::line(span.start.line());
+        let (event, span) = next.map_err(|e| scan_error(e, on_a_line))?;
+        let line = on_a_line(span.start.line());
         let at = |message: String| ReadError::syntax(Some(line), message);
         let node = match event {
             Event::StreamEnd => break,
@@ -93,8 +98,21 @@ pub fn parse_yaml(src: &str) -> Result<Spanned, ReadError> {
     })
 }
 
-fn scan_error(e: saphyr_parser::ScanError) -> ReadError {
-    let line = Some(tree::line(e.marker().line()));
+/// The lines of `src` as YAML counts them, at least one: `\n`, `\r\n` and
+/// a lone `\r` end a line.
+fn line_count(src: &str) -> usize {
+    let bytes = src.as_bytes();
+    let breaks = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count();
+    let unterminated = !src.ends_with(['\n', '\r']);
+    (breaks + usize::from(unterminated)).max(1)
+}
+
+fn scan_error(e: saphyr_parser::ScanError, on_a_line: impl Fn(usize) -> u32) -> ReadError {
+    let line = Some(on_a_line(e.marker().line()));
     // The scanner reads ahead on a line of flow brackets and stops at 255
     // levels itself, before the events reach MAX_DEPTH: say it as we do.
     if e.info() == "recursion limit exceeded" {
@@ -461,6 +479,20 @@ mod tests {
             .collect();
         let e = parse_yaml(&block).unwrap_err();
         assert_eq!(e.line, Some(tree::line(MAX_DEPTH + 1)), "{e:?}");
+    }
+
+    #[test]
+    fn lines_stay_within_the_file() {
+        // The implicit empty value of `? b`, an unclosed bracket: both at
+        // the end of the input, on the file's last line.
+        let root = parse_yaml("a: 1\n? b").unwrap();
+        let Term::Map(entries) = &root.term else {
+            panic!()
+        };
+        assert_eq!(entries[1].1.line, 2);
+        for src in ["a: 1\nb: [c", "a: 1\nb: [c\n", "a: 1\rb: [c\r\n"] {
+            assert_eq!(parse_yaml(src).unwrap_err().line, Some(2), "{src:?}");
+        }
     }
 
     #[test]
