@@ -67,20 +67,27 @@ error_kinds_test_() ->
                     " env => #{\"port\" => 1}}.\n",
          wrong_type, 2, <<"env">>}
     ],
+    located_errors("app.config", Cases, fun(_Errors) -> [] end).
+
+%% Writes each `{App, Source, Kind, Line, Field}' case as apps/App/FileName
+%% and checks that App has exactly that one error, no spec is valid, and
+%% the tests `Extra(Errors)' returns pass.
+located_errors(FileName, Cases, Extra) ->
     {setup,
      fun() ->
              Root = tmp_dir("kinds"),
-             [write_spec(Root, App, Src) || {App, Src, _, _, _} <- Cases],
+             [write_spec(Root, {App, FileName}, Src) || {App, Src, _, _, _} <- Cases],
              {Root, bc_gitops_specs:parse_dir(Root, "apps")}
      end,
      fun({Root, _}) -> rm_rf(Root) end,
      fun({_, {ok, #{specs := Specs, errors := Errors}}}) ->
              [?_assertEqual([], Specs)
-              | [{App, ?_assertMatch([#{kind := Kind, line := Line, field := Field,
-                                        file := <<"apps/", _/binary>>}],
-                                     [E || E = #{app := A} <- Errors,
-                                           A =:= list_to_binary(App)])}
-                 || {App, _, Kind, Line, Field} <- Cases]]
+              | Extra(Errors)
+                ++ [{App, ?_assertMatch([#{kind := Kind, line := Line, field := Field,
+                                           file := <<"apps/", _/binary>>}],
+                                        [E || E = #{app := A} <- Errors,
+                                              A =:= list_to_binary(App)])}
+                    || {App, _, Kind, Line, Field} <- Cases]]
      end}.
 
 unknown_keys_are_warnings_test() ->
@@ -261,24 +268,13 @@ yaml_errors_have_lines_test_() ->
         {"tag", "name: tag\nversion: '1'\nsource: {type: hex}\nenv: {raw: !!binary aGk=}\n",
          syntax, 4, <<>>}
     ],
-    {setup,
-     fun() ->
-             Root = tmp_dir("yaml_kinds"),
-             [write_spec(Root, {App, "app.yaml"}, Src) || {App, Src, _, _, _} <- Cases],
-             {Root, bc_gitops_specs:parse_dir(Root, "apps")}
-     end,
-     fun({Root, _}) -> rm_rf(Root) end,
-     fun({_, {ok, #{specs := Specs, errors := Errors}}}) ->
-             [?_assertEqual([], Specs),
-              ?_assertEqual(<<"apps/bad_type/app.yaml:4: source.type: \"svn\" is not one of hex | git | release">>,
-                            bc_gitops_specs:format_diagnostic(
-                              hd([E || E = #{app := <<"bad_type">>} <- Errors])))
-              | [{App, ?_assertMatch([#{kind := Kind, line := Line, field := Field,
-                                        file := <<"apps/", _/binary>>}],
-                                     [E || E = #{app := A} <- Errors,
-                                           A =:= list_to_binary(App)])}
-                 || {App, _, Kind, Line, Field} <- Cases]]
-     end}.
+    located_errors(
+      "app.yaml", Cases,
+      fun(Errors) ->
+              [?_assertEqual(<<"apps/bad_type/app.yaml:4: source.type: \"svn\" is not one of hex | git | release">>,
+                             bc_gitops_specs:format_diagnostic(
+                               hd([E || E = #{app := <<"bad_type">>} <- Errors])))]
+      end).
 
 %% A billion-laughs file and a megabyte of nesting come back as errors in
 %% well under a second: aliases are refused, never expanded.
