@@ -16,17 +16,19 @@
 //! - nesting deeper than [`MAX_DEPTH`] levels, the term reader's limit;
 //! - tags other than the core schema's `!!str`, `!!int`, `!!float`,
 //!   `!!bool`, `!!null`, `!!map` and `!!seq` (which are honoured);
-//! - `.inf` and `.nan`, which Erlang floats cannot hold, and floats out of
-//!   range;
+//! - `.inf` and `.nan`, which Erlang floats cannot hold, floats out of
+//!   range, and integers of more than [`MAX_INT_DIGITS`] digits (as in term
+//!   files);
 //! - a second document: a spec file holds exactly one.
 //!
 //! A key given twice keeps its later value, as in term files and JSON.
+//!
+//! [`MAX_INT_DIGITS`]: crate::term_parse::MAX_INT_DIGITS
 
 use super::model::ErrorKind;
 use super::tree::{self, ReadError};
 use crate::term::{Spanned, Term};
-use crate::term_parse::MAX_DEPTH;
-use num_bigint::BigInt;
+use crate::term_parse::{bounded_int, MAX_DEPTH};
 use saphyr_parser::{Event, Parser, ScalarStyle, Tag};
 
 /// Parses `src`, which must hold exactly one YAML document.
@@ -204,7 +206,7 @@ fn scalar(value: &str, plain: bool, tag: Option<&Tag>) -> Result<Term, String> {
         "str" => Ok(tree::text(value)),
         "null" => is_null(value).then(tree::null).ok_or_else(mismatch),
         "bool" => bool_value(value).map(tree::boolean).ok_or_else(mismatch),
-        "int" => int(value).ok_or_else(mismatch),
+        "int" => int(value)?.ok_or_else(mismatch),
         "float" if is_float(value) => float(value),
         "float" if is_special_float(value) => Err(special_float(value)),
         "float" => Err(mismatch()),
@@ -218,7 +220,7 @@ fn untagged(value: &str) -> Result<Term, String> {
         Ok(tree::null())
     } else if let Some(b) = bool_value(value) {
         Ok(tree::boolean(b))
-    } else if let Some(n) = int(value) {
+    } else if let Some(n) = int(value)? {
         Ok(n)
     } else if is_float(value) {
         float(value)
@@ -241,8 +243,9 @@ fn bool_value(value: &str) -> Option<bool> {
     }
 }
 
-/// `[-+]?[0-9]+`, `0o[0-7]+` or `0x[0-9a-fA-F]+`.
-fn int(value: &str) -> Option<Term> {
+/// `[-+]?[0-9]+`, `0o[0-7]+` or `0x[0-9a-fA-F]+`; an error when it has
+/// more digits than the term reader takes.
+fn int(value: &str) -> Result<Option<Term>, String> {
     let (digits, radix, negative) = if let Some(hex) = value.strip_prefix("0x") {
         (hex, 16, false)
     } else if let Some(octal) = value.strip_prefix("0o") {
@@ -253,10 +256,10 @@ fn int(value: &str) -> Option<Term> {
         (value.strip_prefix('+').unwrap_or(value), 10, false)
     };
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
+        return Ok(None);
     }
-    let magnitude = BigInt::parse_bytes(digits.as_bytes(), radix)?;
-    Some(Term::int(if negative { -magnitude } else { magnitude }))
+    let magnitude = bounded_int(digits, radix)?;
+    Ok(magnitude.map(|m| Term::int(if negative { -m } else { m })))
 }
 
 /// `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`
@@ -330,6 +333,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::term_parse::MAX_INT_DIGITS;
+    use num_bigint::BigInt;
 
     /// The value of `v` in the one-entry mapping `src`.
     fn value(src: &str) -> Result<Term, ReadError> {
@@ -465,6 +470,30 @@ mod tests {
             let e = parse_yaml(empty).unwrap_err();
             assert_eq!((e.kind, e.line), (ErrorKind::NotAMap, None), "{empty:?}");
         }
+    }
+
+    #[test]
+    fn integers_have_the_term_readers_digit_limit() {
+        let most = "9".repeat(MAX_INT_DIGITS);
+        assert!(matches!(value(&format!("v: {most}")), Ok(Term::BigInt(_))));
+        assert!(matches!(
+            value(&format!("v: !!int {most}")),
+            Ok(Term::BigInt(_))
+        ));
+        for src in [
+            format!("a: 1\nv: {most}9"),
+            format!("a: 1\nv: -{}", "1".repeat(1_000_000)),
+            format!("a: 1\nv: !!int 0x{most}f"),
+        ] {
+            let e = parse_yaml(&src).unwrap_err();
+            assert_eq!(e.line, Some(2));
+            assert!(e.message.contains("more than 4300 digits"), "{e:?}");
+        }
+        // Past the limit as text, it stays text.
+        assert_eq!(
+            value(&format!("v: '{most}9'")),
+            Ok(bin(&format!("{most}9")))
+        );
     }
 
     #[test]
