@@ -311,7 +311,7 @@ fn yaml_warnings_carry_lines() {
     write(
         root.path(),
         "apps/future/app.yaml",
-        "name: future\nversion: '1'\nsource:\n  type: hex\n  url: unused\ndepends_on: [base, base]\nrollout: canary\n",
+        "name: future\nversion: '1'\nsource:\n  type: hex\n  url: unused\ndepends_on: [base, base]\nsidecar: canary\n",
     );
     let out = parse_dir(root.path(), "apps").unwrap();
     assert!(out.errors.is_empty(), "{:?}", out.errors);
@@ -325,7 +325,7 @@ fn yaml_warnings_carry_lines() {
         got,
         [
             (WarningKind::DuplicateDependency, Some(6), "depends_on[1]"),
-            (WarningKind::UnknownKey, Some(7), "rollout"),
+            (WarningKind::UnknownKey, Some(7), "sidecar"),
             (WarningKind::UnusedField, Some(5), "source.url"),
         ]
     );
