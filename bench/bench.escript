@@ -13,7 +13,8 @@ main(Args) ->
     Smoke = Args =:= ["smoke"],
     All = [{"parse", fun parse_rows/2}, {"noop", fun noop_rows/2}, {"fetch", fun fetch_rows/2},
            {"hot", fun hot_rows/2}, {"latency", fun latency_rows/2},
-           {"memory", fun memory_rows/2}],
+           {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2},
+           {"cluster", fun cluster_rows/2}],
     Chosen = case Args -- ["smoke"] of
                  [] -> All;
                  Names -> [S || {Name, _} = S <- All, lists:member(Name, Names)]
@@ -126,6 +127,66 @@ noop_rows(Dir, Smoke) ->
     [{io_lib:format("no-op reconcile, ~p apps in sync", [N]), pct(Samples, 50), pct(Samples, 99),
       undefined}].
 
+%% The first reconcile of N apps whose tcp health checks never pass (a
+%% closed port): each deploy opens a health gate, and the gates wait side
+%% by side, so the reconcile should take about one grace period, not N.
+gate_rows(Dir, Smoke) ->
+    {N, Grace, Runs} = case Smoke of true -> {10, 300, 1}; false -> {100, 2000, 5} end,
+    Port = free_port(),
+    Repo = filename:join(Dir, "gates"),
+    [begin
+         Name = "gate" ++ integer_to_list(I),
+         write_file(filename:join([Repo, "apps", Name, "app.config"]),
+                    ["#{name => ", Name, ", version => <<\"1\">>, source => #{type => hex},\n",
+                     "  health => #{type => tcp, port => ", integer_to_list(Port),
+                     ", interval => 60000, timeout => 500}}.\n"])
+     end || I <- lists:seq(1, N)],
+    ok = git(Repo, ["init", "-q", "-b", "main"]),
+    ok = git(Repo, ["add", "-A"]),
+    ok = git(Repo, ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "gates"]),
+    ok = load_runtime(Dir),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    Samples = lists:sort(
+                [begin
+                     [bench_runtime:remove(list_to_atom("gate" ++ integer_to_list(I)))
+                      || I <- lists:seq(1, N)],
+                     {ok, _} = bc_gitops:start_reconciler(
+                                 #{repo_url => Repo, runtime_module => bench_runtime,
+                                   local_path => filename:join(Dir, "gates_" ++ integer_to_list(K)),
+                                   reconcile_interval => 3600000, health_grace => Grace}),
+                     %% The reconciler's first reconcile starts at once; this
+                     %% call joins it as its follow-up, which finds every app
+                     %% in backoff and returns at once.
+                     T0 = erlang:monotonic_time(microsecond),
+                     {error, {out_of_sync, _}} = bc_gitops:reconcile(),
+                     erlang:monotonic_time(microsecond) - T0
+                 end || K <- lists:seq(1, Runs)]),
+    ok = application:stop(bc_gitops),
+    [{io_lib:format("first reconcile, ~p apps failing health (vs one grace)", [N]),
+      pct(Samples, 50), lists:last(Samples), Grace * 1000}].
+
+%% The records, as bc_gitops has them.
+hrl() ->
+    Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+    filename:join([Root, "include", "bc_gitops.hrl"]).
+
+%% (8) A rolling hot upgrade over 5 peer nodes, under load, next to one
+%% node's upgrade: bench/bench_cluster.erl, on the demo's peers.
+cluster_rows(Dir, Smoke) ->
+    Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+    Out = filename:join(Dir, "bench_cluster"),
+    ok = bc_gitops_peers_compile(Root, Out),
+    {ok, _} = compile:file(filename:join(Root, "bench/bench_cluster.erl"),
+                           [{outdir, Out}, report]),
+    Ebin = filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"]),
+    bench_cluster:rows(Out, Smoke, [Ebin]).
+
+bc_gitops_peers_compile(Root, Out) ->
+    ok = filelib:ensure_path(Out),
+    {ok, _} = compile:file(filename:join(Root, "test/bc_gitops_peers.erl"), [{outdir, Out}, report]),
+    true = code:add_patha(Out),
+    bc_gitops_peers:compile(Root, Out).
+
 %% A runtime that "runs" whatever it is asked to, in an ETS table.
 load_runtime(Dir) ->
     case code:is_loaded(bench_runtime) of
@@ -138,9 +199,7 @@ compile_runtime(Dir) ->
     ok = file:write_file(Src, [
         "-module(bench_runtime).\n",
         "-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).\n",
-        "-record(app_spec, {name, version, description, source, env, health, depends_on}).\n",
-        "-record(app_state, {name, version, status, path, pid, started_at, health = unknown,\n",
-        "                    env = #{}, depends_on = []}).\n",
+        "-include(\"", hrl(), "\").\n",
         "t() -> case ets:whereis(?MODULE) of undefined -> ets:new(?MODULE, [named_table, public,\n",
         "        {heir, whereis(init), none}]); _ -> ?MODULE end.\n",
         "deploy(#app_spec{name = N, version = V, env = E, depends_on = D}) ->\n",

@@ -29,7 +29,8 @@
 
 -export([reconcile/0, sync/0, plan/0, status/0, suspend/0, resume/0,
          get_desired_state/0, get_current_state/0, get_app_status/1,
-         deploy/1, remove/1, upgrade/2, start_reconciler/1, stop_reconciler/0]).
+         deploy/1, remove/1, upgrade/2, start_reconciler/1, stop_reconciler/0,
+         cluster_status/0]).
 
 %% Waiting for a reconcile: builds can be slow.
 -define(RUN_TIMEOUT, infinity).
@@ -42,9 +43,17 @@
 %% `blocked' and `spec_errors' (as in `status/0'); `{error, Reason}' when
 %% the reconcile could not run at all (e.g. `{git, {unreachable, Msg}}').
 %% A trigger during a running reconcile joins a single follow-up.
+%%
+%% In cluster mode it asks the coordinator for a reconcile of the cluster,
+%% and returns when this member has converged to its result (this
+%% member's own result, as above), or with why it cannot
+%% (`{error, {no_quorum, Reachable, Members}}', `{error, no_coordinator}').
 -spec reconcile() -> ok | {error, term()}.
 reconcile() ->
-    bc_gitops_reconciler:run(reconcile, ?RUN_TIMEOUT).
+    case clustered() of
+        true -> bc_gitops_cluster:reconcile();
+        false -> bc_gitops_reconciler:run(reconcile, ?RUN_TIMEOUT)
+    end.
 
 %% @doc Same as {@link reconcile/0}.
 -spec sync() -> ok | {error, term()}.
@@ -53,9 +62,31 @@ sync() ->
 
 %% @doc What the next reconcile would do, without doing it: pulls, parses
 %% and plans against the current state (a dry run, like `flux diff').
+%% In cluster mode: this member's own part of the plan, from the
+%% coordinator's parse of the branch.
 -spec plan() -> {ok, bc_gitops_plan:plan()} | {error, term()}.
 plan() ->
-    bc_gitops_reconciler:run(plan, ?RUN_TIMEOUT).
+    case clustered() of
+        true -> bc_gitops_cluster:plan();
+        false -> bc_gitops_reconciler:run(plan, ?RUN_TIMEOUT)
+    end.
+
+%% @doc Cluster mode: the cluster as its coordinator sees it:
+%% `{ok, #{coordinator => Node, commit => Sha, members => #{Node => #{state
+%% => up | down, commit => Sha, apps => #{App => #{version, status,
+%% health}}}}, rollouts => [#{app, from, to, done => [Node], current =>
+%% [Node], pending => [Node], state => running | halted | done, reason =>
+%% term()}]}}'. `{error, not_clustered}' on a node not in cluster mode.
+-spec cluster_status() -> {ok, map()} | {error, term()}.
+cluster_status() ->
+    bc_gitops_cluster:status().
+
+-spec clustered() -> boolean().
+clustered() ->
+    case bc_gitops_reconciler:config() of
+        {ok, #{cluster := #{}}} -> true;
+        _ -> false
+    end.
 
 %% @doc `{ok, #{status, last_commit, app_count, healthy_count, ...}}'; see
 %% the module doc for the status values. Also: `suspended', `repo'
@@ -93,7 +124,7 @@ get_current_state() ->
     case bc_gitops_reconciler:config() of
         {ok, #{runtime_module := Runtime}} ->
             try {ok, maps:map(fun(_, S) -> S#app_state{health = bc_gitops_reconciler:health(S)} end,
-                              bc_gitops_reconcile:current_state(Runtime))}
+                              bc_gitops_pass:current_state(Runtime))}
             catch throw:{step_failed, Why} -> {error, Why}
             end;
         Error ->

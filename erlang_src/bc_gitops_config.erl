@@ -19,6 +19,8 @@
     apps_dir := binary(),
     reconcile_interval := pos_integer(),
     runtime_module := module(),
+    clock := module(),
+    cluster := false | #{members := [node(), ...], max_parallel := pos_integer()},
     git_timeout := pos_integer(),
     backoff_base := pos_integer(),
     backoff_max := pos_integer(),
@@ -51,6 +53,8 @@ defaults() ->
       apps_dir => <<"apps">>,
       reconcile_interval => 60000,
       runtime_module => bc_gitops_runtime_default,
+      clock => bc_gitops_clock,
+      cluster => false,
       git_timeout => 60000,
       backoff_base => 10000,
       backoff_max => 600000,
@@ -75,7 +79,11 @@ from_map(Map) when is_map(Map) ->
         %% An idle reconciler (no repo) never calls its runtime, so a
         %% runtime that is not there yet need not stop the boot.
         _ = maps:get(repo_url, Config) =:= undefined
-            orelse check_runtime(maps:get(runtime_module, Config)),
+            orelse check_module(runtime_module, maps:get(runtime_module, Config),
+                                bc_gitops_runtime:callbacks()),
+        _ = check_module(clock, maps:get(clock, Config), bc_gitops_clock:callbacks()),
+        _ = maps:get(repo_url, Config) =:= undefined
+            orelse check_member(maps:get(cluster, Config)),
         {ok, Config}
     catch
         throw:{bad_config, _, _} = Bad -> {error, Bad}
@@ -92,8 +100,22 @@ check(repo_url, V) -> non_empty_text(repo_url, V);
 check(local_path, V) -> filename:absname(unicode:characters_to_list(non_empty_text(local_path, V)));
 check(branch, V) -> non_empty_text(branch, V);
 check(apps_dir, V) -> non_empty_text(apps_dir, V);
-check(runtime_module, V) when is_atom(V) -> V;
-check(runtime_module, _) -> bad(runtime_module, "must be a module name (an atom)");
+check(K, V) when (K =:= runtime_module orelse K =:= clock), is_atom(V) -> V;
+check(K, _) when K =:= runtime_module; K =:= clock -> bad(K, "must be a module name (an atom)");
+check(cluster, V) when V =:= false; V =:= undefined -> false;
+check(cluster, #{members := [_ | _] = Members} = V) ->
+    lists:all(fun(M) -> is_atom(M) andalso length(string:split(atom_to_list(M), "@")) =:= 2 end,
+              Members) orelse bad(cluster, "members must be node names (atoms such as 'a@host')"),
+    Parallel = maps:get(max_parallel, V, 1),
+    is_integer(Parallel) andalso Parallel > 0
+        orelse bad(cluster, "max_parallel must be a positive integer"),
+    [] =:= maps:keys(V) -- [members, max_parallel]
+        orelse bad(cluster, io_lib:format("unknown keys ~p", [maps:keys(V) -- [members, max_parallel]])),
+    %% In the order given: batches follow it, and the first is the canary.
+    Unique = lists:foldr(fun(M, Acc) -> [M | Acc -- [M]] end, [], Members),
+    #{members => Unique, max_parallel => Parallel};
+check(cluster, _) ->
+    bad(cluster, "must be false or #{members => [Node, ...]} (and max_parallel)");
 check(K, V) when (K =:= ssh_verify_host orelse K =:= self_heal), is_boolean(V) -> V;
 check(K, _) when K =:= ssh_verify_host; K =:= self_heal -> bad(K, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
@@ -104,16 +126,27 @@ check(K, V) ->
     true = lists:member(K, ?OPTIONAL_TEXT),
     non_empty_text(K, V).
 
--spec check_runtime(module()) -> true.
-check_runtime(Module) ->
+%% A cluster member runs distributed, and is one of the members.
+-spec check_member(false | map()) -> true.
+check_member(false) ->
+    true;
+check_member(#{members := Members}) ->
+    node() =/= nonode@nohost
+        orelse bad(cluster, "cluster mode needs a distributed node (-name or -sname)"),
+    lists:member(node(), Members)
+        orelse bad(cluster, io_lib:format("this node (~p) is not one of members", [node()])).
+
+%% The module of option `Key' loads and exports every callback.
+-spec check_module(atom(), module(), [{atom(), arity()}]) -> true.
+check_module(Key, Module, Callbacks) ->
     case code:ensure_loaded(Module) of
         {module, Module} ->
-            Missing = [F || {Name, Arity} = F <- bc_gitops_runtime:callbacks(),
+            Missing = [F || {Name, Arity} = F <- Callbacks,
                             not erlang:function_exported(Module, Name, Arity)],
             Missing =:= [] orelse
-                bad(runtime_module, io_lib:format("~p does not export ~p", [Module, Missing]));
+                bad(Key, io_lib:format("~p does not export ~p", [Module, Missing]));
         {error, Why} ->
-            bad(runtime_module, io_lib:format("module ~p cannot be loaded: ~p", [Module, Why]))
+            bad(Key, io_lib:format("module ~p cannot be loaded: ~p", [Module, Why]))
     end.
 
 -spec non_empty_text(atom(), term()) -> binary().

@@ -11,7 +11,7 @@
 
 -include("bc_gitops.hrl").
 
--export([start_link/0, watch/1, health/1]).
+-export([start_link/0, watch/1, watch/2, health/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(TABLE, bc_gitops_health).
@@ -29,8 +29,15 @@ start_link() ->
 %% spec; a changed spec restarts that app's checks.
 -spec watch([#app_spec{}]) -> ok.
 watch(Specs) ->
+    watch(Specs, #{}).
+
+%% @doc The same, with results already known of some apps (a health gate
+%% just saw them healthy): they stand until the app's next check.
+-spec watch([#app_spec{}], #{atom() => bc_gitops_health:result()}) -> ok.
+watch(Specs, Known) ->
     gen_server:cast(?MODULE, {watch, maps:from_list([{N, H} || #app_spec{name = N, health = H}
-                                                                   <- Specs, H =/= undefined])}).
+                                                                   <- Specs, H =/= undefined]),
+                              Known}).
 
 %% @doc The latest health of `App': `no_check' when it has no health spec,
 %% `unknown' before its first check.
@@ -56,7 +63,7 @@ handle_call(_Request, _From, St) ->
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
-handle_cast({watch, Specs}, #st{specs = Old, timers = Timers} = St) ->
+handle_cast({watch, Specs, Known}, #st{specs = Old, timers = Timers} = St) ->
     Gone = [A || A <- maps:keys(Old), maps:get(A, Specs, none) =/= maps:get(A, Old)],
     _ = [begin
              _ = erlang:cancel_timer(maps:get(A, Timers, make_ref())),
@@ -65,6 +72,7 @@ handle_cast({watch, Specs}, #st{specs = Old, timers = Timers} = St) ->
     Timers1 = maps:without(Gone, Timers),
     New = [A || A <- maps:keys(Specs), not maps:is_key(A, Timers1)],
     _ = [ets:insert(?TABLE, {A, unknown}) || A <- New],
+    _ = [ets:insert(?TABLE, {A, R}) || {A, R} <- maps:to_list(Known), maps:is_key(A, Specs)],
     Timers2 = lists:foldl(fun(A, Acc) -> Acc#{A => erlang:send_after(0, self(), {check, A})} end,
                           Timers1, New),
     {noreply, St#st{specs = Specs, timers = Timers2}};

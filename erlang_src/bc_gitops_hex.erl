@@ -398,7 +398,7 @@ fetch_release(Name, #{version := V, inner_checksum := Inner} = Rel,
             end,
     TarUrl = Url ++ "/tarballs/" ++ binary_to_list(Name) ++ "-" ++ binary_to_list(V) ++ ".tar",
     {Tar, Hex} = download_file(TarUrl, Ctx, Max, {tarball_not_found, Name, V}),
-    Hex =:= hex(Outer) orelse fail({checksum_mismatch, outer, Name, V}),
+    binary:decode_hex(Hex) =:= Outer orelse fail({checksum_mismatch, outer, Name, V}),
     Files = case erl_tar:extract({binary, Tar}, [memory]) of
                 {ok, Fs} -> Fs;
                 {error, Why} -> fail({bad_tarball, Name, V, Why})
@@ -415,7 +415,7 @@ fetch_release(Name, #{version := V, inner_checksum := Inner} = Rel,
     Contents = Get("contents.tar.gz"),
     Computed = crypto:hash(sha256, [Version, MetaBin, Contents]),
     Computed =:= Inner orelse fail({checksum_mismatch, inner, Name, V}),
-    string:uppercase(string:trim(Get("CHECKSUM"))) =:= string:uppercase(hex(Computed))
+    string:uppercase(string:trim(Get("CHECKSUM"))) =:= binary:encode_hex(Computed)
         orelse fail({checksum_mismatch, checksum_file, Name, V}),
     Meta = metadata(Name, V, MetaBin),
     ContentsFile = filename:join(Tmp, binary_to_list(Name) ++ "-contents.tar.gz"),
@@ -452,10 +452,6 @@ metadata(Name, V, Bin) ->
         #{<<"name">> := Name, <<"version">> := V} -> Meta;
         _ -> fail({bad_tarball, Name, V, metadata_mismatch})
     end.
-
--spec hex(binary()) -> binary().
-hex(Bin) ->
-    << <<(lists:nth(N + 1, "0123456789abcdef"))>> || <<N:4>> <= Bin >>.
 
 %%====================================================================
 %% Build layout

@@ -7,6 +7,19 @@
 %%% follow-up reconcile, and every caller waiting on it gets its result. The
 %%% interval timer counts from the end of the previous reconcile, and pauses
 %%% while suspended (manual triggers still work then).
+%%%
+%%% An app held by a backoff is retried when its backoff runs out: a retry
+%%% timer is set for the first such moment, apart from the interval (as
+%%% Flux's `retryInterval' is apart from its `interval'). A trigger that
+%%% arrives while a reconcile waits for health gates makes it look at git;
+%%% when the branch moved, that reconcile ends early, its callers join the
+%%% follow-up, and its open gates are handed to it. Timers and time come
+%%% from the `clock' option's module ({@link bc_gitops_clock}).
+%%%
+%%% In cluster mode it is a member: it never pulls git, but converges the
+%%% node to what the coordinator assigned to it ({@link bc_gitops_member}),
+%%% taking deltas only from a member node, and reports after each change
+%%% and each reconcile.
 -module(bc_gitops_reconciler).
 
 -behaviour(gen_server).
@@ -14,7 +27,8 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1]).
+-export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
+         ack/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 -export([worker/2]).
 
@@ -30,19 +44,30 @@
     waiting = [] :: [gen_server:from()],
     %% Jobs not started yet, in order, each with its callers.
     queue = [] :: [{job(), [gen_server:from()]}],
-    timer :: undefined | reference(),
+    %% The interval timer and the retry timer: their tokens (a timer
+    %% message with another token is stale) and clock references.
+    timer :: undefined | {reference(), reference()},
+    retry :: undefined | {reference(), reference()},
+    %% Health gates a superseded reconcile left open, for the next one.
+    gates = [] :: [bc_gitops_gate:gate()],
     cache :: undefined | map(),
     %% The last reconcile's plan and the state it was made from, when it
-    %% applied nothing (see bc_gitops_reconcile).
-    previous :: undefined | bc_gitops_reconcile:planned(),
-    failures = #{} :: #{atom() => bc_gitops_reconcile:failure()},
-    repairs = #{} :: #{atom() => bc_gitops_reconcile:repair()},
+    %% applied nothing (see bc_gitops_pass).
+    previous :: undefined | bc_gitops_pass:planned(),
+    failures = #{} :: #{atom() => bc_gitops_hold:failure()},
+    repairs = #{} :: #{atom() => bc_gitops_hold:repair()},
     last = #{} :: map(),
     last_commit :: binary() | undefined,
     last_at :: integer() | undefined,
     %% What was last written to the state file, and the apps it was made
     %% from: unchanged, it is not written again.
-    saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined
+    saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined,
+    %% Cluster mode: the assignment, what of it settled, and where
+    %% reports go.
+    member :: undefined | #{assignment := bc_gitops_member:assignment(),
+                            settled := bc_gitops_member:settled(),
+                            coordinator := pid() | undefined,
+                            monitor => reference()}
 }).
 
 %% @doc Starts the reconciler with a checked configuration.
@@ -66,6 +91,14 @@ desired() -> call(desired, 5000).
 %% @doc The checked configuration it runs with.
 -spec config() -> {ok, bc_gitops_config:config()} | {error, not_running}.
 config() -> call(config, 5000).
+
+%% @doc Cluster mode: the last assignment delta taken in.
+-spec ack() -> reference() | undefined.
+ack() ->
+    case call(ack, 5000) of
+        {ok, Ack} -> Ack;
+        {error, _} -> undefined
+    end.
 
 %% @doc Pauses automatic reconciles.
 -spec suspend() -> ok | {error, not_running}.
@@ -91,14 +124,23 @@ init(Config) ->
                  undefined -> #{last_commit => undefined};
                  _ -> bc_gitops_store:load(bc_gitops_config:state_file(Config))
              end,
-    St = #st{config = Config, last_commit = maps:get(last_commit, Stored)},
+    St = #st{config = Config, last_commit = maps:get(last_commit, Stored),
+             member = case maps:get(cluster, Config, false) of
+                          false -> undefined;
+                          _ ->
+                              Kept = maps:merge(#{assignment => bc_gitops_member:new(),
+                                                  settled => #{}},
+                                                maps:get(cluster, Stored, #{})),
+                              Kept#{coordinator => undefined}
+                      end},
     case maps:get(repo_url, Config) of
         undefined ->
             ?LOG_NOTICE("bc_gitops: no repo_url configured; the reconciler is idle"),
             {ok, St};
         _ ->
-            self() ! tick,
-            {ok, St}
+            Token = make_ref(),
+            self() ! {tick, Token},
+            {ok, St#st{timer = {Token, Token}}}
     end.
 
 %% @private
@@ -110,8 +152,10 @@ handle_call(desired, _From, #st{cache = Cache} = St) ->
     {reply, {ok, case Cache of undefined -> []; #{specs := S} -> S end}, St};
 handle_call(config, _From, St) ->
     {reply, {ok, St#st.config}, St};
+handle_call(ack, _From, #st{member = #{assignment := #{ack := Ack}}} = St) ->
+    {reply, {ok, Ack}, St};
 handle_call(suspend, _From, St) ->
-    {reply, ok, cancel_timer(St#st{suspended = true})};
+    {reply, ok, cancel_timers(St#st{suspended = true})};
 handle_call(resume, _From, #st{suspended = true} = St) ->
     {reply, ok, maybe_start(enqueue(reconcile, none, St#st{suspended = false}))};
 handle_call(resume, _From, St) ->
@@ -128,16 +172,43 @@ handle_call(_Other, _From, St) ->
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
+handle_cast({assign, From, Delta}, #st{member = #{assignment := A, settled := S} = M} = St) ->
+    case from_member(From, St) of
+        true ->
+            A1 = bc_gitops_member:assign(Delta, A, S),
+            St1 = follow(From, St#st{member = M#{assignment := A1},
+                                     last_commit = bc_gitops_member:commit(A1)}),
+            %% The reconcile starts before the assignment is written: the
+            %% write syncs the disk, and the acknowledgement waits for it.
+            %% A suspended member keeps it for when it resumes (the
+            %% rollout waits for it meanwhile).
+            St2 = case St1#st.suspended of
+                      true -> St1;
+                      false -> maybe_start(enqueue(reconcile, none, St1))
+                  end,
+            {noreply, report(save_member(St2))};
+        false ->
+            {noreply, St}
+    end;
+handle_cast({report_to, From}, #st{member = #{}} = St) ->
+    case from_member(From, St) of
+        true -> {noreply, report(follow(From, St))};
+        false -> {noreply, St}
+    end;
 handle_cast(_Msg, St) ->
     {noreply, St}.
 
 %% @private
 -spec handle_info(term(), #st{}) -> {noreply, #st{}}.
-handle_info(tick, St) ->
-    St1 = St#st{timer = undefined},
-    case St1#st.suspended orelse not configured(St1) of
-        true -> {noreply, St1};
-        false -> {noreply, maybe_start(enqueue(reconcile, none, St1))}
+handle_info({Timer, Token}, St) when Timer =:= tick; Timer =:= retry ->
+    case timer_fired(Timer, Token, St) of
+        {true, St1} ->
+            case St1#st.suspended orelse not configured(St1) of
+                true -> {noreply, St1};
+                false -> {noreply, maybe_start(enqueue(reconcile, none, St1))}
+            end;
+        false ->
+            {noreply, St}
     end;
 handle_info({'DOWN', Ref, process, Pid, Reason}, #st{worker = {Pid, Ref, Job}} = St) ->
     Result = case Reason of
@@ -145,8 +216,21 @@ handle_info({'DOWN', Ref, process, Pid, Reason}, #st{worker = {Pid, Ref, Job}} =
                  Crash -> {crashed, Crash}
              end,
     St1 = finished(Job, Result, St#st{worker = undefined}),
-    [gen_server:reply(From, reply(Job, Result)) || From <- St1#st.waiting],
-    {noreply, schedule(maybe_start(St1#st{waiting = []}))};
+    St2 = case Result of
+              #{superseded := true} ->
+                  %% Its callers get the result of the reconcile of the
+                  %% new commit, queued by the trigger that ended it.
+                  enqueue_callers(reconcile, St1#st.waiting, St1);
+              _ ->
+                  [gen_server:reply(From, reply(Job, Result)) || From <- St1#st.waiting],
+                  St1
+          end,
+    {noreply, schedule(maybe_start(St2#st{waiting = []}))};
+handle_info({'DOWN', Ref, process, _, _}, #st{member = #{monitor := Ref} = M} = St) ->
+    %% The coordinator reported to is gone (a late word from one that had
+    %% stepped down, or it died): this node's cluster part says who is.
+    ok = bc_gitops_cluster:tell(),
+    {noreply, St#st{member = maps:remove(monitor, M#{coordinator := undefined})}};
 handle_info({'EXIT', _, _}, St) ->
     {noreply, St};
 handle_info(_Other, St) ->
@@ -154,14 +238,86 @@ handle_info(_Other, St) ->
 
 %%% Jobs
 
+%% Whether there is anything to reconcile to: a repository, and in cluster
+%% mode an assignment (before the first, the member leaves the node alone).
 -spec configured(#st{}) -> boolean().
-configured(#st{config = #{repo_url := Url}}) -> Url =/= undefined.
+configured(#st{config = #{repo_url := undefined}}) -> false;
+configured(#st{member = #{assignment := #{ack := undefined}}}) -> false;
+configured(#st{}) -> true.
+
+%%% Cluster member
+
+%% Only a member node's coordinator is listened to.
+-spec from_member(pid(), #st{}) -> boolean().
+from_member(Pid, #st{config = #{cluster := #{members := Members}}}) ->
+    case lists:member(node(Pid), Members) of
+        true ->
+            true;
+        false ->
+            ?LOG_WARNING("bc_gitops: ignoring ~p, which is not a member of the cluster", [node(Pid)]),
+            false
+    end.
+
+%% Reports go to `Pid' from now on; it is watched.
+-spec follow(pid(), #st{}) -> #st{}.
+follow(Pid, #st{member = #{coordinator := Pid}} = St) ->
+    St;
+follow(Pid, #st{member = M} = St) ->
+    _ = [erlang:demonitor(Old, [flush]) || #{monitor := Old} <- [M]],
+    St#st{member = M#{coordinator := Pid, monitor => erlang:monitor(process, Pid)}}.
+
+%% What settled in a reconcile of the assignment; the coordinator is told.
+-spec settle(map(), #st{}) -> #st{}.
+settle(_R, #st{member = undefined} = St) ->
+    St;
+settle(R, #st{member = #{assignment := A, settled := S} = M} = St) ->
+    report(St#st{member = M#{settled := bc_gitops_member:settle(R, A, S)}}).
+
+-spec report(#st{}) -> #st{}.
+report(#st{member = undefined} = St) ->
+    St;
+report(#st{member = #{coordinator := undefined}} = St) ->
+    St;
+report(#st{member = #{coordinator := Pid, assignment := A, settled := S}} = St) ->
+    Current = maps:get(current, St#st.last, #{}),
+    Busy = case St#st.worker of
+               {_, _, reconcile} -> true;
+               _ -> lists:keymember(reconcile, 1, St#st.queue)
+           end,
+    Report = #{node => node(), ack => maps:get(ack, A), commit => bc_gitops_member:commit(A),
+               busy => Busy, holds => bc_gitops_member:holds(A),
+               apps => bc_gitops_member:report(A, S, St#st.failures, Current)},
+    gen_server:cast(Pid, {report, node(), Report}),
+    St.
+
+-spec member_stored(#st{}) -> map().
+member_stored(#st{member = undefined}) -> #{};
+member_stored(#st{member = #{assignment := A, settled := S}}) ->
+    #{cluster => #{assignment => A, settled => S}}.
+
+%% A new assignment is kept at once: a member that restarts converges to
+%% it even before it reaches a coordinator.
+-spec save_member(#st{}) -> #st{}.
+save_member(#st{saved = Saved, config = Config, last_commit = Commit} = St) ->
+    Current = case Saved of
+                  {_, C} -> C;
+                  undefined -> #{}
+              end,
+    St#st{saved = persist(#{current => Current}, Config, Commit, member_stored(St), Saved)}.
 
 %% Reconciles and dry runs already queued take more callers instead of
-%% queueing again: that is the coalescing.
+%% queueing again: that is the coalescing. A reconcile asked for while one
+%% runs also tells the running one (see bc_gitops_apply).
 -spec enqueue(job(), gen_server:from() | none, #st{}) -> #st{}.
-enqueue(Job, From, #st{queue = Queue} = St) ->
-    Callers = [From || From =/= none],
+enqueue(Job, From, St) ->
+    case {Job, St#st.worker} of
+        {reconcile, {Pid, _, reconcile}} -> ok = bc_gitops_apply:trigger(Pid);
+        _ -> ok
+    end,
+    enqueue_callers(Job, [From || From =/= none], St).
+
+-spec enqueue_callers(job(), [gen_server:from()], #st{}) -> #st{}.
+enqueue_callers(Job, Callers, #st{queue = Queue} = St) ->
     case lists:keyfind(Job, 1, Queue) of
         {Job, Waiting} when Job =:= reconcile; Job =:= plan ->
             St#st{queue = lists:keyreplace(Job, 1, Queue, {Job, Callers ++ Waiting})};
@@ -171,12 +327,19 @@ enqueue(Job, From, #st{queue = Queue} = St) ->
 
 -spec maybe_start(#st{}) -> #st{}.
 maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
-    St1 = cancel_timer(St),
+    St1 = cancel_timers(St),
     Ctx0 = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
-             repairs => St1#st.repairs, manual => Callers =/= []},
-    Ctx = case St1#st.previous of
-              undefined -> Ctx0;
-              Previous -> Ctx0#{previous => Previous}
+             repairs => St1#st.repairs, manual => Callers =/= [], gates => St1#st.gates},
+    Ctx1 = case St1#st.previous of
+               undefined -> Ctx0;
+               Previous -> Ctx0#{previous => Previous}
+           end,
+    Ctx = case St1#st.member of
+              undefined ->
+                  Ctx1;
+              #{assignment := #{ack := Ack} = A} ->
+                  Ctx1#{given => bc_gitops_member:parsed(A), holds => bc_gitops_member:holds(A),
+                        moved => fun() -> ack() =/= Ack end}
           end,
     %% A heap sized for the parse and the state it is given and works on:
     %% a worker that starts small spends a no-op reconcile of 1,000 apps
@@ -187,20 +350,21 @@ maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
             end,
     Heap = min(1 bsl 20, 256 * Specs + 233),
     {Pid, Ref} = spawn_opt(?MODULE, worker, [Job, Ctx], [monitor, {min_heap_size, Heap}]),
-    St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest};
+    St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest,
+           gates = case Job of reconcile -> []; _ -> St1#st.gates end};
 maybe_start(St) ->
     St.
 
 %% @private The worker process: its exit reason carries the result, so one
 %% 'DOWN' message reports success and crash alike.
--spec worker(job(), bc_gitops_reconcile:context()) -> no_return().
+-spec worker(job(), bc_gitops_pass:context()) -> no_return().
 worker(Job, Ctx) ->
     exit({done, shrink(work(Job, Ctx), Ctx)}).
 
 %% A no-op reconcile gives back the parse and the state it was given:
 %% `same' instead of a copy of each (a thousand specs and app states are a
 %% megabyte to copy, and to collect in the reconciler); see expand/2.
--spec shrink(term(), bc_gitops_reconcile:context()) -> term().
+-spec shrink(term(), bc_gitops_pass:context()) -> term().
 shrink(#{outcome := ok, cache := Cache, current := Current,
          planned := #{current := Current} = Planned} = R, Ctx) ->
     Same = case Ctx of
@@ -224,13 +388,13 @@ expand(#{cache := Cache, current := Current, planned := Planned} = R,
 expand(Result, _St) ->
     Result.
 
--spec work(job(), bc_gitops_reconcile:context()) -> term().
+-spec work(job(), bc_gitops_pass:context()) -> term().
 work(reconcile, Ctx) ->
-    bc_gitops_reconcile:run(Ctx);
+    bc_gitops_pass:run(Ctx);
 work(plan, Ctx) ->
-    bc_gitops_reconcile:dry_run(Ctx);
+    bc_gitops_pass:dry_run(Ctx);
 work({manual, Action}, #{config := #{runtime_module := Runtime}}) ->
-    bc_gitops_actions:summary(bc_gitops_actions:run(Runtime, Action)).
+    bc_gitops_action:summary(bc_gitops_action:run(Runtime, Action)).
 
 -spec finished(job(), term(), #st{}) -> #st{}.
 finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St) ->
@@ -238,20 +402,25 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
     %% they were.
     St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, St#st.repairs),
                 last = R, previous = maps:get(planned, R, undefined),
-                last_at = erlang:system_time(millisecond)},
+                gates = maps:get(gates, R, []), last_at = erlang:system_time(millisecond)},
     case Outcome of
         ok ->
             Commit = maps:get(commit, Cache),
-            ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache)),
-            St1#st{last_commit = Commit, saved = persist(R, St1#st.config, Commit, St1#st.saved)};
+            ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache),
+                                                maps:from_list([{A, healthy}
+                                                                || A <- maps:get(healthy, R)])),
+            St2 = settle(R, St1),
+            St2#st{last_commit = Commit,
+                   saved = persist(R, St2#st.config, Commit, member_stored(St2), St2#st.saved)};
         {error, Why} ->
             ?LOG_WARNING("bc_gitops: reconcile failed: ~p", [Why]),
-            St1
+            %% A member still tells the coordinator it is no longer busy.
+            report(St1)
     end;
 finished(reconcile, Crash, St) ->
     ?LOG_ERROR("bc_gitops: reconcile worker crashed: ~p", [Crash]),
-    St#st{last = #{outcome => {error, Crash}}, previous = undefined,
-          last_at = erlang:system_time(millisecond)};
+    report(St#st{last = #{outcome => {error, Crash}}, previous = undefined,
+                 last_at = erlang:system_time(millisecond)});
 finished(plan, {ok, _, Parsed}, #st{cache = Parsed} = St) ->
     St;
 finished(plan, {ok, _, Parsed}, St) ->
@@ -264,7 +433,7 @@ finished(_Job, _Result, St) ->
 reply(reconcile, #{outcome := ok, applied := Applied, waiting := Waiting, blocked := Blocked,
                    cache := #{errors := SpecErrors}}) ->
     Details = maps:filter(fun(_, V) -> V =/= [] end,
-                          #{failed => [{bc_gitops_actions:app(A), Why}
+                          #{failed => [{bc_gitops_action:app(A), Why}
                                        || {A, {error, Why}} <- Applied],
                             waiting => Waiting, blocked => Blocked,
                             spec_errors => SpecErrors}),
@@ -277,36 +446,71 @@ reply(plan, {ok, Plan, _Parsed}) -> {ok, Plan};
 reply(_Job, {crashed, _} = Crash) -> {error, Crash};
 reply(_Job, Result) -> Result.
 
-%% The timer runs only while nothing is queued or running.
+%% The timers run only while nothing is queued or running: the interval
+%% from now, and a retry when the first app held by a backoff may go.
 -spec schedule(#st{}) -> #st{}.
-schedule(#st{worker = undefined, queue = [], timer = undefined, suspended = false} = St) ->
+schedule(#st{worker = undefined, queue = [], timer = undefined, retry = undefined,
+             suspended = false, config = Config} = St) ->
     case configured(St) of
         true ->
-            Interval = maps:get(reconcile_interval, St#st.config),
-            St#st{timer = erlang:send_after(Interval, self(), tick)};
+            St1 = St#st{timer = start_timer(tick, maps:get(reconcile_interval, Config), St)},
+            case retry_in(St1) of
+                none -> St1;
+                Ms -> St1#st{retry = start_timer(retry, Ms, St1)}
+            end;
         false ->
             St
     end;
 schedule(St) ->
     St.
 
--spec cancel_timer(#st{}) -> #st{}.
-cancel_timer(#st{timer = undefined} = St) -> St;
-cancel_timer(#st{timer = T} = St) ->
-    _ = erlang:cancel_timer(T),
-    St#st{timer = undefined}.
+%% When the first backoff runs out, if any: of an app that failed (but
+%% a rolled-back version, which waits for a new spec), or of an app the
+%% last reconcile held (a repair backoff, or a failure of before).
+-spec retry_in(#st{}) -> none | non_neg_integer().
+retry_in(#st{failures = Failures, last = Last} = St) ->
+    Now = now(St),
+    Failed = [max(0, At - Now) || #{retry_at := At, reason := R} <- maps:values(Failures),
+                                  not is_tuple(R) orelse element(1, R) =/= rolled_back],
+    case Failed ++ [Ms || {_App, {backoff, _, Ms}} <- maps:get(waiting, Last, [])] of
+        [] -> none;
+        Delays -> lists:min(Delays)
+    end.
 
--spec persist(map(), bc_gitops_config:config(), binary(), Saved) -> Saved
+-spec start_timer(tick | retry, non_neg_integer(), #st{}) -> {reference(), reference()}.
+start_timer(Kind, Ms, #st{config = #{clock := Clock}}) ->
+    Token = make_ref(),
+    {Token, Clock:send_after(Ms, self(), {Kind, Token})}.
+
+%% Whether a timer message is the current one of its kind (a cancelled
+%% timer's message may still arrive); it is then no longer set.
+-spec timer_fired(tick | retry, reference(), #st{}) -> {true, #st{}} | false.
+timer_fired(tick, Token, #st{timer = {Token, _}} = St) -> {true, St#st{timer = undefined}};
+timer_fired(retry, Token, #st{retry = {Token, _}} = St) -> {true, St#st{retry = undefined}};
+timer_fired(_Kind, _Token, _St) -> false.
+
+-spec cancel_timers(#st{}) -> #st{}.
+cancel_timers(#st{config = #{clock := Clock}} = St) ->
+    _ = [Clock:cancel_timer(Ref) || {_Token, Ref} <- [St#st.timer, St#st.retry]],
+    St#st{timer = undefined, retry = undefined}.
+
+-spec persist(map(), bc_gitops_config:config(), binary() | undefined, map(), Saved) -> Saved
               when Saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined.
-persist(#{current := Current}, _Config, Commit, {#{last_commit := Commit}, Current} = Saved) ->
+persist(#{current := Current}, _Config, Commit, Extra,
+        {#{last_commit := Commit}, Current} = Saved) when Extra =:= #{} ->
     %% The same commit and the same apps as when it was written: one
     %% compare instead of building the stored form again.
     Saved;
-persist(#{current := Current}, Config, Commit, Saved) ->
+persist(#{current := Current}, Config, Commit, Extra, Saved) ->
     Apps = maps:map(fun(_, #app_state{version = V, env = E, path = P, depends_on = D}) ->
                             #{version => V, env => E, path => P, depends_on => D}
                     end, Current),
-    Stored = #{last_commit => Commit, apps => Apps},
+    write_state(maps:merge(#{last_commit => Commit, apps => Apps}, Extra), Current, Config, Saved).
+
+-spec write_state(bc_gitops_store:stored(), #{atom() => #app_state{}}, bc_gitops_config:config(),
+                  Saved) -> Saved
+              when Saved :: {bc_gitops_store:stored(), #{atom() => #app_state{}}} | undefined.
+write_state(Stored, Current, Config, Saved) ->
     case Saved of
         {Stored, _} ->
             {Stored, Current};
@@ -323,7 +527,13 @@ persist(#{current := Current}, Config, Commit, Saved) ->
 %%% Status
 
 -spec status_map(#st{}) -> map().
-status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
+status_map(#st{member = #{}} = St) ->
+    (status_map1(St))#{cluster => bc_gitops_cluster:info()};
+status_map(St) ->
+    status_map1(St).
+
+-spec status_map1(#st{}) -> map().
+status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
     Specs = case Cache of undefined -> []; #{specs := S} -> S end,
     Current = maps:get(current, Last, #{}),
     Managed = [S#app_state{health = health(S)} || S <- maps:values(Current)],
@@ -344,8 +554,11 @@ status_map(#st{config = Config, last = Last, cache = Cache} = St) ->
       spec_warnings => case Cache of undefined -> []; #{warnings := Ws} -> Ws end,
       blocked => maps:get(blocked, Last, []),
       waiting => maps:get(waiting, Last, []),
-      app_errors => app_errors(St#st.failures),
-      repairs => repairs(St#st.repairs)}.
+      app_errors => app_errors(St#st.failures, now(St)),
+      repairs => repairs(St#st.repairs, now(St))}.
+
+-spec now(#st{}) -> integer().
+now(#st{config = #{clock := Clock}}) -> Clock:now_ms().
 
 %% @doc An app's health: its last check when it has a health spec,
 %% else healthy when it runs.
@@ -378,16 +591,14 @@ status_name(#st{last = Last, failures = Failures, cache = Cache}, AllHealthy) ->
 
 %% Apps repaired at the last reconciles in a row: how often, what was
 %% repaired, and how long until the next repair may be done.
--spec repairs(#{atom() => bc_gitops_reconcile:repair()}) -> #{atom() => map()}.
-repairs(Repairs) ->
-    Now = erlang:monotonic_time(millisecond),
+-spec repairs(#{atom() => bc_gitops_hold:repair()}, integer()) -> #{atom() => map()}.
+repairs(Repairs, Now) ->
     maps:map(fun(_, #{count := N, retry_at := At, reason := R}) ->
                      #{count => N, reason => R, retry_in_ms => max(0, At - Now)}
              end, Repairs).
 
--spec app_errors(#{atom() => bc_gitops_reconcile:failure()}) -> #{atom() => map()}.
-app_errors(Failures) ->
-    Now = erlang:monotonic_time(millisecond),
+-spec app_errors(#{atom() => bc_gitops_hold:failure()}, integer()) -> #{atom() => map()}.
+app_errors(Failures, Now) ->
     maps:map(fun(_, #{attempts := N, retry_at := At, reason := R, version := V}) ->
                      #{attempts => N, reason => R, version => V,
                        retry_in_ms => max(0, At - Now)}

@@ -2,6 +2,9 @@
 %%% survives a node restart: the last applied commit and, for each app, the
 %%% version, env and build location it was deployed with.
 %%%
+%%% In cluster mode it also keeps what the coordinator assigned to this
+%%% member and what of it settled.
+%%%
 %%% Writes are atomic (a temporary file, fsync, then rename), and the file
 %%% carries its length and a CRC-32 of its contents: a torn or corrupt file is detected,
 %%% logged as a warning and ignored. It never stops the application from
@@ -17,7 +20,10 @@
 -type stored() :: #{
     last_commit := binary() | undefined,
     apps := #{atom() => #{version := binary(), env := map(), path := term(),
-                          depends_on := [atom()]}}
+                          depends_on := [atom()]}},
+    %% Cluster mode: the member's assignment and what of it settled.
+    cluster => #{assignment := bc_gitops_member:assignment(),
+                 settled := bc_gitops_member:settled()}
 }.
 
 -define(MAGIC, "BCGITOPS").

@@ -1,6 +1,7 @@
 %%% @doc The top supervisor: it holds the health monitor and the
 %%% reconciler, started from the application env at boot or from
-%%% {@link bc_gitops:start_reconciler/1}.
+%%% {@link bc_gitops:start_reconciler/1}; in cluster mode also the node's
+%%% part in the cluster ({@link bc_gitops_cluster}), after the reconciler.
 -module(bc_gitops_sup).
 
 -behaviour(supervisor).
@@ -9,6 +10,7 @@
 -export([init/1]).
 
 -define(CHILD, bc_gitops_reconciler).
+-define(CLUSTER, bc_gitops_cluster).
 
 %% @doc `Config' is the reconciler's checked configuration, or `none' to
 %% start without a reconciler.
@@ -21,15 +23,26 @@ start_link(Config) ->
 start_reconciler(Config) ->
     ok = stop_reconciler(),
     case supervisor:start_child(?MODULE, child(Config)) of
-        {ok, Pid} -> {ok, Pid};
-        {error, _} = Error -> Error
+        {ok, Pid} ->
+            case [C || C <- cluster_child(Config)] of
+                [] -> {ok, Pid};
+                [Cluster] ->
+                    case supervisor:start_child(?MODULE, Cluster) of
+                        {ok, _} -> {ok, Pid};
+                        {error, _} = Error -> ok = stop_reconciler(), Error
+                    end
+            end;
+        {error, _} = Error ->
+            Error
     end.
 
-%% @doc Stops the reconciler, if one runs.
+%% @doc Stops the reconciler (and its cluster part), if one runs.
 -spec stop_reconciler() -> ok.
 stop_reconciler() ->
-    _ = supervisor:terminate_child(?MODULE, ?CHILD),
-    _ = supervisor:delete_child(?MODULE, ?CHILD),
+    _ = [begin
+             _ = supervisor:terminate_child(?MODULE, Id),
+             supervisor:delete_child(?MODULE, Id)
+         end || Id <- [?CLUSTER, ?CHILD]],
     ok.
 
 %% @private
@@ -44,11 +57,22 @@ init(Config) ->
                modules => [bc_gitops_health_monitor]},
     case Config of
         none -> {ok, {flags(), [Health]}};
-        _ -> {ok, {flags(), [Health, child(Config)]}}
+        _ -> {ok, {flags(), [Health, child(Config) | cluster_child(Config)]}}
     end.
 
 -spec flags() -> supervisor:sup_flags().
 flags() -> #{strategy => one_for_one, intensity => 5, period => 60}.
+
+-spec cluster_child(bc_gitops_config:config()) -> [supervisor:child_spec()].
+cluster_child(#{cluster := #{}, repo_url := Url} = Config) when Url =/= undefined ->
+    [#{id => ?CLUSTER,
+       start => {bc_gitops_cluster, start_link, [Config]},
+       restart => permanent,
+       shutdown => 5000,
+       type => worker,
+       modules => [bc_gitops_cluster]}];
+cluster_child(_Config) ->
+    [].
 
 -spec child(bc_gitops_config:config()) -> supervisor:child_spec().
 child(Config) ->

@@ -4,7 +4,10 @@
 %% example app repository, reconciled by bc_gitops with its default runtime
 %% on this node: the app is fetched from git, built, started, upgraded when
 %% a commit says so, and a broken spec is reported without stopping
-%% anything. Exits 0 only when everything it shows is as expected.
+%% anything. Then a cluster of three peer nodes driven by one repository:
+%% a rolling hot upgrade, one node at a time behind its health gate, and a
+%% bad version halted at the canary. Exits 0 only when everything it shows
+%% is as expected.
 -mode(compile).
 
 -include("../include/bc_gitops.hrl").
@@ -89,7 +92,160 @@ run(Dir) ->
     false = lists:keyfind(hello, 1, application:which_applications()),
     false = code:is_loaded(hello_server),
     io:format("   hello is gone: not running, no module loaded~n"),
-    ok = application:stop(bc_gitops).
+    ok = application:stop(bc_gitops),
+    cluster(Dir).
+
+%%% The cluster act
+
+cluster(Dir) ->
+    step("6. three nodes, one gitops repository: counter 1.0.0 rolls out one node at a time"),
+    Out = filename:join(Dir, "peers"),
+    ok = filelib:ensure_path(Out),
+    {ok, _} = compile:file(filename:join([root(), "test", "bc_gitops_peers.erl"]),
+                           [{outdir, Out}, report]),
+    true = code:add_patha(Out),
+    ok = bc_gitops_peers:compile(root(), Out),
+    Ebin = filename:join([root(), "_build", "default", "lib", "bc_gitops", "ebin"]),
+    Id = os:getpid(),
+    Peers = bc_gitops_peers:start(["demo_" ++ L ++ "_" ++ Id || L <- ["a", "b", "c"]], [Ebin, Out]),
+    try cluster(Dir, Peers)
+    after bc_gitops_peers:stop(Peers)
+    end.
+
+cluster(Dir, Peers) ->
+    Members = [N || {N, _} <- Peers],
+    Gitops = filename:join(Dir, "cluster_gitops"),
+    Repo = filename:join(Dir, "counter"),
+    [init_repo(R) || R <- [Gitops, Repo]],
+    write(Repo, "Makefile", "all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+                            "\tcp src/counter.app.src ebin/counter.app\n"),
+    counter(Repo, Gitops, "1.0.0"),
+    Events = [[bc_gitops, upgrade, start], [bc_gitops, upgrade, stop], [bc_gitops, gate, stop],
+              [bc_gitops, deploy, start], [bc_gitops, rollout, step], [bc_gitops, rollout, stop]],
+    [ok = bc_gitops_peers:call(P, bc_gitops_peers, boot,
+                          [#{repo_url => Gitops, reconcile_interval => 3600000,
+                             local_path => filename:join(Dir, "node_" ++ atom_to_list(N)),
+                             health_grace => 3000, cluster => #{members => Members}},
+                           Events])
+     || {N, _} = P <- Peers],
+    Last = lists:last(Peers),
+    ok = one_coordinator(Peers, 100),
+    T0 = erlang:system_time(microsecond),
+    ok = bc_gitops_peers:call(Last, bc_gitops, reconcile, []),
+    timeline(Peers, T0),
+    [1 = bc_gitops_peers:call(P, counter_server, bump, []) || P <- Peers],
+    Pids = [bc_gitops_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
+    {ok, #{coordinator := Coordinator}} = bc_gitops_peers:call(hd(Peers), bc_gitops, cluster_status, []),
+    io:format("   coordinator: ~s~n", [Coordinator]),
+
+    step("7. counter 1.1.0: a rolling hot upgrade; each node's health gate passes before the next starts"),
+    counter(Repo, Gitops, "1.1.0"),
+    T1 = erlang:system_time(microsecond),
+    ok = bc_gitops_peers:call(Last, bc_gitops, reconcile, []),
+    timeline(Peers, T1),
+    Pids = [bc_gitops_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
+    [2 = bc_gitops_peers:call(P, counter_server, bump, []) || P <- Peers],
+    io:format("   every node: the same counter_server process, its count kept (now 2)~n"),
+
+    step("8. counter 1.2.0 fails its health check: halted and rolled back at the canary"),
+    counter(Repo, Gitops, "1.2.0"),
+    T2 = erlang:system_time(microsecond),
+    {error, {out_of_sync, #{waiting := [{counter, {rolled_back, <<"1.2.0">>}}]}}} =
+        bc_gitops_peers:call(hd(Peers), bc_gitops, reconcile, []),
+    timeline(Peers, T2),
+    [[{_, _, "1.1.0"}] = [A || {counter, _, _} = A <- bc_gitops_peers:call(P, application,
+                                                                         which_applications, [])]
+     || P <- Peers],
+    {ok, #{rollouts := [#{state := halted, reason := Why}]}} =
+        bc_gitops_peers:call(Last, bc_gitops, cluster_status, []),
+    ok = all_hold(Peers, 50),
+    io:format("   rollout halted: ~p~n   1.2.0 never reached the other nodes; every node runs 1.1.0 "
+              "and waits with {rolled_back, <<\"1.2.0\">>}~n", [Why]),
+    ok.
+
+%% Every node shows the halted version in `waiting' (the coordinator's
+%% word reaches them in a moment).
+all_hold(_Peers, 0) ->
+    error(not_held_everywhere);
+all_hold(Peers, Tries) ->
+    Held = [W || P <- Peers, {ok, #{waiting := W}} <- [bc_gitops_peers:call(P, bc_gitops, status, [])]],
+    case lists:usort(Held) of
+        [[{counter, {rolled_back, <<"1.2.0">>}}]] -> ok;
+        _ -> timer:sleep(100), all_hold(Peers, Tries - 1)
+    end.
+
+one_coordinator(_Peers, 0) ->
+    error(no_single_coordinator);
+one_coordinator(Peers, Tries) ->
+    Known = [bc_gitops_peers:call(P, bc_gitops_cluster, info, []) || P <- Peers],
+    case lists:usort([C || #{coordinator := C} <- Known]) of
+        [C] when C =/= undefined -> ok;
+        _ -> timer:sleep(100), one_coordinator(Peers, Tries - 1)
+    end.
+
+%% The events of every node since T0, in one timeline.
+timeline(Peers, T0) ->
+    All = lists:keysort(1, [E || P <- Peers, {T, _, _, _} = E <- bc_gitops_peers:call(P, bc_gitops_peers,
+                                                                                 events, []),
+                                 T >= T0]),
+    [io:format("   ~6.1f ms  ~-22s ~s~n", [(T - T0) / 1000, short(Node), describe(Event, Meta)])
+     || {T, Node, Event, Meta} <- All, describe(Event, Meta) =/= skip],
+    ok.
+
+short(Node) -> hd(string:split(atom_to_list(Node), "_")) ++ "_" ++
+                   lists:nth(2, string:split(atom_to_list(Node), "_", all)).
+
+describe([bc_gitops, rollout, step], #{app := App, result := started, nodes := [N]}) ->
+    io_lib:format("coordinator: batch for ~s starts on ~s", [App, short(N)]);
+describe([bc_gitops, rollout, step], _) -> skip;
+describe([bc_gitops, rollout, stop], #{app := App, result := R}) ->
+    io_lib:format("coordinator: rollout of ~s ~p", [App, R]);
+describe([bc_gitops, deploy, start], #{app := App, version := V}) ->
+    io_lib:format("deploy ~s ~s", [App, V]);
+describe([bc_gitops, upgrade, start], #{app := App, from_version := F, to_version := T}) ->
+    io_lib:format("upgrade ~s ~s -> ~s", [App, F, T]);
+describe([bc_gitops, upgrade, stop], #{path := Path, result := ok}) ->
+    io_lib:format("  upgraded (~p)", [Path]);
+describe([bc_gitops, upgrade, stop], _) -> skip;
+describe([bc_gitops, gate, stop], #{app := App, version := V, result := R}) ->
+    io_lib:format("  health gate of ~s ~s: ~p", [App, V, R]).
+
+%% counter at Vsn: a gen_server counter and a custom health check that
+%% fails in 1.2.0; committed, with its spec in the gitops repository.
+counter(Repo, Gitops, Vsn) ->
+    write(Repo, "src/counter.app.src",
+          ["{application, counter, [{vsn, \"", Vsn, "\"}, {mod, {counter_app, []}},\n"
+           " {modules, [counter_app, counter_server, counter_health]},\n"
+           " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
+    write(Repo, "src/counter_app.erl",
+          "-module(counter_app).\n-behaviour(application).\n-behaviour(supervisor).\n"
+          "-export([start/2, stop/1, init/1]).\n"
+          "start(_, _) -> supervisor:start_link({local, counter_sup}, ?MODULE, []).\n"
+          "stop(_) -> ok.\n"
+          "init([]) -> {ok, {#{}, [#{id => s, start => {counter_server, start_link, []}}]}}.\n"),
+    write(Repo, "src/counter_server.erl",
+          "-module(counter_server).\n-behaviour(gen_server).\n"
+          "-export([start_link/0, bump/0, init/1, handle_call/3, handle_cast/2, code_change/3]).\n"
+          "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, 0, []).\n"
+          "bump() -> gen_server:call(?MODULE, bump).\n"
+          "init(N) -> {ok, N}.\n"
+          "handle_call(bump, _, N) -> {reply, N + 1, N + 1}.\n"
+          "handle_cast(_, N) -> {noreply, N}.\n"
+          "code_change(_, N, _) -> {ok, N}.\n"),
+    Health = case Vsn of
+                 "1.2.0" -> "{error, {broken, <<\"" ++ Vsn ++ "\">>}}";
+                 _ -> "ok"
+             end,
+    write(Repo, "src/counter_health.erl",
+          ["-module(counter_health).\n-export([check/1]).\n"
+           "check(counter) -> ", Health, ".\n"]),
+    commit(Repo, "counter " ++ Vsn),
+    git(Repo, ["tag", "v" ++ Vsn]),
+    write(Gitops, "apps/counter/app.config",
+          ["#{name => counter, version => <<\"", Vsn, "\">>,\n"
+           "  source => #{type => git, url => <<\"", Repo, "\">>, ref => <<\"v", Vsn, "\">>},\n"
+           "  health => #{type => custom, module => counter_health, interval => 200}}.\n"]),
+    commit(Gitops, "counter " ++ Vsn).
 
 %% Telemetry's API, when the real package is not there: a stand-in that
 %% calls one handler, so the demo can show the upgrade's stop event.

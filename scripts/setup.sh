@@ -1,15 +1,16 @@
 #!/bin/sh
 # Installs what bc_gitops needs to build and test, when it is missing:
 # Erlang/OTP (>= 25), rebar3, Elixir, the C build tools and OpenSSL headers
-# for the Rust NIF, the servers the tests start on loopback, and procps
-# (`kill`, for the host-project tests to clean up what they started).
+# for the Rust NIF, the servers the tests start on loopback, procps
+# (`kill`, for the host-project tests to clean up what they started) and
+# iproute2 (`ip`: the cluster tests give each node a network namespace).
 #
 # Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
 # everything is there. As root it installs through apt-get; as anyone else it
 # prints the command to run and stops.
 set -eu
 
-PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 \
+PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 iproute2 \
 erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
 openssl openssh-server procps"
 

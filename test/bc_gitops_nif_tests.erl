@@ -29,7 +29,8 @@ record_layout(Root) ->
         "  env => #{port => 8080, mode => fast},\n"
         "  health => #{type => custom, module => full_health, path => <<\"/h\">>, port => 9,\n"
         "              interval => 1000, timeout => 200},\n"
-        "  depends_on => [base_app, other_app]}.\n"]),
+        "  depends_on => [base_app, other_app],\n"
+        "  placement => [<<\"web*@*\">>, \"edge@h\"], rollout => #{max_parallel => 2, pause => 100}}.\n"]),
     write_spec(Root, "rel", [
         "#{name => rel, version => \"0.1\", source => #{type => release,\n"
         "  url => \"https://example.test/rel.tar.gz\",\n"
@@ -40,7 +41,9 @@ record_layout(Root) ->
     ?assertMatch(#app_spec{name = full, version = <<"2.1.0">>,
                            description = <<"All fields">>,
                            env = #{port := 8080, mode := fast},
-                           depends_on = [base_app, other_app]}, Full),
+                           depends_on = [base_app, other_app],
+                           placement = [<<"web*@*">>, <<"edge@h">>],
+                           rollout = #{max_parallel := 2, pause := 100}}, Full),
     ?assertEqual(#source_spec{type = git, url = <<"https://example.test/full.git">>,
                               ref = <<"v2.1.0">>, sha256 = undefined, build = mix},
                  Full#app_spec.source),
@@ -49,7 +52,8 @@ record_layout(Root) ->
                  Full#app_spec.health),
     %% Strings are accepted for text fields; sha256 is normalised to lowercase.
     ?assertMatch(#app_spec{name = rel, version = <<"0.1">>, description = undefined,
-                           health = undefined, env = #{}, depends_on = []}, Rel),
+                           health = undefined, env = #{}, depends_on = [], placement = all,
+                           rollout = undefined}, Rel),
     ?assertEqual(#source_spec{type = release, url = <<"https://example.test/rel.tar.gz">>,
                               sha256 = list_to_binary(lists:duplicate(64, $a))},
                  Rel#app_spec.source).

@@ -16,10 +16,12 @@
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
          failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
          unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1,
-         busy_app_is_left_alone/1]).
+         busy_app_is_left_alone/1, fixed_spec_is_applied_at_once/1,
+         repair_backoff_follows_the_clock/1, health_waits_overlap/1,
+         new_commit_ends_health_wait/1, gate_keeps_its_deadline/1]).
 -export([check/1]).
 
--import(bc_gitops_test_util, [commit/2]).
+-import(bc_gitops_test_util, [commit/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
     [commits_drive_the_node, broken_spec_next_to_good_ones, cycle_is_reported,
@@ -27,10 +29,13 @@ all() ->
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
      triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
-     unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails, busy_app_is_left_alone].
+     unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails, busy_app_is_left_alone,
+     fixed_spec_is_applied_at_once, repair_backoff_follows_the_clock, health_waits_overlap,
+     new_commit_ends_health_wait, gate_keeps_its_deadline].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
+    ok = bc_gitops_test_clock:start(),
     Config.
 
 end_per_suite(_Config) ->
@@ -41,6 +46,8 @@ init_per_testcase(_Case, Config) ->
     Origin = filename:join(Dir, "origin"),
     ok = bc_gitops_test_util:init_repo(Origin),
     ets:delete_all_objects(bc_gitops_test_runtime_apps),
+    ok = bc_gitops_test_clock:start(),
+    ok = bc_gitops_test_health:reset(),
     ok = bc_gitops_test_runtime:clear_calls(),
     bc_gitops_test_runtime:set_delay(0),
     {ok, _} = application:ensure_all_started(bc_gitops),
@@ -320,6 +327,10 @@ triggers_are_coalesced(Config) ->
         telemetry:detach(<<"count">>)
     end.
 
+%% The backoff, to the millisecond on the test clock: a failed app is
+%% retried when its backoff runs out (not at the next interval, an hour
+%% away), the delay doubles, and the app that depends on it follows as
+%% soon as it starts.
 failed_app_backs_off(Config) ->
     Origin = ?config(origin, Config),
     spec(Origin, "flaky", "1", [], "#{}"),
@@ -328,31 +339,99 @@ failed_app_backs_off(Config) ->
     _ = commit(Origin, "one"),
     bc_gitops_test_runtime:fail(flaky, true),
     %% The first reconcile (at start) fails flaky and holds its dependent.
-    start(Config, #{reconcile_interval => 3600000, backoff_base => 1000, backoff_max => 60000}),
+    start(Config, #{clock => bc_gitops_test_clock, backoff_base => 1000, backoff_max => 60000}),
     ?assertEqual([{deploy, fine, <<"1">>}, {deploy, flaky, <<"1">>}], calls()),
-    {ok, #{status := out_of_sync, app_errors := #{flaky := #{attempts := 1, retry_in_ms := R1}},
+    {ok, #{status := out_of_sync, app_errors := #{flaky := #{attempts := 1, retry_in_ms := 1000}},
            waiting := Waiting1}} = bc_gitops:status(),
-    ?assert(R1 > 0 andalso R1 =< 1000),
     ?assertEqual([{needs_flaky, {dependency_not_ready, flaky}}], Waiting1),
+    ?assertEqual([{1000, retry}, {3600000, tick}], pending_timers()),
     %% Within the backoff: not retried, however often asked.
-    ?assertMatch({error, {out_of_sync, #{waiting := [{flaky, {backoff, 1, _}},
+    ?assertMatch({error, {out_of_sync, #{waiting := [{flaky, {backoff, 1, 1000}},
                                                      {needs_flaky, _}]}}},
                  bc_gitops:reconcile()),
     ?assertEqual([], calls()),
-    %% After it: retried, and the next delay doubles.
-    timer:sleep(1100),
-    ?assertMatch({error, {out_of_sync, #{failed := [{flaky, {start_failed, flaky}}]}}},
-                 bc_gitops:reconcile()),
+    ok = bc_gitops_test_clock:advance(999),
+    ?assertEqual([], calls()),
+    %% When it runs out, the retry timer retries it; the next delay doubles.
+    ok = advance_and_wait(1),
     ?assertEqual([{deploy, flaky, <<"1">>}], calls()),
-    {ok, #{app_errors := #{flaky := #{attempts := 2, retry_in_ms := R2}}}} = bc_gitops:status(),
-    ?assert(R2 > 1000 andalso R2 =< 2000),
-    %% A new version is not held by the old one's backoff, and once it
-    %% starts, its dependent follows.
+    {ok, #{app_errors := #{flaky := #{attempts := 2, retry_in_ms := 2000}}}} = bc_gitops:status(),
+    ?assertEqual([{2000, retry}, {3600000, tick}], pending_timers()),
+    %% It starts at the next retry, and its dependent follows in the same
+    %% reconcile.
     bc_gitops_test_runtime:fail(flaky, false),
-    spec(Origin, "flaky", "2", [], "#{}"),
-    _ = commit(Origin, "fix flaky"),
+    ok = advance_and_wait(2000),
+    ?assertEqual([{deploy, flaky, <<"1">>}, {deploy, needs_flaky, <<"1">>}], calls()),
+    ?assertMatch({ok, #{status := synced, app_errors := #{}, waiting := []}}, bc_gitops:status()),
+    ?assertEqual([{3600000, tick}], pending_timers()).
+
+%% A backoff belongs to the spec that failed: a commit that changes the
+%% spec (not its version: here the release's sha256) is acted on at once,
+%% while a commit that leaves the spec alone does not end the backoff.
+fixed_spec_is_applied_at_once(Config) ->
+    Origin = ?config(origin, Config),
+    Release = fun(Sha) ->
+                      write(Origin, "apps/rel/app.config",
+                            ["#{name => rel, version => <<\"1.0.0\">>,\n"
+                             "  source => #{type => release, url => <<\"https://x/rel.tar.gz\">>,\n"
+                             "              sha256 => <<\"", Sha, "\">>}}.\n"])
+              end,
+    Release(lists:duplicate(64, $a)),
+    spec(Origin, "web", "1", ["rel"], "#{}"),
+    _ = commit(Origin, "wrong sha256"),
+    bc_gitops_test_runtime:fail(rel, true),
+    start(Config, #{clock => bc_gitops_test_clock, backoff_base => 8000}),
+    ?assertEqual([{deploy, rel, <<"1.0.0">>}], calls()),
+    %% Another app's commit: rel's spec is the same, it stays backed off.
+    spec(Origin, "other", "1", [], "#{}"),
+    _ = commit(Origin, "unrelated"),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{rel, {backoff, 1, 8000}},
+                                                     {web, {dependency_not_ready, rel}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([{deploy, other, <<"1">>}], calls()),
+    %% The fix: the same version, another sha256. No time has passed.
+    bc_gitops_test_runtime:fail(rel, false),
+    Release(lists:duplicate(64, $b)),
+    _ = commit(Origin, "right sha256"),
     ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, rel, <<"1.0.0">>}, {deploy, web, <<"1">>}], calls()),
     ?assertMatch({ok, #{status := synced, app_errors := #{}}}, bc_gitops:status()).
+
+%% Drift repairs of an app that keeps dying back off, and the retry
+%% comes when the backoff runs out, with its dependent; a new spec ends
+%% the repair backoff at once.
+repair_backoff_follows_the_clock(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    spec(Origin, "web", "1", ["db"], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{clock => bc_gitops_test_clock, backoff_base => 5000}),
+    ?assertEqual([{deploy, db, <<"1">>}, {deploy, web, <<"1">>}], calls()),
+    %% Dies; repaired at once (the first repair does not wait).
+    ok = bc_gitops_test_runtime:stop_app(db),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, db, <<"1">>}], calls()),
+    %% Dies again, and so does web: both wait, db for its repair backoff
+    %% (5 s from the repair), web behind db.
+    ok = bc_gitops_test_runtime:stop_app(db),
+    ok = bc_gitops_test_runtime:stop_app(web),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{db, {backoff, 1, 5000}},
+                                                     {web, {dependency_not_ready, db}}]}}},
+                 bc_gitops:reconcile()),
+    ?assertEqual([], calls()),
+    ?assertEqual([{5000, retry}, {3600000, tick}], pending_timers()),
+    ok = advance_and_wait(5000),
+    ?assertEqual([{deploy, db, <<"1">>}, {deploy, web, <<"1">>}], calls()),
+    {ok, #{repairs := #{db := #{count := 2, retry_in_ms := 10000}}}} = bc_gitops:status(),
+    %% Down again within the doubled backoff, but a commit changes its
+    %% env: acted on at once.
+    ok = bc_gitops_test_runtime:stop_app(db),
+    spec(Origin, "db", "1", [], "#{pool => 2}"),
+    _ = commit(Origin, "db pool"),
+    ok = bc_gitops:reconcile(),
+    ?assertMatch([{deploy, db, <<"1">>}], calls()),
+    ?assertMatch({ok, #app_state{status = running, env = #{pool := 2}}},
+                 bc_gitops:get_app_status(db)).
 
 manual_actions(Config) ->
     Origin = ?config(origin, Config),
@@ -469,6 +548,92 @@ unhealthy_first_deploy_fails(Config) ->
                  bc_gitops:reconcile()),
     ?assertEqual([], calls()).
 
+%% Health gates run side by side: five apps whose checks never pass are
+%% all deployed before any gate closes, an app without a health spec does
+%% not wait for them, and only web (which depends on db) waits for db's
+%% gate. On the test clock nothing closes a gate but health, until the
+%% grace period is made to pass.
+health_waits_overlap(Config) ->
+    Origin = ?config(origin, Config),
+    Never = ["a1", "a2", "a3", "a4", "a5"],
+    [health_spec(Origin, A, "1", []) || A <- Never],
+    health_spec(Origin, "db", "1", []),
+    spec(Origin, "solo", "1", [], "#{}"),
+    health_spec(Origin, "web", "1", ["db"]),
+    bc_gitops_test_health:healthy(web, <<"1">>),
+    _ = commit(Origin, "apps with checks"),
+    ok = start_nowait(Config, #{clock => bc_gitops_test_clock, health_grace => 30000}),
+    Opened = [{deploy, list_to_atom(A), <<"1">>} || A <- Never]
+        ++ [{deploy, db, <<"1">>}, {deploy, solo, <<"1">>}],
+    ok = wait_for(fun() -> logged() =:= Opened end, 10000),
+    timer:sleep(500),
+    %% db is not healthy yet: web waits, the reconcile goes on.
+    ?assertEqual(Opened, logged()),
+    ?assertMatch({ok, #{status := reconciling}}, bc_gitops:status()),
+    bc_gitops_test_health:healthy(db, <<"1">>),
+    ok = wait_for(fun() -> lists:member({deploy, web, <<"1">>}, logged()) end, 5000),
+    ?assertMatch({ok, #{status := reconciling}}, bc_gitops:status()),
+    %% One grace period closes every gate still open.
+    ok = advance_and_wait(30000),
+    {ok, #{app_errors := Errors, waiting := []}} = bc_gitops:status(),
+    ?assertEqual([a1, a2, a3, a4, a5], lists:sort(maps:keys(Errors))),
+    ?assertMatch(#{a1 := #{reason := {unhealthy, {not_healthy_at, <<"1">>}}}}, Errors),
+    %% A reconcile now retries nothing (backoff) and deploys nothing.
+    ?assertMatch({error, {out_of_sync, #{waiting := [_, _, _, _, _]}}}, bc_gitops:reconcile()),
+    ?assertEqual(Opened ++ [{deploy, web, <<"1">>}], calls()).
+
+%% A new commit that arrives while a reconcile waits for a health gate is
+%% not stuck behind it: the trigger makes the reconcile look at git, it
+%% ends, and the new commit's reconcile upgrades the app at once. Both
+%% callers get the result of that one. The clock never moves: no grace
+%% period was waited out.
+new_commit_ends_health_wait(Config) ->
+    Origin = ?config(origin, Config),
+    health_spec(Origin, "slow", "1", []),
+    _ = commit(Origin, "v1 never healthy"),
+    ok = start_nowait(Config, #{clock => bc_gitops_test_clock, health_grace => 600000}),
+    ok = wait_for(fun() -> logged() =:= [{deploy, slow, <<"1">>}] end, 10000),
+    Self = self(),
+    %% A trigger with nothing new: the wait goes on.
+    spawn_link(fun() -> Self ! {first, bc_gitops:reconcile()} end),
+    timer:sleep(500),
+    ?assertMatch({ok, #{status := reconciling}}, bc_gitops:status()),
+    bc_gitops_test_health:healthy(slow, <<"2">>),
+    health_spec(Origin, "slow", "2", []),
+    C2 = commit(Origin, "v2"),
+    spawn_link(fun() -> Self ! {second, bc_gitops:reconcile()} end),
+    [receive {Who, R} -> ?assertEqual(ok, R) after 10000 -> ct:fail({no_result, Who}) end
+     || Who <- [first, second]],
+    ?assertEqual([{deploy, slow, <<"1">>}, {upgrade, slow, <<"1">>, <<"2">>}], calls()),
+    ?assertMatch({ok, #{status := synced, last_commit := C2}}, bc_gitops:status()).
+
+%% A gate is handed over with its deadline: a new commit about another app
+%% ends the wait, the other app is deployed at once, and the gate of the
+%% first closes when its grace period, counted from its deploy, is over.
+gate_keeps_its_deadline(Config) ->
+    Origin = ?config(origin, Config),
+    health_spec(Origin, "slow", "1", []),
+    _ = commit(Origin, "v1 never healthy"),
+    ok = start_nowait(Config, #{clock => bc_gitops_test_clock, health_grace => 10000}),
+    ok = wait_for(fun() -> logged() =:= [{deploy, slow, <<"1">>}] end, 10000),
+    ok = bc_gitops_test_clock:advance(4000),
+    spec(Origin, "extra", "1", [], "#{}"),
+    _ = commit(Origin, "extra"),
+    Self = self(),
+    spawn_link(fun() -> Self ! {reconciled, bc_gitops:reconcile()} end),
+    ok = wait_for(fun() -> lists:member({deploy, extra, <<"1">>}, logged()) end, 10000),
+    ok = bc_gitops_test_clock:advance(5999),
+    timer:sleep(500),
+    ?assertMatch({ok, #{status := reconciling}}, bc_gitops:status()),
+    ok = bc_gitops_test_clock:advance(1),
+    receive
+        {reconciled, R} ->
+            ?assertMatch({error, {out_of_sync, #{failed := [{slow, {unhealthy, _}}]}}}, R)
+    after 10000 ->
+        ct:fail(no_result)
+    end,
+    ?assertEqual([{deploy, slow, <<"1">>}, {deploy, extra, <<"1">>}], calls()).
+
 %% An app the runtime reports as on its way (`upgrading') gets nothing
 %% more until it gets there: the new version waits, and goes ahead once
 %% the app is reported running.
@@ -491,6 +656,10 @@ busy_app_is_left_alone(Config) ->
     ?assertEqual([{upgrade, db, <<"1">>, <<"2">>}, {deploy, web, <<"1">>}], calls()).
 
 %%% Helpers
+
+%% The reconciler's timers on the test clock: [{InMs, tick | retry}].
+pending_timers() ->
+    lists:sort([{Ms, Kind} || {Ms, {Kind, _Token}} <- bc_gitops_test_clock:timers()]).
 
 start(Config) ->
     start(Config, #{}).
@@ -527,6 +696,14 @@ spec(Repo, App, Version, Deps, Env) ->
     write(Repo, filename:join(["apps", App, "app.config"]),
           ["#{name => ", App, ",\n  version => <<\"", Version, "\">>,\n",
            "  source => #{type => hex},\n  env => ", Env, ",\n",
+           "  depends_on => [", lists:join(", ", Deps), "]}.\n"]).
+
+%% A spec whose custom check is bc_gitops_test_health's.
+health_spec(Repo, App, Version, Deps) ->
+    write(Repo, filename:join(["apps", App, "app.config"]),
+          ["#{name => ", App, ",\n  version => <<\"", Version, "\">>,\n",
+           "  source => #{type => hex},\n",
+           "  health => #{type => custom, module => bc_gitops_test_health, interval => 100},\n",
            "  depends_on => [", lists:join(", ", Deps), "]}.\n"]).
 
 write(Repo, Rel, Content) ->

@@ -12,13 +12,14 @@
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
      app_that_keeps_dying_backs_off, stopped_by_hand_comes_back].
 
 init_per_testcase(_Case, Config) ->
+    ok = bc_gitops_test_clock:start(),
     Dir = bc_gitops_test_util:tmp_dir("ct_recovery"),
     Gitops = filename:join(Dir, "gitops"),
     ok = bc_gitops_test_util:init_repo(Gitops),
@@ -77,54 +78,61 @@ unhealthy_upgrade_keeps_old_version_serving(Config) ->
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)).
 
 %% An app whose start fails: each attempt is reported, and the time
-%% between attempts doubles (backoff_base 400 ms, reconciles every 100 ms).
+%% between attempts doubles, to the millisecond of the test clock
+%% (backoff_base 400 ms; the interval, an hour, never comes): each retry
+%% comes from the retry timer when the backoff runs out.
 crash_on_start_backs_off(Config) ->
     Repo = app_repo(Config, "rt_nostart"),
     plain_app(Repo, "rt_nostart", "start(_, _) -> {error, refuses_to_start}.\n"),
     _ = commit(Repo, "v1"),
     spec(Config, "rt_nostart", "1.0.0", Repo, "env => #{}"),
     events([[bc_gitops, deploy, stop]]),
-    start(Config, #{reconcile_interval => 100, backoff_base => 400, backoff_max => 60000}),
-    timer:sleep(3500),
-    quiet(),
-    Attempts = [T || {T, _, #{app := rt_nostart, result := {error, _}}} <- collect()],
-    ct:pal("attempts at ~p ms", [relative(Attempts)]),
-    ?assert(length(Attempts) >= 3 andalso length(Attempts) =< 5),
-    backed_off(gaps(Attempts), 400),
-    {ok, #{app_errors := #{rt_nostart := #{attempts := N, reason := {start_failed, _}}}}} =
-        bc_gitops:status(),
-    ?assertEqual(length(Attempts), N).
+    start(Config, #{clock => bc_gitops_test_clock, reconcile_interval => 3600000,
+                    backoff_base => 400, backoff_max => 60000}),
+    Failed = fun() -> [M || {_, _, #{app := rt_nostart, result := {error, _}} = M} <- collect()] end,
+    ?assertMatch([_], Failed()),
+    %% Attempt k+1 comes exactly 400 * 2^(k-1) ms after attempt k.
+    lists:foreach(
+      fun({Attempt, Delay}) ->
+              {ok, #{app_errors := #{rt_nostart := #{attempts := Attempt,
+                                                     retry_in_ms := Delay,
+                                                     reason := {start_failed, _}}}}} =
+                  bc_gitops:status(),
+              ok = bc_gitops_test_clock:advance(Delay - 1),
+              timer:sleep(100),
+              ?assertEqual([], Failed()),
+              ok = advance_and_wait(1),
+              ?assertMatch([_], Failed())
+      end, [{1, 400}, {2, 800}, {3, 1600}]),
+    {ok, #{app_errors := #{rt_nostart := #{attempts := 4, retry_in_ms := 3200}}}} =
+        bc_gitops:status().
 
 %% An app that starts, then dies (its worker crashes twice, its supervisor
 %% gives up): each reconcile that finds it down restarts it, but the
-%% restarts back off instead of following the 100 ms reconciles.
+%% restarts back off (400, 800, 1600 ms of the test clock) instead of
+%% following the 100 ms reconciles.
 app_that_keeps_dying_backs_off(Config) ->
     Repo = app_repo(Config, "rt_die"),
     plain_app(Repo, "rt_die", "start(_, _) -> rt_die_sup:start_link().\n"),
     _ = commit(Repo, "v1"),
     spec(Config, "rt_die", "1.0.0", Repo, "env => #{}"),
-    events([[bc_gitops, deploy, stop], [bc_gitops, drift, detected]]),
-    start(Config, #{reconcile_interval => 100, backoff_base => 400, backoff_max => 60000}),
-    timer:sleep(4000),
-    quiet(),
-    Events = collect(),
-    Repairs = [T || {T, [bc_gitops, deploy, stop], #{app := rt_die, reason := stopped,
-                                                     result := ok}} <- Events],
-    Drifts = [T || {T, [bc_gitops, drift, detected], #{app := rt_die, healed := true}} <- Events],
-    ct:pal("repairs at ~p ms; drift seen ~p times", [relative(Repairs), length(Drifts)]),
-    %% Without the backoff it would be restarted about 20 times.
-    ?assert(length(Repairs) >= 3 andalso length(Repairs) =< 5),
-    ?assert(length(Drifts) > length(Repairs)),
-    backed_off(gaps(Repairs), 400),
-    {ok, #{repairs := #{rt_die := #{count := Count, reason := stopped}},
-           waiting := Waiting}} = bc_gitops:status(),
-    ?assertEqual(length(Repairs), Count),
-    %% Held at the last reconcile, unless that one came right after a
-    %% repair, while the app was still up.
-    case Waiting of
-        [{rt_die, {backoff, Count, _}}] -> ok;
-        [] -> ok
-    end.
+    events([[bc_gitops, deploy, stop]]),
+    start(Config, #{clock => bc_gitops_test_clock, reconcile_interval => 100,
+                    backoff_base => 400, backoff_max => 60000}),
+    Repaired = fun() -> [T || {T, _, #{app := rt_die, reason := stopped, result := ok}} <- collect()]
+               end,
+    [] = Repaired(),
+    %% Each round: it dies; the reconciles every 100 ms find it down but
+    %% hold it until its repair backoff is over; then it is repaired.
+    Times = [begin
+                 ok = wait_down(rt_die, 50),
+                 repair_after(Repaired, 0)
+             end || _ <- lists:seq(1, 4)],
+    ct:pal("repairs at clock ms ~p", [Times]),
+    %% The first repair comes with the next reconcile; then the gaps double.
+    [_, G1, G2, G3] = gaps([hd(Times) - 100 | Times]),
+    ?assertEqual([400, 800, 1600], [G1, G2, G3]),
+    {ok, #{repairs := #{rt_die := #{count := 4, reason := stopped}}}} = bc_gitops:status().
 
 %% An app stopped by hand is drift: the next reconcile starts it again and
 %% reports it. With self_heal => false it stays stopped, drift reported.
@@ -156,6 +164,25 @@ stopped_by_hand_comes_back(Config) ->
 
 %%% Helpers
 
+%% Moves the test clock on 100 ms at a time (a reconcile each) until a
+%% repair happens; the clock time of that repair.
+repair_after(Repaired, Tries) when Tries > 100 ->
+    ct:fail({no_repair, Repaired()});
+repair_after(Repaired, Tries) ->
+    ok = advance_and_wait(100),
+    case Repaired() of
+        [_] -> bc_gitops_test_clock:now_ms();
+        [] -> repair_after(Repaired, Tries + 1)
+    end.
+
+wait_down(App, 0) ->
+    ct:fail({still_running, App});
+wait_down(App, N) ->
+    case lists:keymember(App, 1, application:which_applications()) of
+        true -> timer:sleep(50), wait_down(App, N - 1);
+        false -> ok
+    end.
+
 wait_healthy(App, 0) ->
     ct:fail({not_healthy, bc_gitops:get_app_status(App)});
 wait_healthy(App, N) ->
@@ -164,25 +191,8 @@ wait_healthy(App, N) ->
         _ -> timer:sleep(100), wait_healthy(App, N - 1)
     end.
 
-%% The k-th gap is at least Base * 2^(k-1): the delay counts from the end
-%% of each attempt, and the gaps are measured between ends. (Without the
-%% backoff they would follow the 100 ms reconciles.)
-backed_off(Gaps, Base) ->
-    _ = [?assert(Gap >= Base bsl (K - 1), {gap, K, Gap})
-         || {K, Gap} <- lists:zip(lists:seq(1, length(Gaps)), Gaps)],
-    ok.
-
-%% Stops the timer's reconciles and waits for a running one to end, so
-%% that the events and the status describe the same moment.
-quiet() ->
-    ok = bc_gitops:suspend(),
-    wait_reconciled(10000).
-
 gaps([A, B | Rest]) -> [B - A | gaps([B | Rest])];
 gaps(_) -> [].
-
-relative([]) -> [];
-relative([T0 | _] = Ts) -> [T - T0 || T <- Ts].
 
 %% Telemetry events, with the time they came at, sent to this process.
 events(Names) ->
@@ -252,34 +262,9 @@ web_app(Repo, Vsn, Status) ->
       "start(_, _) -> supervisor:start_link({local, rt_web_sup}, ?MODULE, []).\nstop(_) -> ok.\n"
       "init([]) -> {ok, {#{}, [#{id => srv, start => {rt_web_srv, start_link, []},\n"
       "                          modules => [rt_web_srv]}]}}.\n"),
-    %% Accepts with a short timeout, so that system messages (suspend,
-    %% code change) are handled between connections.
-    W("rt_web_srv.erl",
-      ["-module(rt_web_srv).\n-behaviour(gen_server).\n"
-       "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
-       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-       "init([]) ->\n"
-       "    {ok, Port} = application:get_env(rt_web, port),\n"
-       "    {ok, L} = gen_tcp:listen(Port, [binary, {active, false}, {reuseaddr, true},\n"
-       "                                    {ip, {127, 0, 0, 1}}]),\n"
-       "    {ok, L, 0}.\n"
-       "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
-       "handle_cast(_, L) -> {noreply, L, 0}.\n"
-       "handle_info(timeout, L) ->\n"
-       "    case gen_tcp:accept(L, 20) of\n"
-       "        {ok, S} -> serve(S);\n"
-       "        {error, timeout} -> ok\n"
-       "    end,\n"
-       "    {noreply, L, 0};\n"
-       "handle_info(_, L) -> {noreply, L, 0}.\n"
-       "code_change(_, L, _) -> {ok, L}.\n"
-       "serve(S) ->\n"
-       "    _ = gen_tcp:recv(S, 0, 1000),\n"
-       "    Body = <<\"", Vsn, "\">>,\n"
-       "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
-       "                         integer_to_list(byte_size(Body)),\n"
-       "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
-       "    gen_tcp:close(S).\n"]).
+    W("rt_web_srv.erl", bc_gitops_test_util:web_server_src(
+                          "rt_web_srv", "element(2, application:get_env(rt_web, port))",
+                          Vsn, Status)).
 
 http_get(Port) ->
     Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",

@@ -36,6 +36,9 @@ init_per_testcase(_Case, Config) ->
     %% git keeps no empty directory: without this, removing the last app
     %% would remove apps/, which bc_gitops refuses as a misconfiguration.
     write_file(filename:join([Gitops, "apps", ".keep"]), ""),
+    %% Time stands still unless a case moves it: no tick or retry comes
+    %% in the middle of what a case asserts.
+    ok = bc_gitops_test_clock:start(),
     {ok, _} = application:ensure_all_started(bc_gitops),
     [{dir, Dir}, {gitops, Gitops} | Config].
 
@@ -267,10 +270,11 @@ crashing_code_change_keeps_v1(Config) ->
             {upgraded, #{app := rt_hot, path := rolled_back, result := {error, _}}} -> ok
         after 1000 -> ct:fail(no_upgrade_event)
         end,
-        %% The reconciler's own tick leaves the broken version alone.
+        %% The reconciler's own tick (the interval, on the test clock)
+        %% leaves the broken version alone.
         {ok, #{last_reconcile := Before}} = bc_gitops:status(),
         timer:sleep(5),
-        bc_gitops_reconciler ! tick,
+        ok = bc_gitops_test_clock:advance(3600000),
         ok = ticked(Before, 200),
         receive {upgraded, Again} -> ct:fail({tried_again, Again})
         after 500 -> ok
@@ -912,7 +916,8 @@ start(Config, Extra) ->
     {ok, _} = bc_gitops:start_reconciler(
                 maps:merge(#{repo_url => ?config(gitops, Config),
                              local_path => filename:join(?config(dir, Config), "state"),
-                             reconcile_interval => 3600000}, Extra)),
+                             reconcile_interval => 3600000, clock => bc_gitops_test_clock},
+                           Extra)),
     wait_reconciled(20000).
 
 %% Waits for a reconcile that ends after `Before' (ms since the epoch).

@@ -94,10 +94,10 @@ unknown_keys_are_warnings_test() ->
     with_root(fun(Root) ->
         write_spec(Root, "future",
                    "#{name => future, version => <<\"1\">>, source => #{type => hex},\n"
-                   "  rollout => canary}.\n"),
+                   "  strategy => canary}.\n"),
         {ok, #{specs := [#app_spec{name = future}], errors := [], warnings := [W]}} =
             bc_gitops_specs:parse_dir(Root, "apps"),
-        ?assertMatch(#{kind := unknown_key, field := <<"rollout">>, line := 2}, W)
+        ?assertMatch(#{kind := unknown_key, field := <<"strategy">>, line := 2}, W)
     end).
 
 json_spec_test() ->

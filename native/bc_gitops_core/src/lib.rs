@@ -4,11 +4,13 @@
 //!   read and write it in the syntax `file:consult/1` accepts;
 //! - [`spec`]: the typed application spec, its discovery, parsing (Erlang
 //!   terms, JSON and YAML) and validation;
-//! - [`plan`]: the diff of desired against current state, as ordered actions.
+//! - [`plan`]: the diff of desired against current state, as ordered actions;
+//! - [`archive`]: tar archives listed and unpacked, with bounds.
 //!
 //! The rustler crate `bc_gitops_nif` is a thin layer over this one, so all of
 //! it is tested with plain `cargo test`.
 
+pub mod archive;
 pub mod git;
 pub mod plan;
 pub mod spec;

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bc_gitops_core::spec::{
-    is_app_name, parse_dir, BuildTool, ErrorKind, HealthType, SourceType, WarningKind,
+    is_app_name, parse_dir, BuildTool, ErrorKind, HealthType, Placement, Rollout, SourceType,
+    WarningKind,
 };
 use bc_gitops_core::term::Term;
 use std::fs;
@@ -298,6 +299,51 @@ const BROKEN: &[BrokenCase] = &[
         "name",
     ),
     (
+        "place_word",
+        "app.config",
+        "#{name => place_word, version => <<\"1\">>, source => #{type => hex},\n\
+           placement => everywhere}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "placement",
+    ),
+    (
+        "place_empty",
+        "app.config",
+        "#{name => place_empty, version => <<\"1\">>, source => #{type => hex},\n\
+           placement => []}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "placement",
+    ),
+    (
+        "place_pattern",
+        "app.config",
+        "#{name => place_pattern, version => <<\"1\">>, source => #{type => hex},\n\
+           placement => [<<\"web*@*\">>,\n <<\"bad name\">>]}.\n",
+        ErrorKind::InvalidValue,
+        Some(3),
+        "placement[1]",
+    ),
+    (
+        "roll_zero",
+        "app.config",
+        "#{name => roll_zero, version => <<\"1\">>, source => #{type => hex},\n\
+           rollout => #{max_parallel => 0}}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "rollout.max_parallel",
+    ),
+    (
+        "roll_pause",
+        "app.json",
+        "{\"name\": \"roll_pause\", \"version\": \"1\", \"source\": {\"type\": \"hex\"},\n\
+           \"rollout\": {\"pause\": \"soon\"}}",
+        ErrorKind::WrongType,
+        None,
+        "rollout.pause",
+    ),
+    (
         "json_mismatch",
         "app.json",
         "{\"name\": \"other\", \"version\": \"1\", \"source\": {\"type\": \"hex\"}}",
@@ -384,7 +430,7 @@ fn warnings_do_not_stop_a_spec() {
         "#{name => future, version => <<\"1\">>,\n\
          source => #{type => hex, url => <<\"unused\">>, mirror => x},\n\
          depends_on => [base, base],\n\
-         rollout => canary}.\n",
+         strategy => canary}.\n",
     );
     write(root.path(), "apps/base/app.config", &minimal("base"));
     fs::create_dir_all(root.path().join("apps/empty")).unwrap();
@@ -411,9 +457,9 @@ fn warnings_do_not_stop_a_spec() {
                 Some(3),
                 "depends_on[1]"
             ),
-            ("future", WarningKind::UnknownKey, Some(4), "rollout"),
             ("future", WarningKind::UnknownKey, Some(2), "source.mirror"),
             ("future", WarningKind::UnusedField, Some(2), "source.url"),
+            ("future", WarningKind::UnknownKey, Some(4), "strategy"),
         ]
     );
 }
@@ -460,6 +506,49 @@ fn full_spec_is_typed() {
         (Some(9090), 1000, 5000)
     );
     assert_eq!(web.depends_on, ["db"]);
+}
+
+#[test]
+fn placement_and_rollout_are_typed() {
+    let root = tempfile::tempdir().unwrap();
+    write(
+        root.path(),
+        "apps/web/app.config",
+        "#{name => web, version => <<\"1\">>, source => #{type => hex},\n\
+           placement => [<<\"web*@*\">>, \"edge@host-1\"],\n\
+           rollout => #{max_parallel => 2, pause => 0}}.\n",
+    );
+    write(
+        root.path(),
+        "apps/db/app.json",
+        "{\"name\": \"db\", \"version\": \"1\", \"source\": {\"type\": \"hex\"},\n\
+          \"placement\": \"all\", \"rollout\": {\"pause\": 5000}}",
+    );
+    write(root.path(), "apps/plain/app.config", &minimal("plain"));
+    let out = parse_dir(root.path(), "apps").unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let by_name = |n: &str| out.specs.iter().find(|s| s.name == n).unwrap();
+    assert_eq!(
+        by_name("web").placement,
+        Placement::Nodes(vec!["web*@*".to_string(), "edge@host-1".to_string()])
+    );
+    assert_eq!(
+        by_name("web").rollout,
+        Some(Rollout {
+            max_parallel: Some(2),
+            pause_ms: Some(0)
+        })
+    );
+    assert_eq!(by_name("db").placement, Placement::All);
+    assert_eq!(
+        by_name("db").rollout,
+        Some(Rollout {
+            max_parallel: None,
+            pause_ms: Some(5000)
+        })
+    );
+    assert_eq!(by_name("plain").placement, Placement::All);
+    assert_eq!(by_name("plain").rollout, None);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! each runs on a dirty scheduler. A panic inside a NIF is caught by rustler
 //! and raised as an Erlang exception; it never takes the VM down.
 
+mod archive;
 mod encode;
 mod git;
 mod planning;
@@ -20,30 +21,22 @@ use std::path::Path;
 fn parse_dir<'a>(env: Env<'a>, root: String, apps_dir: String) -> Term<'a> {
     match spec::parse_dir(Path::new(&root), &apps_dir) {
         Ok(out) => {
-            let specs: Vec<Term<'a>> = out
+            let specs: Vec<_> = out
                 .specs
                 .iter()
-                .map(|s| records::app_spec(env, s))
+                .map(|s| records::AppSpecOut::new(env, s))
                 .collect();
-            let errors: Vec<Term<'a>> = out
+            let errors: Vec<_> = out
                 .errors
                 .iter()
-                .map(|e| records::diagnostic(env, e, e.kind.as_str()))
+                .map(|e| records::DiagnosticOut::new(env, e, e.kind.as_str()))
                 .collect();
-            let warnings: Vec<Term<'a>> = out
+            let warnings: Vec<_> = out
                 .warnings
                 .iter()
-                .map(|w| records::diagnostic(env, w, w.kind.as_str()))
+                .map(|w| records::DiagnosticOut::new(env, w, w.kind.as_str()))
                 .collect();
-            make_tuple(
-                env,
-                &[
-                    atoms::ok().encode(env),
-                    specs.encode(env),
-                    errors.encode(env),
-                    warnings.encode(env),
-                ],
-            )
+            (atoms::ok(), specs, errors, warnings).encode(env)
         }
         Err(e) => {
             let kind = match &e {

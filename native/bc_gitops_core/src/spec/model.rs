@@ -53,6 +53,28 @@ pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 30_000;
 /// Default time a health check may take, in milliseconds.
 pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 5_000;
 
+/// Where an app runs in a cluster: every member, or the members whose
+/// node name matches one of the patterns (`*` matches any run of
+/// characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    All,
+    Nodes(Vec<String>),
+}
+
+/// How a cluster rolls a change of the app out: batches of at most
+/// `max_parallel` members (the cluster's default when absent), and `pause_ms`
+/// to wait after each batch (0 when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollout {
+    pub max_parallel: Option<u64>,
+    pub pause_ms: Option<u64>,
+}
+
+/// The longest node-name pattern: a node name is an atom of at most 255
+/// characters.
+pub const PLACEMENT_PATTERN_MAX_BYTES: usize = 255;
+
 /// `#app_spec{}`, plus where it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
@@ -66,6 +88,8 @@ pub struct AppSpec {
     pub env: Vec<(String, Spanned)>,
     pub health: Option<HealthSpec>,
     pub depends_on: Vec<String>,
+    pub placement: Placement,
+    pub rollout: Option<Rollout>,
     /// The spec file, relative to the repository root.
     pub file: String,
 }

@@ -85,9 +85,12 @@ const TOP_KEYS: &[&str] = &[
     "env",
     "health",
     "depends_on",
+    "placement",
+    "rollout",
 ];
 const SOURCE_KEYS: &[&str] = &["type", "url", "ref", "sha256", "build"];
 const HEALTH_KEYS: &[&str] = &["type", "port", "path", "module", "interval", "timeout"];
+const ROLLOUT_KEYS: &[&str] = &["max_parallel", "pause"];
 
 /// Collects the diagnostics of one spec file.
 pub(super) struct Validator<'a> {
@@ -186,6 +189,14 @@ impl<'a> Validator<'a> {
             Some(at) => self.depends_on(at, name.as_deref()),
             None => Some(Vec::new()),
         };
+        let placement = match fields.get("placement") {
+            Some(at) => self.placement(at),
+            None => Some(Placement::All),
+        };
+        let rollout = match fields.get("rollout") {
+            Some(at) => self.rollout(at).map(Some),
+            None => Some(None),
+        };
         if !self.errors.is_empty() {
             return None;
         }
@@ -197,6 +208,8 @@ impl<'a> Validator<'a> {
             env: env?,
             health: health?,
             depends_on: depends_on?,
+            placement: placement?,
+            rollout: rollout?,
             file: self.file.to_string(),
         })
     }
@@ -561,6 +574,83 @@ impl<'a> Validator<'a> {
             }
         }
         ok.then_some(env)
+    }
+
+    /// `all`, or a non-empty list of node-name patterns.
+    fn placement(&mut self, at: &Spanned) -> Option<Placement> {
+        const EXPECTED: &str = "all or a list of node-name patterns";
+        if let Term::List { items, tail: None } = &at.term {
+            // A charlist is text, not a list of patterns.
+            if at.term.as_text().is_none() || items.is_empty() {
+                return self.patterns(at, items);
+            }
+        }
+        match self.symbol(at, "placement", EXPECTED)?.as_str() {
+            "all" => Some(Placement::All),
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                let message = format!("{shown:?} is not {EXPECTED}; write a pattern in a list");
+                self.invalid(at, "placement", message);
+                None
+            }
+        }
+    }
+
+    fn patterns(&mut self, at: &Spanned, items: &[Spanned]) -> Option<Placement> {
+        if items.is_empty() {
+            let message =
+                "an empty list places the app nowhere; remove the app instead".to_string();
+            self.invalid(at, "placement", message);
+            return None;
+        }
+        let mut patterns = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("placement[{i}]");
+            let Some(pattern) = self.text(item, &field) else {
+                ok = false;
+                continue;
+            };
+            let printable = pattern
+                .chars()
+                .all(|c| !c.is_control() && !c.is_whitespace());
+            if pattern.is_empty() || pattern.len() > PLACEMENT_PATTERN_MAX_BYTES || !printable {
+                let message = format!(
+                    "a node-name pattern is 1 to {PLACEMENT_PATTERN_MAX_BYTES} bytes without spaces or control characters"
+                );
+                self.invalid(item, &field, message);
+                ok = false;
+            } else {
+                patterns.push(pattern);
+            }
+        }
+        ok.then_some(Placement::Nodes(patterns))
+    }
+
+    fn rollout(&mut self, at: &Spanned) -> Option<Rollout> {
+        let fields = self.fields(at, "rollout", ROLLOUT_KEYS)?;
+        let max_parallel = match fields.get("max_parallel") {
+            Some(m) => Some(self.positive_int(m, "rollout.max_parallel")?),
+            None => None,
+        };
+        let pause_ms = match fields.get("pause") {
+            Some(p) => match p.term {
+                Term::Int(n) if n >= 0 => u64::try_from(n).ok(),
+                Term::Int(n) => {
+                    self.invalid(p, "rollout.pause", format!("must be 0 or more, found {n}"));
+                    return None;
+                }
+                _ => {
+                    self.wrong_type(p, "rollout.pause", "milliseconds (an integer, 0 or more)");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(Rollout {
+            max_parallel,
+            pause_ms,
+        })
     }
 
     fn depends_on(&mut self, at: &Spanned, own_name: Option<&str>) -> Option<Vec<String>> {

@@ -5,7 +5,7 @@
 %%%
 %%% A runtime callback that raises is that app's failure, never the
 %%% caller's crash.
--module(bc_gitops_actions).
+-module(bc_gitops_action).
 
 -include("bc_gitops.hrl").
 
