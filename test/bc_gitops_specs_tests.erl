@@ -197,6 +197,7 @@ three_formats_give_one_record_test() ->
         "  env => #{port => 8080, ratio => 0.5, name => <<\"w\">>, on => true, nothing => null,\n"
         "           list => [1, <<\"a\">>, -2.5e-3], nested => #{<<\"k\">> => [#{}]}},\n"
         "  health => #{type => custom, module => web_health, interval => 1000},\n"
+        "  placement => [<<\"web@*\">>], rollout => #{max_parallel => 2, pause => 500},\n"
         "  depends_on => [base, db]}.\n",
     Json =
         "{\"name\": \"web\", \"version\": \"3.0.0\", \"description\": \"caf\\u00e9\",\n"
@@ -205,6 +206,7 @@ three_formats_give_one_record_test() ->
         " \"env\": {\"port\": 8080, \"ratio\": 0.5, \"name\": \"w\", \"on\": true, \"nothing\": null,\n"
         "         \"list\": [1, \"a\", -2.5e-3], \"nested\": {\"k\": [{}]}},\n"
         " \"health\": {\"type\": \"custom\", \"module\": \"web_health\", \"interval\": 1000},\n"
+        " \"placement\": [\"web@*\"], \"rollout\": {\"max_parallel\": 2, \"pause\": 500},\n"
         " \"depends_on\": [\"base\", \"db\"]}\n",
     Yaml =
         "# apps/web/app.yaml\n"
@@ -226,6 +228,10 @@ three_formats_give_one_record_test() ->
         "    k:\n"
         "      - {}\n"
         "health: {type: custom, module: web_health, interval: 1000}\n"
+        "placement: [web@*]\n"
+        "rollout:\n"
+        "  max_parallel: 2\n"
+        "  pause: 500\n"
         "depends_on:\n"
         "  - base\n"
         "  - db\n",
@@ -245,6 +251,7 @@ three_formats_give_one_record_test() ->
                  env = #{port => 8080, ratio => 0.5, name => <<"w">>, on => true, nothing => null,
                          list => [1, <<"a">>, -2.5e-3], nested => #{<<"k">> => [#{}]}},
                  health = #health_spec{type = custom, module = web_health, interval = 1000},
+                 placement = [<<"web@*">>], rollout = #{max_parallel => 2, pause => 500},
                  depends_on = [base, db]},
        FromTerms),
     ?assertEqual(FromTerms, Read("app.json", Json)),

@@ -41,6 +41,7 @@ const TERMS: &str = r#"#{name => web,
            on => true, port => 8080, ratio => 0.5, title => <<"caf", 233/utf8, " \"q\"">>},
   health => #{type => http, port => 8080, path => <<"/health">>,
               interval => 1000, timeout => 200},
+  placement => [<<"web@*">>], rollout => #{max_parallel => 2, pause => 500},
   depends_on => [base, db]}.
 "#;
 
@@ -53,6 +54,7 @@ const JSON: &str = r#"{"name": "web", "version": "3.0.0",
          "on": true, "port": 8080, "ratio": 0.5, "title": "café \"q\""},
  "health": {"type": "http", "port": 8080, "path": "/health",
             "interval": 1000, "timeout": 200},
+ "placement": ["web@*"], "rollout": {"max_parallel": 2, "pause": 500},
  "depends_on": ["base", "db"]}
 "#;
 
@@ -82,6 +84,9 @@ health:
   path: /health
   interval: 1000
   timeout: 200
+placement:
+  - web@*
+rollout: {max_parallel: 2, pause: 500}
 depends_on:
   - base
   - db
