@@ -31,8 +31,10 @@ erlang-test: compile
 	$(REBAR) dialyzer
 	$(REBAR) edoc
 
+## fuzz: each parser's fuzz target in turn, SECONDS each (60 by default).
 fuzz:
-	bash fuzz/run.sh $(SECONDS)
+	bash fuzz/run.sh $(SECONDS) term_parse
+	bash fuzz/run.sh $(SECONDS) yaml_parse
 
 docs: compile
 	$(REBAR) edoc
