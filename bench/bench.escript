@@ -303,7 +303,18 @@ hot_rows(Dir, Smoke) ->
     Sizes = case Smoke of true -> [50]; false -> [1000, 10000] end,
     V1 = hot_build(Dir, "1.0.0", v1),
     V2 = hot_build(Dir, "2.0.0", v2),
-    lists:append([hot_row(N, V1, V2) || N <- Sizes]).
+    lists:append([hot_row(N, V1, V2) || N <- Sizes]) ++ window_rows(Smoke, V1, V2).
+
+%% The suspension window's spread at the largest size: p50 and p95 of 20
+%% upgrades (2 in a smoke run).
+window_rows(Smoke, V1, V2) ->
+    {N, Runs} = case Smoke of true -> {50, 2}; false -> {10000, 20} end,
+    Windows = lists:sort([begin
+                              [_, {_, Window, _, _}, _] = hot_row(N, V1, V2),
+                              Window
+                          end || _ <- lists:seq(1, Runs)]),
+    [{io_lib:format("hot upgrade, ~p processes: window over ~p runs (p50, p95)", [N, Runs]),
+      pct(Windows, 50), pct(Windows, 95), undefined}].
 
 hot_row(N, V1, V2) ->
     true = code:add_patha(V1),
