@@ -223,8 +223,8 @@ pin(App) when is_atom(App) ->
             {error, cluster_mode};
         false ->
             case get_app_status(App) of
-                {ok, #app_state{version = V}} ->
-                    case bc_gitops_reconciler:pin(App, V) of
+                {ok, #app_state{version = V} = State} ->
+                    case bc_gitops_reconciler:pin(App, State) of
                         ok -> {ok, V};
                         Error -> Error
                     end;

@@ -107,10 +107,18 @@ in_progress(Action, #{busy := Busy}) ->
 %% A pinned app stays at its version (the pins that git ended were dropped
 %% before the run: bc_gitops_pins:expire/3).
 -spec pinned(bc_gitops_plan:action(), hold()) -> none | term().
-pinned(Action, #{pins := Pins}) ->
-    case bc_gitops_pins:version(bc_gitops_action:app(Action), Pins) of
+pinned({remove, App}, #{pins := Pins}) ->
+    case bc_gitops_pins:version(App, Pins) of
         none -> none;
         V -> {pinned, V}
+    end;
+pinned(Action, #{pins := Pins}) ->
+    App = bc_gitops_action:app(Action),
+    case {bc_gitops_pins:version(App, Pins), bc_gitops_pins:running(App, Pins)} of
+        {none, _} -> none;
+        %% Starting it again at its pinned spec (bc_gitops_pins:redirect/2).
+        {_, Spec} when Spec =:= element(2, Action) -> none;
+        {V, _} -> {pinned, V}
     end.
 
 %% A version rolled back is not tried again until the spec changes, or an

@@ -145,7 +145,9 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                #{cache := Parsed, previous := #{current := Current, plan := Same}} -> Same;
                _ -> plan(Parsed, Current)
            end,
-    #{actions := Planned, blocked := Blocked} = Plan,
+    #{actions := Planned0, blocked := Blocked} = Plan,
+    {Pins, Ended} = bc_gitops_pins:expire(maps:get(pins, Ctx, #{}), Parsed),
+    Planned = bc_gitops_pins:redirect(Planned0, Pins),
     {Actions, Failures0} = retry_unhealthy(Planned, Failures, Parsed),
     Gates = taken_over(maps:get(gates, Ctx, []), Actions, Parsed, Config),
     %% The specs of the last parse are what ran before: a rollback goes
@@ -155,7 +157,6 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                    {_, #{specs := Old}} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
                    {_, undefined} -> #{}
                end,
-    {Pins, Ended} = bc_gitops_pins:expire(maps:get(pins, Ctx, #{}), Parsed),
     Hold = bc_gitops_hold:new(Ctx#{failures => Failures0, pins => Pins}, Current),
     #{commit := Commit} = Parsed,
     #{applied := Applied, waiting := Waiting, hold := Hold1, gates := Open,

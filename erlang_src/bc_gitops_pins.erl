@@ -9,7 +9,9 @@
 %%% none), and it lasts until git changes that spec (any field, as a
 %%% backoff does: {@link expire/2}) or until {@link bc_gitops:unpin/1}. A
 %%% spec made invalid is no change: the pin stays. Meanwhile every action
-%%% planned for the app waits with `{pinned, Vsn}' ({@link bc_gitops_hold}).
+%%% planned for the app waits with `{pinned, Vsn}' ({@link bc_gitops_hold}),
+%%% but one that only starts it again (after a node restart, or drift)
+%%% starts the pinned spec ({@link redirect/2}).
 %%%
 %%% Pins are kept by the reconciler and written to `local_path/pins.bin'
 %%% whenever they change, as atomically and checked as `state.bin'
@@ -18,12 +20,15 @@
 
 -include("bc_gitops.hrl").
 
--export([load/1, save/2, pin/5, unpin/2, version/2, expire/2, drop/2, view/1]).
+-export([load/1, save/2, pin/6, unpin/2, version/2, running/2, expire/2, drop/2, view/1,
+         redirect/2]).
 
 -export_type([pins/0, pin/0]).
 
+%% `spec': the app's spec in git when pinned; `running': the spec it is
+%% pinned at, if known (to start it again after a restart).
 -type pin() :: #{version := binary(), reason := rollback | pin, at := integer(),
-                 spec := #app_spec{} | undefined}.
+                 spec := #app_spec{} | undefined, running := #app_spec{} | undefined}.
 
 -type pins() :: #{atom() => pin()}.
 
@@ -44,12 +49,36 @@ save(Config, Pins) ->
 -spec file(bc_gitops_config:config()) -> file:filename().
 file(#{local_path := Base}) -> filename:join(Base, "pins.bin").
 
-%% @doc Pins `App' at `Version' (system time `At'), for `Reason'; `Spec'
-%% is its spec in git now.
--spec pin(atom(), binary(), rollback | pin, #app_spec{} | undefined, pins()) -> pins().
-pin(App, Version, Reason, Spec, Pins) ->
-    Pins#{App => #{version => Version, reason => Reason, spec => Spec,
+%% @doc Pins `App' at `Version' (the spec `Running', if known), for
+%% `Reason'; `Spec' is its spec in git now.
+-spec pin(atom(), binary(), #app_spec{} | undefined, rollback | pin, #app_spec{} | undefined,
+          pins()) -> pins().
+pin(App, Version, Running, Reason, Spec, Pins) ->
+    Pins#{App => #{version => Version, reason => Reason, spec => Spec, running => Running,
                    at => erlang:system_time(millisecond)}}.
+
+%% @doc The spec `App' is pinned at, if it is and that is known.
+-spec running(atom(), pins()) -> #app_spec{} | undefined.
+running(App, Pins) ->
+    case Pins of
+        #{App := #{running := Spec}} -> Spec;
+        _ -> undefined
+    end.
+
+%% @doc The plan's actions with pins applied: an action that only starts
+%% a pinned app again (a deploy after a node restart, a repair of drift)
+%% starts it at its pinned spec instead of git's. Other actions of a
+%% pinned app are left to wait (see bc_gitops_hold).
+-spec redirect([bc_gitops_plan:action()], pins()) -> [bc_gitops_plan:action()].
+redirect(Actions, Pins) when map_size(Pins) =:= 0 ->
+    Actions;
+redirect(Actions, Pins) ->
+    [case {A, running(bc_gitops_action:app(A), Pins)} of
+         {_, undefined} -> A;
+         {{deploy, _}, Spec} -> {deploy, Spec};
+         {{redeploy, _, Why}, Spec} -> {redeploy, Spec, Why};
+         _ -> A
+     end || A <- Actions].
 
 -spec unpin(atom(), pins()) -> {ok, pins()} | {error, {not_pinned, atom()}}.
 unpin(App, Pins) ->

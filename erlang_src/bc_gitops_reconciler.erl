@@ -111,9 +111,9 @@ ack() ->
 -spec history(all | atom()) -> {ok, [bc_gitops_history:entry()]} | {error, not_running}.
 history(Which) -> call({history, Which}, 5000).
 
-%% @doc Pins `App' at `Version' (the version it runs).
--spec pin(atom(), binary()) -> ok | {error, not_running}.
-pin(App, Version) -> call({pin, App, Version}, 5000).
+%% @doc Pins `App' at the version it runs (`State').
+-spec pin(atom(), #app_state{}) -> ok | {error, not_running}.
+pin(App, State) -> call({pin, App, State}, 5000).
 
 %% @doc Drops `App''s pin, and reconciles.
 -spec unpin(atom()) -> ok | {error, {not_pinned, atom()} | not_running}.
@@ -186,8 +186,18 @@ handle_call(resume, _From, St) ->
     {reply, ok, St};
 handle_call({history, Which}, _From, St) ->
     {reply, {ok, bc_gitops_history:entries(Which, St#st.history)}, St};
-handle_call({pin, App, Version}, _From, #st{pins = Pins} = St) ->
-    {reply, ok, save_pins(St#st{pins = bc_gitops_pins:pin(App, Version, pin, git_spec(App, St),
+handle_call({pin, App, #app_state{version = V} = State}, _From, #st{pins = Pins} = St) ->
+    %% The spec it runs: its last change's, else git's, at the version
+    %% and env it runs with.
+    Known = case bc_gitops_history:last_change(App, St#st.history) of
+                #{'after' := After} -> After;
+                none -> git_spec(App, St)
+            end,
+    Running = case Known of
+                  undefined -> undefined;
+                  _ -> bc_gitops_history:before(Known, State, Known)
+              end,
+    {reply, ok, save_pins(St#st{pins = bc_gitops_pins:pin(App, V, Running, pin, git_spec(App, St),
                                                           Pins)})};
 handle_call({unpin, App}, _From, #st{pins = Pins} = St) ->
     case bc_gitops_pins:unpin(App, Pins) of
@@ -487,7 +497,12 @@ finished1(plan, {ok, _, Parsed}, St) ->
     %% The last plan was made from another parse.
     St#st{cache = Parsed, previous = undefined};
 finished1({rollback, App}, {ok, #{to := Version}}, #st{pins = Pins} = St) ->
-    save_pins(St#st{pins = bc_gitops_pins:pin(App, Version, rollback, git_spec(App, St), Pins)});
+    Running = case bc_gitops_history:last_change(App, St#st.history) of
+                  #{'after' := After} -> After;
+                  none -> undefined
+              end,
+    save_pins(St#st{pins = bc_gitops_pins:pin(App, Version, Running, rollback, git_spec(App, St),
+                                              Pins)});
 finished1(_Job, _Result, St) ->
     St.
 
