@@ -302,7 +302,8 @@ show_plan(#{actions := Actions, blocked := Blocked}, O) ->
     Rows = [action_row(A) || A <- Actions],
     case O of
         #{json := true} ->
-            json(#{changes => [#{action => K, app => App, from => F, to => T, why => W}
+            json(#{changes => [#{action => K, app => App, from => F, to => T,
+                                 why => iolist_to_binary(W)}
                                || [K, App, F, T, W] <- Rows],
                    blocked => [#{app => App, reason => iolist_to_binary(blocked_text(B))}
                                || {App, B} <- Blocked]});
