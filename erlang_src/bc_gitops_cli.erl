@@ -72,7 +72,7 @@ die(Format, Args) ->
 
 %%% Arguments
 
--spec parse([string()], map()) -> map().
+-spec parse([string()], map()) -> map() | help.
 parse([], #{pos := Pos} = O) ->
     O#{pos := lists:reverse(Pos)};
 parse(["--json" | R], O) -> parse(R, O#{json => true});
@@ -198,9 +198,8 @@ done(_O, _Json, Format, Args) -> out(io_lib:format(Format, Args)), 0.
 %% does not know.
 -spec known_app(node(), string()) -> atom().
 known_app(Node, Name) ->
-    Unknown = fun() -> die("unknown app ~ts on ~ts", [Name, Node]) end,
     App = try call(Node, erlang, list_to_existing_atom, [Name], ?SHORT)
-          catch throw:{cli_error, _} -> Unknown()
+          catch throw:{cli_error, _} -> unknown_app(Name, Node)
           end,
     Current = case call(Node, bc_gitops, get_current_state, [], ?SHORT) of
                   {ok, C} -> C;
@@ -216,8 +215,12 @@ known_app(Node, Name) ->
               end,
     case maps:is_key(App, Current) orelse maps:is_key(App, Desired) orelse History =/= [] of
         true -> App;
-        false -> Unknown()
+        false -> unknown_app(Name, Node)
     end.
+
+-spec unknown_app(string(), node()) -> no_return().
+unknown_app(Name, Node) ->
+    die("unknown app ~ts on ~ts", [Name, Node]).
 
 %%% status
 
