@@ -11,8 +11,10 @@ all: compile
 setup:
 	@sh scripts/setup.sh
 
+## compile: the NIF, the application, and the command bin/bc_gitops.
 compile: setup
 	$(REBAR) compile
+	install -D -m 0755 priv/bc_gitops bin/bc_gitops
 
 ## test: everything CI runs. Fails when any step fails.
 test: setup rust-test rust-lint erlang-test demo bench-smoke
@@ -42,7 +44,7 @@ docs: compile
 clean:
 	$(REBAR) clean
 	cargo clean
-	rm -f priv/bc_gitops_nif.so
+	rm -f priv/bc_gitops_nif.so bin/bc_gitops
 
 ## demo: the main job: a real local gitops repository, read and planned.
 demo: compile
