@@ -60,7 +60,7 @@ deploy(#app_spec{} = Spec) ->
 -spec remove(atom()) -> ok.
 remove(App) ->
     case lookup(App) of
-        {ok, #entry{paths = Paths}} -> ok = bc_gitops_code:stop(App, Paths);
+        {ok, #entry{paths = Paths}} -> ok = bc_gitops_lifecycle:stop(App, Paths);
         error -> ok
     end,
     ets:delete(?TABLE, App),
@@ -129,7 +129,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             Paths = [E || E <- Ebins, lists:member(E, OldPaths ++ New)],
             %% The application controller re-read the .app file: put the
             %% spec's env back, and tell the app what changed.
-            ok = bc_gitops_code:restore_env(App, OldEnv, Env),
+            ok = bc_gitops_lifecycle:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
             true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
             ok = keep_builds(App, [OldDir, Dir]),
@@ -160,7 +160,7 @@ keep_old(#app_spec{name = App} = Spec,
         reverted ->
             {error, {rolled_back, Failed}};
         not_reverted ->
-            ok = bc_gitops_code:stop(App, OldPaths),
+            ok = bc_gitops_lifecycle:stop(App, OldPaths),
             start_old(Spec, Old, OldDir, OldPaths, Failed)
     end.
 
@@ -177,7 +177,7 @@ start_old(Spec, #app_state{version = V, env = Env}, OldDir, OldPaths, Why) ->
     {ok, #app_state{}, map()} | {error, term()}.
 restart(#app_spec{name = App} = Spec,
         #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, NotHot) ->
-    ok = bc_gitops_code:stop(App, OldPaths),
+    ok = bc_gitops_lifecycle:stop(App, OldPaths),
     case start(Spec, Dir, Ebins) of
         {ok, State} ->
             ok = keep_builds(App, [OldDir, Dir]),
@@ -201,7 +201,7 @@ running(App) ->
 reconfigure(#app_spec{name = App, env = Env}) ->
     case lookup(App) of
         {ok, #entry{state = #app_state{env = OldEnv} = State} = Entry} ->
-            case bc_gitops_code:reconfigure(App, OldEnv, Env) of
+            case bc_gitops_lifecycle:reconfigure(App, OldEnv, Env) of
                 ok ->
                     New = State#app_state{env = Env},
                     true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
@@ -234,7 +234,7 @@ refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
 -spec start(#app_spec{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}} | {error, term()}.
 start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebins) ->
-    case bc_gitops_code:start(App, Ebins, Env) of
+    case bc_gitops_lifecycle:start(App, Ebins, Env) of
         {ok, Paths} ->
             State = #app_state{name = App, version = V, status = running, path = Dir,
                                pid = top_pid(App), started_at = erlang:system_time(millisecond),

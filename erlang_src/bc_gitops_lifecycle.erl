@@ -1,4 +1,5 @@
-%%% @doc Code paths and application lifecycle for the default runtime.
+%%% @doc An app's lifecycle on this node for the default runtime: its code
+%%% paths, load, env, start, reconfigure and stop.
 %%%
 %%% A fetched build's ebin directories go to the FRONT of the code path, so
 %%% that the fetched version wins over an older copy on the node. The ebin
@@ -10,7 +11,7 @@
 %%% `bin/<rel> foreground' and `daemon' do) nothing is loaded on demand:
 %%% every module of the added ebins that is not loaded yet is loaded
 %%% before the app starts, as a boot script would have done.
--module(bc_gitops_code).
+-module(bc_gitops_lifecycle).
 
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 
