@@ -7,7 +7,7 @@
 %%% saw them), the whole rollout against 5x the single-node upgrade, and
 %%% the calls the clients made and how many failed.
 %%%
-%%% Compiled and loaded by bench.escript, with scripts/demo_peers.erl for
+%%% Compiled and loaded by bench.escript, with test/bc_gitops_peers.erl for
 %%% the nodes; its functions run on the bench node and, through `peer',
 %%% on the nodes.
 -module(bench_cluster).
@@ -27,17 +27,17 @@ rows(Dir, Smoke, Ebins) ->
                          "\tcp src/bl.app.src ebin/bl.app\n"),
     Id = os:getpid() ++ "_" ++ integer_to_list(erlang:unique_integer([positive])),
     Names = ["blc" ++ integer_to_list(I) ++ "_" ++ Id || I <- lists:seq(1, N)],
-    Peers = demo_peers:start(Names ++ ["bls_" ++ Id], Ebins ++ [Dir]),
+    Peers = bc_gitops_peers:start(Names ++ ["bls_" ++ Id], Ebins ++ [Dir]),
     {Cluster, [Single]} = lists:split(N, Peers),
     Members = [Node || {Node, _} <- Cluster],
     Events = [[bc_gitops, upgrade, start], [bc_gitops, upgrade, stop]],
-    Call = fun demo_peers:call/4,
+    Call = fun bc_gitops_peers:call/4,
     try
         %% v1 everywhere: the cluster, and the single node alone.
         version(Repo, Gitops, "1.0.0"),
-        [ok = Call(P, demo_peers, boot, [config(Dir, I, Gitops, Members), Events])
+        [ok = Call(P, bc_gitops_peers, boot, [config(Dir, I, Gitops, Members), Events])
          || {I, P} <- lists:zip(lists:seq(1, N), Cluster)],
-        ok = Call(Single, demo_peers, boot,
+        ok = Call(Single, bc_gitops_peers, boot,
                   [(config(Dir, 0, Gitops, Members))#{cluster => false}, Events]),
         ok = wait_one_coordinator(Cluster, 200),
         ok = Call(lists:last(Cluster), bc_gitops, reconcile, []),
@@ -53,7 +53,7 @@ rows(Dir, Smoke, Ebins) ->
         Rollout = erlang:monotonic_time(microsecond) - T1,
         Loads = [Call(P, ?MODULE, loaded, []) || P <- Peers],
         [{<<"2.0.0">>, _} = Call(P, bl_srv, bump, []) || P <- Peers],
-        Windows = [window(Call(P, demo_peers, events, [])) || P <- Cluster],
+        Windows = [window(Call(P, bc_gitops_peers, events, [])) || P <- Cluster],
         Steps = lists:sort(gaps(lists:sort(Windows))),
         Calls = lists:sum([C || {C, _} <- Loads]),
         Failed = lists:sum([F || {_, F} <- Loads]),
@@ -65,7 +65,7 @@ rows(Dir, Smoke, Ebins) ->
          {"cluster: client calls during the upgrades: failed / made",
           io_lib:format("~p / ~p", [Failed, Calls])}]
     after
-        demo_peers:stop(Peers)
+        bc_gitops_peers:stop(Peers)
     end.
 
 config(Dir, I, Gitops, Members) ->
@@ -75,7 +75,7 @@ config(Dir, I, Gitops, Members) ->
 wait_one_coordinator(_Peers, 0) ->
     {error, no_single_coordinator};
 wait_one_coordinator(Peers, Tries) ->
-    Known = [demo_peers:call(P, bc_gitops_cluster, info, []) || P <- Peers],
+    Known = [bc_gitops_peers:call(P, bc_gitops_cluster, info, []) || P <- Peers],
     case lists:usort([C || #{coordinator := C} <- Known]) of
         [C] when C =/= undefined -> ok;
         _ -> timer:sleep(100), wait_one_coordinator(Peers, Tries - 1)

@@ -286,10 +286,7 @@ write(Fd, Bin, Path) ->
         {error, Why} -> fail({file_error, write, Path, Why})
     end.
 
+%% Lowercase: binary:encode_hex/2 needs OTP 26.
 -spec hex(binary()) -> binary().
 hex(Bin) ->
-    << <<(hex_digit(N))>> || <<N:4>> <= Bin >>.
-
--spec hex_digit(0..15) -> byte().
-hex_digit(N) when N < 10 -> $0 + N;
-hex_digit(N) -> $a + N - 10.
+    string:lowercase(binary:encode_hex(Bin)).

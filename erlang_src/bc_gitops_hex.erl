@@ -1,6 +1,6 @@
 %%% @doc The `hex' source type: fetches a package release and its hex
 %%% dependencies from a hex repository, verifies them, and lays them out so
-%%% that `rebar3 as prod compile' builds the package without going online.
+%%% that its build tool (rebar3 or mix) builds it without going online.
 %%%
 %%% For every package it needs, {@link fetch/4}:
 %%% <ol>
@@ -28,22 +28,39 @@
 %%% the choice is repeated until it no longer changes (no backtracking).
 %%% Dependencies on another repository are refused.
 %%%
-%%% Build: the package must be a rebar3 one (`rebar3' in its metadata's
-%%% `build_tools', or a `rebar.config'), and so must each dependency.
-%%% `<source_dir>/_checkouts/<app>' is made a symbolic link to each
-%%% dependency's directory: rebar3 builds checkouts in place of its
-%%% declared deps, so with `REBAR_OFFLINE=1' the build needs no network.
-%%% Mix packages are refused with `{unsupported, mix_hex_package}' (a
-%%% dependency with `{unsupported, {mix_hex_package, Name}}'): building them
-%%% offline would need `deps/' laid out as mix expects plus a `mix.lock'
-%%% that mix accepts without reaching hex, which is not done here.
+%%% Build: rebar3 builds the package when it can (`rebar3' in its
+%%% metadata's `build_tools', or a `rebar.config'), else mix (`mix', or a
+%%% `mix.exs'); the `build' option (the spec's `source.build') chooses
+%%% between the two for a package that has both. A dependency may be a
+%%% rebar3 or a mix package. The result says where the build runs
+%%% (`build_dir') and with what (`tool'); each dependency's directory is
+%%% linked where that tool looks for it:
+%%% <ul>
+%%% <li>a rebar3 package whose dependencies all build with rebar3:
+%%%     `<source_dir>/_checkouts/<app>'. rebar3 builds checkouts in place of
+%%%     its declared deps, so the build needs no network (tool `rebar3',
+%%%     `build_dir' is `source_dir').</li>
+%%% <li>a mix package: `<source_dir>/deps/<app>', where mix keeps hex
+%%%     dependencies. {@link bc_gitops_build} runs `mix compile' offline,
+%%%     without the Hex archive (neither installed nor fetched): mix finds
+%%%     the dependencies there through {@link bc_gitops_mix_scm} and builds
+%%%     each with its own tool, mix or rebar3, in dependency order (tool
+%%%     `mix', `build_dir' is `source_dir').</li>
+%%% <li>a rebar3 package with a mix dependency, which rebar3 cannot build
+%%%     without a plugin from hex: `<DestDir>/_mix/deps/<app>', next to a
+%%%     `mix.exs' written there whose only dependency is the package (by
+%%%     path, built by rebar3 as mix builds any rebar3 dependency, with the
+%%%     `prod' profile). mix builds it as above (tool `mix', `build_dir' is
+%%%     `<DestDir>/_mix'); that project has no code of its own.</li>
+%%% </ul>
 %%%
 %%% Options: `repo_url' (default `https://repo.hex.pm', or `$HEX_MIRROR'
 %%% when set, as mix does), `public_key' (PEM; default hex.pm's key, required
 %%% with a `repo_url'), `repo_name' (the repository's name to check
 %%% registries against; `<<"hexpm">>' for the default), `timeout' (ms per
 %%% download, default 120000), `ca_file', `max_bytes' (per download, default
-%%% 64 MiB), `max_unpacked' (per package, default 256 MiB).
+%%% 64 MiB), `max_unpacked' (per package, default 256 MiB), `build'
+%%% (`rebar3' or `mix', see above).
 %%%
 %%% Package names from the registry stay binaries, and must match
 %%% `[a-z][a-z0-9_]*'. `metadata.config' is read as terms (never evaluated)
@@ -57,7 +74,9 @@
 %%% `{dependency_conflict, Name, [{Requirer, Req}]}',
 %%% `{checksum_mismatch, outer | inner | checksum_file, Name, Version}',
 %%% `{missing_outer_checksum, Name, Version}', `{bad_tarball, Name, Version,
-%%% Why}', `{unpack_failed, Name, Version, Why}', `{unsupported, Why}',
+%%% Why}', `{unpack_failed, Name, Version, Why}', `{unsupported, Why}' (Why:
+%%% `{build_tools, Name, Tools}', `{build_tool, Name, Wanted}',
+%%% `{dependency_repository, Name, Repo}'),
 %%% `{bad_name, Name}', `{bad_version, Version}', `{bad_public_key, Why}',
 %%% `{already_exists, Dir}', `{bad_registry, Name, Why}', and the errors of
 %%% {@link bc_gitops_download:to_file/3}.
@@ -75,7 +94,8 @@
                   timeout => pos_integer(),
                   ca_file => file:filename_all() | undefined,
                   max_bytes => pos_integer(),
-                  max_unpacked => pos_integer()}.
+                  max_unpacked => pos_integer(),
+                  build => bc_gitops_build:tool() | undefined}.
 
 -define(HEXPM_URL, "https://repo.hex.pm").
 %% https://hex.pm/docs/public_keys
@@ -95,8 +115,8 @@
 %% @doc Fetches `Package' at `Version' and its dependencies into `DestDir'.
 -spec fetch(Package :: binary(), Version :: binary(), DestDir :: file:filename(),
             Opts :: opts()) ->
-          {ok, #{source_dir := file:filename(),
-                 deps := [{binary(), binary(), file:filename()}]}}
+          {ok, #{source_dir := file:filename(), build_dir := file:filename(),
+                 tool := rebar3 | mix, deps := [{binary(), binary(), file:filename()}]}}
               | {error, term()}.
 fetch(Package, Version, DestDir, Opts) ->
     Dest = filename:absname(DestDir),
@@ -116,15 +136,15 @@ fetch(Package, Version, DestDir, Opts) ->
         Selected = resolve(Package, Release, Ctx, Reg),
         {Source, Meta} = fetch_release(Package, Release,
                                        filename:join(Dest, binary_to_list(Package)), Ctx),
-        buildable(Package, Source, Meta, root),
+        Tool = root_tool(Package, Source, Meta, maps:get(build, Opts, undefined)),
         Deps = [begin
                     DepDest = filename:join([Dest, "deps", binary_to_list(Name)]),
                     {Dir, DepMeta} = fetch_release(Name, Rel, DepDest, Ctx),
-                    buildable(Name, Dir, DepMeta, dep),
-                    {Name, V, App, Dir}
+                    {Name, V, App, Dir, dep_tools(Name, Dir, DepMeta)}
                 end || {Name, {V, Rel, App}} <- lists:sort(maps:to_list(Selected))],
-        checkouts(Source, Deps),
-        {ok, #{source_dir => Source, deps => [{N, V, D} || {N, V, _, D} <- Deps]}}
+        {BuildDir, BuildTool} = layout(Package, Tool, Source, Meta, Deps),
+        {ok, #{source_dir => Source, build_dir => BuildDir, tool => BuildTool,
+               deps => [{N, V, D} || {N, V, _, D, _} <- Deps]}}
     catch
         throw:{?MODULE, Why} -> {error, Why}
     after
@@ -398,7 +418,7 @@ fetch_release(Name, #{version := V, inner_checksum := Inner} = Rel,
             end,
     TarUrl = Url ++ "/tarballs/" ++ binary_to_list(Name) ++ "-" ++ binary_to_list(V) ++ ".tar",
     {Tar, Hex} = download_file(TarUrl, Ctx, Max, {tarball_not_found, Name, V}),
-    Hex =:= hex(Outer) orelse fail({checksum_mismatch, outer, Name, V}),
+    binary:decode_hex(Hex) =:= Outer orelse fail({checksum_mismatch, outer, Name, V}),
     Files = case erl_tar:extract({binary, Tar}, [memory]) of
                 {ok, Fs} -> Fs;
                 {error, Why} -> fail({bad_tarball, Name, V, Why})
@@ -415,7 +435,7 @@ fetch_release(Name, #{version := V, inner_checksum := Inner} = Rel,
     Contents = Get("contents.tar.gz"),
     Computed = crypto:hash(sha256, [Version, MetaBin, Contents]),
     Computed =:= Inner orelse fail({checksum_mismatch, inner, Name, V}),
-    string:uppercase(string:trim(Get("CHECKSUM"))) =:= string:uppercase(hex(Computed))
+    string:uppercase(string:trim(Get("CHECKSUM"))) =:= binary:encode_hex(Computed)
         orelse fail({checksum_mismatch, checksum_file, Name, V}),
     Meta = metadata(Name, V, MetaBin),
     ContentsFile = filename:join(Tmp, binary_to_list(Name) ++ "-contents.tar.gz"),
@@ -453,37 +473,88 @@ metadata(Name, V, Bin) ->
         _ -> fail({bad_tarball, Name, V, metadata_mismatch})
     end.
 
--spec hex(binary()) -> binary().
-hex(Bin) ->
-    << <<(lists:nth(N + 1, "0123456789abcdef"))>> || <<N:4>> <= Bin >>.
-
 %%====================================================================
 %% Build layout
 %%====================================================================
 
--spec buildable(binary(), file:filename(), map(), root | dep) -> ok.
-buildable(Name, Dir, Meta, Role) ->
-    Tools = case maps:get(<<"build_tools">>, Meta, []) of
-                L when is_list(L) -> L;
-                _ -> []
-            end,
-    Rebar = lists:member(<<"rebar3">>, Tools)
-        orelse filelib:is_regular(filename:join(Dir, "rebar.config")),
-    Mix = lists:member(<<"mix">>, Tools),
-    if Rebar -> ok;
-       Mix, Role =:= root -> fail({unsupported, mix_hex_package});
-       Mix -> fail({unsupported, {mix_hex_package, Name}});
-       true -> fail({unsupported, {build_tools, Name, Tools}})
+%% The tool that builds the package: `Wanted' (the spec's `build') when
+%% given, else rebar3 when it can, else mix.
+-spec root_tool(binary(), file:filename(), map(), bc_gitops_build:tool() | undefined) ->
+          rebar3 | mix.
+root_tool(Name, Dir, Meta, Wanted) ->
+    Tools = tools(Dir, Meta),
+    case {Wanted, Tools} of
+        {undefined, [T | _]} -> T;
+        {undefined, []} -> fail({unsupported, {build_tools, Name, build_tools(Meta)}});
+        _ ->
+            lists:member(Wanted, Tools) orelse fail({unsupported, {build_tool, Name, Wanted}}),
+            Wanted
     end.
 
-%% `<Source>/_checkouts/<app>' -> each dependency's directory.
--spec checkouts(file:filename(), [{binary(), binary(), binary(), file:filename()}]) -> ok.
-checkouts(_Source, []) ->
+%% A dependency is built by rebar3 or mix, whichever builds the package.
+-spec dep_tools(binary(), file:filename(), map()) -> [rebar3 | mix, ...].
+dep_tools(Name, Dir, Meta) ->
+    case tools(Dir, Meta) of
+        [] -> fail({unsupported, {build_tools, Name, build_tools(Meta)}});
+        Tools -> Tools
+    end.
+
+%% rebar3 (`rebar3' in the metadata's `build_tools', or a `rebar.config'),
+%% then mix (`mix' in `build_tools', or a `mix.exs'), as far as they apply.
+-spec tools(file:filename(), map()) -> [rebar3 | mix].
+tools(Dir, Meta) ->
+    Listed = build_tools(Meta),
+    [T || {T, File} <- [{rebar3, "rebar.config"}, {mix, "mix.exs"}],
+          lists:member(atom_to_binary(T), Listed)
+              orelse filelib:is_regular(filename:join(Dir, File))].
+
+-spec build_tools(map()) -> list().
+build_tools(Meta) ->
+    case maps:get(<<"build_tools">>, Meta, []) of
+        L when is_list(L) -> L;
+        _ -> []
+    end.
+
+%% Where the build runs and with what; each dependency's directory is
+%% linked where that tool looks for it (see the module doc).
+-spec layout(binary(), rebar3 | mix, file:filename(), map(),
+             [{binary(), binary(), binary(), file:filename(), [rebar3 | mix]}]) ->
+          {file:filename(), rebar3 | mix}.
+layout(_Package, mix, Source, _Meta, Deps) ->
+    links(filename:join(Source, "deps"), Deps),
+    {Source, mix};
+layout(Package, rebar3, Source, Meta, Deps) ->
+    case [N || {N, _, _, _, [mix]} <- Deps] of
+        [] ->
+            links(filename:join(Source, "_checkouts"), Deps),
+            {Source, rebar3};
+        _MixOnly ->
+            %% `_mix': no package name starts with `_'.
+            Wrapper = filename:join(filename:dirname(Source), "_mix"),
+            App = maps:get(<<"app">>, Meta, Package),
+            valid_name(App),
+            mkdir(Wrapper),
+            write(filename:join(Wrapper, "mix.exs"),
+                  iolist_to_binary(
+                    ["# Written by bc_gitops: builds the hex package ", Package,
+                     " (rebar3) and its\n# dependencies, mix and rebar3 ones, offline.\n"
+                     "defmodule BcGitops.HexRoot.MixProject do\n  use Mix.Project\n\n"
+                     "  def project do\n"
+                     "    [app: :bc_gitops_hex_root, version: \"0.0.0\", compilers: [],\n"
+                     "     consolidate_protocols: false,\n"
+                     "     deps: [{:", App, ", path: \"../", Package, "\", manager: :rebar3}]]\n"
+                     "  end\nend\n"])),
+            links(filename:join(Wrapper, "deps"), Deps),
+            {Wrapper, mix}
+    end.
+
+%% Each dependency's directory, linked as `<Dir>/<app>'.
+-spec links(file:filename(), [{binary(), binary(), binary(), file:filename(), list()}]) -> ok.
+links(_Dir, []) ->
     ok;
-checkouts(Source, Deps) ->
-    Dir = filename:join(Source, "_checkouts"),
+links(Dir, Deps) ->
     mkdir(Dir),
-    lists:foreach(fun({_Name, _V, App, DepDir}) ->
+    lists:foreach(fun({_Name, _V, App, DepDir, _Tools}) ->
                           Link = filename:join(Dir, binary_to_list(App)),
                           case file:make_symlink(DepDir, Link) of
                               ok -> ok;

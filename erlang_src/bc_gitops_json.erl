@@ -1,37 +1,36 @@
-%%% @doc JSON for the HTTP face: webhook payloads in, status and
-%%% notifications out.
+%%% @doc JSON for the command's `--json' output and the HTTP face (OTP 25
+%%% has no `json' module; it came in OTP 27).
 %%%
-%%% Decoding is serde_json in the NIF ({@link bc_gitops_nif:json_decode/1}):
-%%% untrusted input never meets a hand-written parser, and no atom is made
-%%% from it. Encoding is of bc_gitops' own terms, here:
-%%% <ul>
-%%% <li>maps are objects (keys: atoms, binaries, numbers or anything
-%%%     printed), lists are arrays, unless they are printable text;</li>
-%%% <li>binaries are strings (one that is not UTF-8 is printed as a
-%%%     term), `true' and `false' are themselves, `null' and `undefined'
-%%%     are `null', other atoms are strings;</li>
-%%% <li>anything else (a tuple, a pid) is a string of the term as
-%%%     `~0tp' prints it: error reasons stay readable.</li>
-%%% </ul>
+%%% Decoding, of documents from outside (webhook payloads), is serde_json in
+%%% the NIF ({@link bc_gitops_nif:json_decode/1}): untrusted input never
+%%% meets a hand-written parser, and no atom is made from it. Encoding, of
+%%% any term:
+%%% maps become objects (keys as text), lists arrays (a printable string
+%%% is text), binaries text (UTF-8; other bytes as `\u00XX'), integers and
+%%% floats numbers, `true', `false' and `null' themselves, `undefined'
+%%% null, other atoms text, tuples arrays, and pids, references, ports and
+%%% funs their printed form.
 -module(bc_gitops_json).
 
--export([decode/1, encode/1, text/1]).
+-export([encode/1, decode/1, text/1]).
 
-%% @doc Decodes one JSON document.
--spec decode(binary()) -> {ok, term()} | {error, {json, pos_integer(), pos_integer(), binary()}}.
-decode(Bytes) when is_binary(Bytes) ->
-    case bc_gitops_nif:json_decode(Bytes) of
-        {ok, _} = Ok -> Ok;
-        {error, {Line, Column, Message}} -> {error, {json, Line, Column, Message}}
-    end.
-
-%% @doc Encodes `Term' (see the module doc) as UTF-8 JSON.
+%% @doc `Term' as JSON text (UTF-8).
 -spec encode(term()) -> binary().
 encode(Term) ->
     iolist_to_binary(value(Term)).
 
-%% @doc A term as readable text: binaries and printable lists as they
-%% are, anything else as `~0tp' prints it.
+%% @doc Decodes one JSON document: objects are maps with binary keys,
+%% strings binaries, `true', `false' and `null' atoms.
+-spec decode(binary()) -> {ok, term()} | {error, {json, non_neg_integer(), binary()}}.
+decode(Bytes) when is_binary(Bytes) ->
+    case bc_gitops_nif:json_decode(Bytes) of
+        {ok, _} = Ok -> Ok;
+        {error, {Line, Message}} -> {error, {json, Line, Message}}
+    end.
+
+%% @doc A term as readable text: binaries (UTF-8) and printable lists as
+%% they are, atoms by name, anything else as `~0tp' prints it (an error
+%% reason, say).
 -spec text(term()) -> binary().
 text(B) when is_binary(B) ->
     case unicode:characters_to_binary(B) of
@@ -58,9 +57,9 @@ value(false) -> <<"false">>;
 value(null) -> <<"null">>;
 value(undefined) -> <<"null">>;
 value(A) when is_atom(A) -> string(atom_to_binary(A, utf8));
+value(B) when is_binary(B) -> string(B);
 value(I) when is_integer(I) -> integer_to_binary(I);
 value(F) when is_float(F) -> float_to_binary(F, [short]);
-value(B) when is_binary(B) -> string(text(B));
 value(M) when is_map(M) ->
     Pairs = [[string(key(K)), $:, value(V)] || {K, V} <- lists:sort(maps:to_list(M))],
     [${, lists:join($,, Pairs), $}];
@@ -69,40 +68,33 @@ value(L) when is_list(L) ->
         true -> string(unicode:characters_to_binary(L));
         false -> array(L)
     end;
-value(T) ->
-    string(printed(T)).
+value(T) when is_tuple(T) -> array(tuple_to_list(T));
+value(Other) -> string(iolist_to_binary(io_lib:format("~p", [Other]))).
 
-%% A proper list is an array; an improper one is printed.
+%% A proper list as an array; an improper one as its printed form.
 -spec array(list()) -> iodata().
 array(L) ->
-    try [$[, lists:join($,, [value(V) || V <- L]), $]]
-    catch error:_ -> string(printed(L))
+    try [$[, lists:join($,, [value(E) || E <- L]), $]]
+    catch error:_ -> string(iolist_to_binary(io_lib:format("~p", [L])))
     end.
 
 -spec key(term()) -> binary().
-key(K) when is_atom(K); is_binary(K) -> text(K);
-key(K) when is_integer(K) -> integer_to_binary(K);
-key(K) -> text(K).
+key(K) when is_atom(K) -> atom_to_binary(K, utf8);
+key(K) when is_binary(K) -> K;
+key(K) -> iolist_to_binary(io_lib:format("~0tp", [K])).
 
+%% A string; bytes that are not UTF-8 are kept, one `\u00XX' each.
 -spec string(binary()) -> iodata().
-string(B) ->
-    [$", escape(B, 0, B, []), $"].
+string(Bin) ->
+    [$", escape(Bin), $"].
 
-%% Escapes quotes, backslashes and control characters; everything else
-%% (valid UTF-8) goes as it is, in runs.
--spec escape(binary(), non_neg_integer(), binary(), iodata()) -> iodata().
-escape(<<C, Rest/binary>>, Run, All, Acc) when C < 16#20; C =:= $"; C =:= $\\ ->
-    Start = byte_size(All) - byte_size(Rest) - 1 - Run,
-    escape(Rest, 0, All, [Acc, binary:part(All, Start, Run), escaped(C)]);
-escape(<<_, Rest/binary>>, Run, All, Acc) ->
-    escape(Rest, Run + 1, All, Acc);
-escape(<<>>, Run, All, Acc) ->
-    [Acc, binary:part(All, byte_size(All) - Run, Run)].
-
--spec escaped(byte()) -> iodata().
-escaped($") -> <<"\\\"">>;
-escaped($\\) -> <<"\\\\">>;
-escaped($\n) -> <<"\\n">>;
-escaped($\r) -> <<"\\r">>;
-escaped($\t) -> <<"\\t">>;
-escaped(C) -> io_lib:format("\\u~4.16.0b", [C]).
+-spec escape(binary()) -> iodata().
+escape(<<>>) -> [];
+escape(<<$", R/binary>>) -> [<<"\\\"">> | escape(R)];
+escape(<<$\\, R/binary>>) -> [<<"\\\\">> | escape(R)];
+escape(<<$\n, R/binary>>) -> [<<"\\n">> | escape(R)];
+escape(<<$\r, R/binary>>) -> [<<"\\r">> | escape(R)];
+escape(<<$\t, R/binary>>) -> [<<"\\t">> | escape(R)];
+escape(<<C, R/binary>>) when C < 16#20 -> [io_lib:format("\\u~4.16.0B", [C]) | escape(R)];
+escape(<<C/utf8, R/binary>>) -> [<<C/utf8>> | escape(R)];
+escape(<<C, R/binary>>) -> [io_lib:format("\\u~4.16.0B", [C]) | escape(R)].

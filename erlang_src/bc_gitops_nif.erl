@@ -1,4 +1,5 @@
-%%% @doc The Rust NIF: spec parsing, validation and planning.
+%%% @doc The Rust NIF: spec parsing, validation and planning, git, and tar
+%%% archives.
 %%%
 %%% This module only loads `priv/bc_gitops_nif.so' and declares the NIF
 %%% functions; callers use {@link bc_gitops_specs} and {@link bc_gitops_plan},
@@ -12,6 +13,7 @@
 
 -export([load_error/0, library_path/0]).
 -export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
+-export([tar_list/2, tar_unpack/3]).
 
 -on_load(init/0).
 
@@ -89,11 +91,32 @@ consult(_Text) ->
 
 %% @doc One JSON document from outside as a term: objects are maps with
 %% binary keys, strings binaries, `true', `false' and `null' atoms; no other
-%% atom is made. Nesting deeper than 128 is an error. Runs on a dirty CPU
+%% atom is made; nesting is bounded as for spec files. An error gives the
+%% line (0 when unknown) and serde_json's message. Runs on a dirty CPU
 %% scheduler. See {@link bc_gitops_json:decode/1}.
--spec json_decode(binary()) ->
-    {ok, term()} | {error, {non_neg_integer(), non_neg_integer(), binary()}}.
+-spec json_decode(binary()) -> {ok, term()} | {error, {non_neg_integer(), binary()}}.
 json_decode(_Bytes) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc Every entry of the tar archive `Path' (plain or gzip-compressed):
+%% its name as stored, its type and, for links, the target as stored. The
+%% entries' data may hold at most `MaxData' bytes, the headers of one entry
+%% at most 1 MiB. Runs on a dirty IO scheduler. For {@link bc_gitops_tar},
+%% which checks the listing before it calls {@link tar_unpack/3}.
+-spec tar_list(binary(), pos_integer()) ->
+          {ok, [{binary(), regular | directory | symlink | link | char | block | fifo
+                           | {unsupported, byte()}, binary() | undefined}]}
+          | {error, {too_large_unpacked, pos_integer()} | {bad_archive, binary()}
+                    | {file_error, open, binary(), binary()}}.
+tar_list(_Path, _MaxData) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc Unpacks the tar archive `Path' into the existing directory `Dest',
+%% with the bounds of {@link tar_list/2}. Runs on a dirty IO scheduler.
+-spec tar_unpack(binary(), binary(), pos_integer()) ->
+          ok | {error, {too_large_unpacked, pos_integer()} | {bad_archive, binary()}
+                       | {file_error, open, binary(), binary()}}.
+tar_unpack(_Path, _Dest, _MaxData) ->
     erlang:nif_error(not_loaded()).
 
 %% The reason a stub raises: dialyzer knows erlang:nif_error/1 marks a

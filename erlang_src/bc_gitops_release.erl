@@ -22,9 +22,7 @@
 %%%     lies below a symbolic link of the archive, or is a link whose target
 %%%     is absolute, leaves the archive's root, or passes through another
 %%%     symbolic link. Hard links must name an earlier regular file of the
-%%%     archive; they are unpacked as copies. The listing is read twice, by
-%%%     {@link bc_gitops_tar} (which sees link targets) and by `erl_tar', and
-%%%     the two must agree entry by entry.</li>
+%%%     archive. See {@link bc_gitops_tar}.</li>
 %%% <li>The archive is extracted into a fresh staging directory beside
 %%%     `DestDir', checked again on disk, the application is located in it,
 %%%     and only then is the staging directory renamed to `DestDir', which
@@ -56,8 +54,8 @@
 %%%     (default 60000).</li>
 %%% <li>`ca_file': a PEM file of extra CA certificates trusted for HTTPS.</li>
 %%% <li>`max_bytes': the largest tarball accepted, in bytes (default 1 GiB).</li>
-%%% <li>`max_unpacked_bytes': the most the regular files of the archive may
-%%%     hold once unpacked (default 4 GiB), against decompression bombs.</li>
+%%% <li>`max_unpacked_bytes': the most the entries of the archive may hold
+%%%     once unpacked (default 4 GiB), against decompression bombs.</li>
 %%% </ul>
 %%%
 %%% == Errors ==

@@ -13,8 +13,10 @@
 %%% <li>`hex': the package and its hex dependencies come from a hex
 %%%     repository (`hex_repo_url', `hex_public_key'; hex.pm by default, or
 %%%     `$HEX_MIRROR'), registry signatures and checksums verified
-%%%     ({@link bc_gitops_hex}); the dependencies reach the rebar3 build
-%%%     through `_checkouts', so it never goes online.</li>
+%%%     ({@link bc_gitops_hex}); the dependencies reach a rebar3 build
+%%%     through `_checkouts', a mix build through `deps/' (mix runs offline,
+%%%     with `<workspace_dir>/.mix' as its `MIX_HOME' and no Hex archive,
+%%%     {@link bc_gitops_build}), so the build never goes online.</li>
 %%% </ul>
 %%% Each version is built in its own directory,
 %%% `<workspace_dir>/<app>/<version>'. A build that completed is marked, so
@@ -60,7 +62,7 @@ deploy(#app_spec{name = App} = Spec) ->
 -spec remove(atom()) -> ok.
 remove(App) ->
     case lookup(App) of
-        {ok, #entry{paths = Paths}} -> ok = bc_gitops_code:stop(App, Paths);
+        {ok, #entry{paths = Paths}} -> ok = bc_gitops_lifecycle:stop(App, Paths);
         error -> ok
     end,
     ets:delete(?TABLE, App),
@@ -118,14 +120,22 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
            dir = OldDir}, Dir, Ebins) ->
     Direction = bc_gitops_hot:direction(OldV, V),
-    case bc_gitops_hot:upgrade(App, top_pid(App), Ebins, {Direction, binary_to_list(OldV)}) of
+    Before = code:get_path(),
+    %% An ebin already on the code path (a running Elixir's) has nothing to
+    %% change, and each of its modules not loaded yet would count as new.
+    New = [E || E <- Ebins, not lists:member(E, Before)],
+    case bc_gitops_hot:upgrade(App, top_pid(App), New, {Direction, binary_to_list(OldV)}) of
         {ok, Info} ->
             _ = [code:del_path(P) || P <- OldPaths, not lists:member(P, Ebins)],
+            %% The paths the app holds from now on: its own, and those the
+            %% upgrade added; not one the node had of itself (a running
+            %% Elixir's), which removing the app must leave alone.
+            Paths = [E || E <- Ebins, lists:member(E, OldPaths ++ New)],
             %% The application controller re-read the .app file: put the
             %% spec's env back, and tell the app what changed.
-            ok = bc_gitops_code:restore_env(App, OldEnv, Env),
+            ok = bc_gitops_lifecycle:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Ebins, dir = Dir}}),
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
@@ -154,7 +164,7 @@ keep_old(#app_spec{name = App} = Spec,
         reverted ->
             {error, {rolled_back, Failed}};
         not_reverted ->
-            ok = bc_gitops_code:stop(App, OldPaths),
+            ok = bc_gitops_lifecycle:stop(App, OldPaths),
             start_old(Spec, Old, OldDir, OldPaths, Failed)
     end.
 
@@ -171,7 +181,7 @@ start_old(Spec, #app_state{version = V, env = Env}, OldDir, OldPaths, Why) ->
     {ok, #app_state{}, map()} | {error, term()}.
 restart(#app_spec{name = App} = Spec,
         #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, NotHot) ->
-    ok = bc_gitops_code:stop(App, OldPaths),
+    ok = bc_gitops_lifecycle:stop(App, OldPaths),
     case start(Spec, Dir, Ebins) of
         {ok, State} ->
             ok = keep_builds(App, [OldDir, Dir]),
@@ -195,7 +205,7 @@ running(App) ->
 reconfigure(#app_spec{name = App, env = Env}) ->
     case lookup(App) of
         {ok, #entry{state = #app_state{env = OldEnv} = State} = Entry} ->
-            case bc_gitops_code:reconfigure(App, OldEnv, Env) of
+            case bc_gitops_lifecycle:reconfigure(App, OldEnv, Env) of
                 ok ->
                     New = State#app_state{env = Env},
                     true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
@@ -228,7 +238,7 @@ refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
 -spec start(#app_spec{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}} | {error, term()}.
 start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebins) ->
-    case bc_gitops_code:start(App, Ebins, Env) of
+    case bc_gitops_lifecycle:start(App, Ebins, Env) of
         {ok, Paths} ->
             State = #app_state{name = App, version = V, status = running, path = Dir,
                                pid = top_pid(App), started_at = erlang:system_time(millisecond),
@@ -294,10 +304,18 @@ fetch_and_build(#app_spec{name = App, version = V,
                                                          {hex_repo_name, repo_name},
                                                          {ca_file, ca_file}],
                                           #{From := Value} <- [Config]]),
-    Fetch = fun() -> bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"), Opts) end,
+    Fetch = fun() -> bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"),
+                                         Opts#{build => Tool})
+            end,
     case timed(Spec, fetching, Fetch) of
-        {ok, #{source_dir := Src}} -> build(Spec, Src, Tool, Config);
-        {error, Why} -> {error, {fetch_failed, Why}}
+        {ok, #{build_dir := BuildDir, tool := Built}} ->
+            %% mix gets a MIX_HOME of bc_gitops's own, shared by the builds.
+            timed(Spec, building,
+                  fun() -> bc_gitops_build:build(Built, BuildDir, maps:get(build_timeout, Config),
+                                                 #{mix_home => filename:join(workspace(), ".mix")})
+                  end);
+        {error, Why} ->
+            {error, {fetch_failed, Why}}
     end.
 
 -spec build(#app_spec{}, file:filename(), bc_gitops_build:tool() | undefined,

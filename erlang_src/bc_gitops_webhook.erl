@@ -125,8 +125,8 @@ push({ok, #{<<"ref">> := Ref}}, #{branch := Branch} = Opts) when is_binary(Ref) 
     end;
 push({ok, _}, _Opts) ->
     refuse(bad_request, 400, <<"a push payload has a \"ref\" string">>);
-push({error, {json, Line, Column, Message}}, _Opts) ->
-    {bad_request, 400, #{error => bad_json, line => Line, column => Column,
+push({error, {json, Line, Message}}, _Opts) ->
+    {bad_request, 400, #{error => bad_json, line => Line,
                          message => <<"the body is not JSON: ", Message/binary>>}};
 push({error, no_payload}, _Opts) ->
     refuse(bad_request, 400, <<"a form-encoded hook carries a payload field">>).

@@ -1,10 +1,12 @@
 %% Records shared by bc_gitops and the runtimes that implement
 %% the bc_gitops_runtime behaviour.
 %%
-%% The Rust NIF builds #source_spec{}, #health_spec{} and #app_spec{} tuples
-%% by position (native/bc_gitops_nif/src/records.rs): change a field here and
-%% the field order there together. test/bc_gitops_nif_tests.erl checks they
-%% agree.
+%% The Rust NIF builds #source_spec{}, #health_spec{} and #app_spec{} and
+%% reads #app_spec{} and #app_state{} with rustler's NifRecord derive, whose
+%% struct fields follow the record's fields in order
+%% (native/bc_gitops_nif/src/records.rs): change a field here and the struct
+%% there together. test/bc_gitops_nif_tests.erl and bc_gitops_plan_tests.erl
+%% check they agree.
 
 -ifndef(BC_GITOPS_HRL).
 -define(BC_GITOPS_HRL, true).

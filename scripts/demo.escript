@@ -101,15 +101,15 @@ cluster(Dir) ->
     step("6. three nodes, one gitops repository: counter 1.0.0 rolls out one node at a time"),
     Out = filename:join(Dir, "peers"),
     ok = filelib:ensure_path(Out),
-    {ok, _} = compile:file(filename:join([root(), "scripts", "demo_peers.erl"]),
+    {ok, _} = compile:file(filename:join([root(), "test", "bc_gitops_peers.erl"]),
                            [{outdir, Out}, report]),
     true = code:add_patha(Out),
-    ok = demo_peers:compile(root(), Out),
+    ok = bc_gitops_peers:compile(root(), Out),
     Ebin = filename:join([root(), "_build", "default", "lib", "bc_gitops", "ebin"]),
     Id = os:getpid(),
-    Peers = demo_peers:start(["demo_" ++ L ++ "_" ++ Id || L <- ["a", "b", "c"]], [Ebin, Out]),
+    Peers = bc_gitops_peers:start(["demo_" ++ L ++ "_" ++ Id || L <- ["a", "b", "c"]], [Ebin, Out]),
     try cluster(Dir, Peers)
-    after demo_peers:stop(Peers)
+    after bc_gitops_peers:stop(Peers)
     end.
 
 cluster(Dir, Peers) ->
@@ -122,7 +122,7 @@ cluster(Dir, Peers) ->
     counter(Repo, Gitops, "1.0.0"),
     Events = [[bc_gitops, upgrade, start], [bc_gitops, upgrade, stop], [bc_gitops, gate, stop],
               [bc_gitops, deploy, start], [bc_gitops, rollout, step], [bc_gitops, rollout, stop]],
-    [ok = demo_peers:call(P, demo_peers, boot,
+    [ok = bc_gitops_peers:call(P, bc_gitops_peers, boot,
                           [#{repo_url => Gitops, reconcile_interval => 3600000,
                              local_path => filename:join(Dir, "node_" ++ atom_to_list(N)),
                              health_grace => 3000, cluster => #{members => Members}},
@@ -131,33 +131,33 @@ cluster(Dir, Peers) ->
     Last = lists:last(Peers),
     ok = one_coordinator(Peers, 100),
     T0 = erlang:system_time(microsecond),
-    ok = demo_peers:call(Last, bc_gitops, reconcile, []),
+    ok = bc_gitops_peers:call(Last, bc_gitops, reconcile, []),
     timeline(Peers, T0),
-    [1 = demo_peers:call(P, counter_server, bump, []) || P <- Peers],
-    Pids = [demo_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
-    {ok, #{coordinator := Coordinator}} = demo_peers:call(hd(Peers), bc_gitops, cluster_status, []),
+    [1 = bc_gitops_peers:call(P, counter_server, bump, []) || P <- Peers],
+    Pids = [bc_gitops_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
+    {ok, #{coordinator := Coordinator}} = bc_gitops_peers:call(hd(Peers), bc_gitops, cluster_status, []),
     io:format("   coordinator: ~s~n", [Coordinator]),
 
     step("7. counter 1.1.0: a rolling hot upgrade; each node's health gate passes before the next starts"),
     counter(Repo, Gitops, "1.1.0"),
     T1 = erlang:system_time(microsecond),
-    ok = demo_peers:call(Last, bc_gitops, reconcile, []),
+    ok = bc_gitops_peers:call(Last, bc_gitops, reconcile, []),
     timeline(Peers, T1),
-    Pids = [demo_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
-    [2 = demo_peers:call(P, counter_server, bump, []) || P <- Peers],
+    Pids = [bc_gitops_peers:call(P, erlang, whereis, [counter_server]) || P <- Peers],
+    [2 = bc_gitops_peers:call(P, counter_server, bump, []) || P <- Peers],
     io:format("   every node: the same counter_server process, its count kept (now 2)~n"),
 
     step("8. counter 1.2.0 fails its health check: halted and rolled back at the canary"),
     counter(Repo, Gitops, "1.2.0"),
     T2 = erlang:system_time(microsecond),
     {error, {out_of_sync, #{waiting := [{counter, {rolled_back, <<"1.2.0">>}}]}}} =
-        demo_peers:call(hd(Peers), bc_gitops, reconcile, []),
+        bc_gitops_peers:call(hd(Peers), bc_gitops, reconcile, []),
     timeline(Peers, T2),
-    [[{_, _, "1.1.0"}] = [A || {counter, _, _} = A <- demo_peers:call(P, application,
+    [[{_, _, "1.1.0"}] = [A || {counter, _, _} = A <- bc_gitops_peers:call(P, application,
                                                                          which_applications, [])]
      || P <- Peers],
     {ok, #{rollouts := [#{state := halted, reason := Why}]}} =
-        demo_peers:call(Last, bc_gitops, cluster_status, []),
+        bc_gitops_peers:call(Last, bc_gitops, cluster_status, []),
     ok = all_hold(Peers, 50),
     io:format("   rollout halted: ~p~n   1.2.0 never reached the other nodes; every node runs 1.1.0 "
               "and waits with {rolled_back, <<\"1.2.0\">>}~n", [Why]),
@@ -168,7 +168,7 @@ cluster(Dir, Peers) ->
 all_hold(_Peers, 0) ->
     error(not_held_everywhere);
 all_hold(Peers, Tries) ->
-    Held = [W || P <- Peers, {ok, #{waiting := W}} <- [demo_peers:call(P, bc_gitops, status, [])]],
+    Held = [W || P <- Peers, {ok, #{waiting := W}} <- [bc_gitops_peers:call(P, bc_gitops, status, [])]],
     case lists:usort(Held) of
         [[{counter, {rolled_back, <<"1.2.0">>}}]] -> ok;
         _ -> timer:sleep(100), all_hold(Peers, Tries - 1)
@@ -177,7 +177,7 @@ all_hold(Peers, Tries) ->
 one_coordinator(_Peers, 0) ->
     error(no_single_coordinator);
 one_coordinator(Peers, Tries) ->
-    Known = [demo_peers:call(P, bc_gitops_cluster, info, []) || P <- Peers],
+    Known = [bc_gitops_peers:call(P, bc_gitops_cluster, info, []) || P <- Peers],
     case lists:usort([C || #{coordinator := C} <- Known]) of
         [C] when C =/= undefined -> ok;
         _ -> timer:sleep(100), one_coordinator(Peers, Tries - 1)
@@ -185,7 +185,7 @@ one_coordinator(Peers, Tries) ->
 
 %% The events of every node since T0, in one timeline.
 timeline(Peers, T0) ->
-    All = lists:keysort(1, [E || P <- Peers, {T, _, _, _} = E <- demo_peers:call(P, demo_peers,
+    All = lists:keysort(1, [E || P <- Peers, {T, _, _, _} = E <- bc_gitops_peers:call(P, bc_gitops_peers,
                                                                                  events, []),
                                  T >= T0]),
     [io:format("   ~6.1f ms  ~-22s ~s~n", [(T - T0) / 1000, short(Node), describe(Event, Meta)])

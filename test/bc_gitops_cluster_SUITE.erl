@@ -107,7 +107,7 @@ rolls_out_one_node_at_a_time(Config) ->
                     when Role =:= coordinator orelse Role =:= member,
                   bc_gitops_test_cluster:call(C, I, bc_gitops, status, [])) || I <- [1, 2, 3]],
     %% The coordinator told the rollout's steps.
-    Steps = [{R, Nodes} || {_, _, [bc_gitops, rollout, step], _,
+    Steps = [{R, Nodes} || {_, _, [bc_gitops, rollout, step],
                             #{app := cl_web, to := <<"2.0.0">>, result := R, nodes := Nodes}}
                                <- coordinator_events(C)],
     [N1, N2, N3] = bc_gitops_test_cluster:nodes(C),
@@ -135,15 +135,15 @@ bad_version_stops_at_the_canary(Config) ->
     ?assertEqual(2, bump(C, 1)),
     ?assertEqual({200, <<"1.0.0">>}, http_get(C, 1)),
     %% The canary's gate said why.
-    ?assertMatch([{_, _, [bc_gitops, gate, stop], _,
+    ?assertMatch([{_, _, [bc_gitops, gate, stop],
                    #{app := cl_web, version := <<"2.0.0">>,
                      result := {unhealthy, {http_status, 500}}}}],
-                 [E || {_, _, [bc_gitops, gate, stop], _, #{version := <<"2.0.0">>}} = E
+                 [E || {_, _, [bc_gitops, gate, stop], #{version := <<"2.0.0">>}} = E
                            <- events(C, 1)]),
     %% The others never ran it, and every member holds it.
     [begin
          ?assertEqual(<<"1.0.0">>, running_version(C, I)),
-         ?assertEqual([], [E || {_, _, [bc_gitops, upgrade, start], _,
+         ?assertEqual([], [E || {_, _, [bc_gitops, upgrade, start],
                                  #{to_version := <<"2.0.0">>}} = E <- events(C, I)]),
          ok = wait_until(fun() ->
                                  {ok, #{waiting := W}} =
@@ -175,12 +175,7 @@ bad_version_stops_at_the_canary(Config) ->
 %% member converges to v2 by itself.
 member_killed_mid_rollout_comes_back(Config) ->
     C0 = ?config(cluster, Config),
-    app_version(Config, "1.0.0", "200 OK"),
-    gitops_spec(Config, "1.0.0", ""),
-    boot_all(Config, C0, [1, 2, 3], #{}),
-    ok = bc_gitops_test_cluster:call(C0, 3, bc_gitops, reconcile, []),
-    app_version(Config, "2.0.0", "200 OK"),
-    gitops_spec(Config, "2.0.0", "rollout => #{pause => 3000}"),
+    ok = v1_then_v2(Config, C0, "rollout => #{pause => 3000}"),
     Coordinator = coordinator(C0),
     %% The member to kill: not the canary, not the coordinator.
     [Victim | _] = [I || I <- [2, 3], bc_gitops_test_cluster:node(C0, I) =/= Coordinator],
@@ -194,7 +189,7 @@ member_killed_mid_rollout_comes_back(Config) ->
     ?assertEqual(ok, await(Caller)),
     C2 = bc_gitops_test_cluster:restart(C1, Victim),
     put(cluster, C2),
-    ok = bc_gitops_test_cluster:call(C2, Victim, bc_gitops_test_cluster, boot,
+    ok = bc_gitops_test_cluster:call(C2, Victim, bc_gitops_peers, boot,
                                      [member_config(Config, C2, Victim, #{}), ?EVENTS]),
     ok = wait_until(fun() -> running_version(C2, Victim) =:= <<"2.0.0">> end, 30000),
     ?assertEqual(ok, bc_gitops_test_cluster:call(C2, Victim, bc_gitops, reconcile, [])).
@@ -204,12 +199,7 @@ member_killed_mid_rollout_comes_back(Config) ->
 %% node is upgraded twice, and no gate is skipped.
 coordinator_killed_mid_rollout(Config) ->
     C0 = ?config(cluster, Config),
-    app_version(Config, "1.0.0", "200 OK"),
-    gitops_spec(Config, "1.0.0", ""),
-    boot_all(Config, C0, [1, 2, 3], #{}),
-    ok = bc_gitops_test_cluster:call(C0, 3, bc_gitops, reconcile, []),
-    app_version(Config, "2.0.0", "200 OK"),
-    gitops_spec(Config, "2.0.0", "rollout => #{pause => 2000}"),
+    ok = v1_then_v2(Config, C0, "rollout => #{pause => 2000}"),
     Old = coordinator(C0),
     [Dead] = [I || I <- [1, 2, 3], bc_gitops_test_cluster:node(C0, I) =:= Old],
     [Asker | _] = [1, 2, 3] -- [Dead],
@@ -232,14 +222,14 @@ coordinator_killed_mid_rollout(Config) ->
     ok = wait_until(fun() -> [<<"2.0.0">>] =:= lists:usort([running_version(C1, I) || I <- Alive])
                     end, 30000),
     [begin
-         ?assertEqual(1, length([E || {_, _, [bc_gitops, upgrade, start], _,
+         ?assertEqual(1, length([E || {_, _, [bc_gitops, upgrade, start],
                                        #{to_version := <<"2.0.0">>}} = E <- events(C1, I)]))
      end || I <- Alive],
     ok = in_sequence(lists:sort([upgrade_window(C1, I, <<"2.0.0">>) || I <- Alive])),
     %% The dead one comes back and converges.
     C2 = bc_gitops_test_cluster:restart(C1, Dead),
     put(cluster, C2),
-    ok = bc_gitops_test_cluster:call(C2, Dead, bc_gitops_test_cluster, boot,
+    ok = bc_gitops_test_cluster:call(C2, Dead, bc_gitops_peers, boot,
                                      [member_config(Config, C2, Dead, #{}), ?EVENTS]),
     ok = wait_until(fun() -> running_version(C2, Dead) =:= <<"2.0.0">> end, 30000).
 
@@ -286,7 +276,7 @@ partition_minority_starts_no_batch(Config) ->
     ok = bc_gitops_test_cluster:call(C, lists:last(Majority), bc_gitops, reconcile, []),
     [?assertEqual(<<"2.0.0">>, running_version(C, I)) || I <- Majority],
     ?assertEqual(<<"1.0.0">>, running_version(C, Cut)),
-    ?assertEqual([], [E || {_, _, [bc_gitops, upgrade, start], _, _} = E <- events(C, Cut)]),
+    ?assertEqual([], [E || {_, _, [bc_gitops, upgrade, start], _} = E <- events(C, Cut)]),
     ok = bc_gitops_test_cluster:heal(C, Cut),
     ok = wait_until(fun() -> running_version(C, Cut) =:= <<"2.0.0">> end, 60000),
     %% One coordinator again, the same for everyone.
@@ -302,7 +292,7 @@ non_member_is_ignored(Config) ->
     Three = [bc_gitops_test_cluster:node(C, I) || I <- [1, 2, 3]],
     Stranger = bc_gitops_test_cluster:node(C, 4),
     boot_all(Config, C, [1, 2, 3], #{}),
-    ok = bc_gitops_test_cluster:call(C, 4, bc_gitops_test_cluster, boot,
+    ok = bc_gitops_test_cluster:call(C, 4, bc_gitops_peers, boot,
                                      [(member_config(Config, C, 4, #{}))#{
                                         cluster => #{members => Three ++ [Stranger]}}, ?EVENTS]),
     ok = bc_gitops_test_cluster:call(C, 1, bc_gitops, reconcile, []),
@@ -311,7 +301,7 @@ non_member_is_ignored(Config) ->
     {ok, #{members := Members}} = bc_gitops_test_cluster:call(C, 2, bc_gitops, cluster_status, []),
     ?assertEqual(lists:sort(Three), lists:sort(maps:keys(Members))),
     ?assertEqual(undefined, running_version(C, 4)),
-    ?assertEqual([], events(C, 4) -- [E || {_, _, [bc_gitops, rollout, _], _, _} = E <- events(C, 4)]),
+    ?assertEqual([], events(C, 4) -- [E || {_, _, [bc_gitops, rollout, _], _} = E <- events(C, 4)]),
     %% Its own view: four members, one reachable with it: no quorum.
     ?assertMatch({error, {no_quorum, _, _}},
                  bc_gitops_test_cluster:call(C, 4, bc_gitops, reconcile, [])).
@@ -330,15 +320,26 @@ placement_follows_node_names(Config) ->
     gitops_spec(Config, "1.0.0", "placement => [<<\"web1*\">>]"),
     ok = bc_gitops_test_cluster:call(C, 2, bc_gitops, reconcile, []),
     ?assertEqual([<<"1.0.0">>, undefined, undefined], [running_version(C, I) || I <- [1, 2, 3]]),
-    ?assertMatch([_], [E || {_, _, [bc_gitops, remove, stop], _, #{app := cl_web, result := ok}} = E
+    ?assertMatch([_], [E || {_, _, [bc_gitops, remove, stop], #{app := cl_web, result := ok}} = E
                             <- events(C, 2)]).
 
 %%% Helpers
 
+%% v1 on the three nodes, then v2 committed (with `Extra' in its spec),
+%% not reconciled yet.
+v1_then_v2(Config, C, Extra) ->
+    app_version(Config, "1.0.0", "200 OK"),
+    gitops_spec(Config, "1.0.0", ""),
+    boot_all(Config, C, [1, 2, 3], #{}),
+    ok = bc_gitops_test_cluster:call(C, 3, bc_gitops, reconcile, []),
+    app_version(Config, "2.0.0", "200 OK"),
+    _ = gitops_spec(Config, "2.0.0", Extra),
+    ok.
+
 %% Boots bc_gitops on the nodes, and waits until the members that run
 %% agree on one coordinator.
 boot_all(Config, C, Indices, Extra) ->
-    [ok = bc_gitops_test_cluster:call(C, I, bc_gitops_test_cluster, boot,
+    [ok = bc_gitops_test_cluster:call(C, I, bc_gitops_peers, boot,
                                       [member_config(Config, C, I, Extra), ?EVENTS])
      || I <- Indices],
     Running = lists:usort(Indices ++ [I || I <- [1, 2, 3], booted(C, I)]),
@@ -385,33 +386,8 @@ app_version(Config, Vsn, Status) ->
       "handle_call(bump, _, N) -> {reply, N + 1, N + 1}.\n"
       "handle_cast(_, N) -> {noreply, N}.\n"
       "code_change(_, N, _) -> {ok, N}.\n"),
-    %% Accepts with a short timeout, so that system messages (suspend,
-    %% code change) are handled between connections.
-    W("cl_web_http.erl",
-      ["-module(cl_web_http).\n-behaviour(gen_server).\n"
-       "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
-       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-       "init([]) ->\n"
-       "    {ok, L} = gen_tcp:listen(", integer_to_list(?PORT), ", [binary, {active, false},\n"
-       "                             {reuseaddr, true}, {ip, {127, 0, 0, 1}}]),\n"
-       "    {ok, L, 0}.\n"
-       "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
-       "handle_cast(_, L) -> {noreply, L, 0}.\n"
-       "handle_info(timeout, L) ->\n"
-       "    case gen_tcp:accept(L, 20) of\n"
-       "        {ok, S} -> serve(S);\n"
-       "        {error, timeout} -> ok\n"
-       "    end,\n"
-       "    {noreply, L, 0};\n"
-       "handle_info(_, L) -> {noreply, L, 0}.\n"
-       "code_change(_, L, _) -> {ok, L}.\n"
-       "serve(S) ->\n"
-       "    _ = gen_tcp:recv(S, 0, 1000),\n"
-       "    Body = <<\"", Vsn, "\">>,\n"
-       "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
-       "                         integer_to_list(byte_size(Body)),\n"
-       "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
-       "    gen_tcp:close(S).\n"]),
+    W("cl_web_http.erl", bc_gitops_test_util:web_server_src("cl_web_http",
+                                                            integer_to_list(?PORT), Vsn, Status)),
     Sha = commit(Repo, "cl_web " ++ Vsn),
     put({sha, Vsn}, Sha),
     Sha.
@@ -447,7 +423,7 @@ http_get(C, I) ->
                                      [{timeout, 3000}], [{body_format, binary}]]),
     {Code, Body}.
 
-events(C, I) -> bc_gitops_test_cluster:call(C, I, bc_gitops_test_cluster, events, []).
+events(C, I) -> bc_gitops_test_cluster:call(C, I, bc_gitops_peers, events, []).
 
 coordinator(C) -> coordinator(C, 1).
 coordinator(C, I) ->
@@ -468,8 +444,8 @@ rollout_done(C, I) ->
 %% The time node I started its upgrade to V, and the time its gate passed.
 upgrade_window(C, I, V) ->
     Events = events(C, I),
-    [Start] = [T || {T, _, [bc_gitops, upgrade, start], _, #{to_version := To}} <- Events, To =:= V],
-    [Passed] = [T || {T, _, [bc_gitops, gate, stop], _, #{version := To, result := healthy}}
+    [Start] = [T || {T, _, [bc_gitops, upgrade, start], #{to_version := To}} <- Events, To =:= V],
+    [Passed] = [T || {T, _, [bc_gitops, gate, stop], #{version := To, result := healthy}}
                          <- Events, To =:= V],
     {Start, Passed}.
 

@@ -12,7 +12,7 @@
          fetch_and_build/1, bad_signature/1, tampered_tarball/1,
          registry_name_mismatch/1, repository_mismatch_via_mirror/1,
          missing_version/1, unsatisfiable_requirement/1, dependency_conflict/1,
-         unknown_package/1, mix_package/1]).
+         unknown_package/1]).
 
 -define(REPO, <<"test_repo">>).
 
@@ -21,20 +21,12 @@
 all() ->
     [protobuf_round_trip, protobuf_skips_unknown, fetch_and_build, bad_signature,
      tampered_tarball, registry_name_mismatch, repository_mismatch_via_mirror,
-     missing_version, unsatisfiable_requirement, dependency_conflict, unknown_package,
-     mix_package].
+     missing_version, unsatisfiable_requirement, dependency_conflict, unknown_package].
 
 init_per_suite(Config) ->
-    {ok, _} = application:ensure_all_started(inets),
-    {ok, _} = application:ensure_all_started(ssl),
     Priv = ?config(priv_dir, Config),
-    Repo = filename:join(Priv, "repo"),
-    ok = filelib:ensure_path(filename:join(Repo, "packages")),
-    ok = filelib:ensure_path(filename:join(Repo, "tarballs")),
-    Key = public_key:generate_key({rsa, 2048, 65537}),
+    {Repo, Work, Key} = bc_gitops_hex_repo:init(Priv),
     Other = public_key:generate_key({rsa, 2048, 65537}),
-    Work = filename:join(Priv, "work"),
-    ok = filelib:ensure_path(Work),
     %% hx_dep: four releases; ~> 0.2 must pick 0.2.5.
     DepReleases = [release(Repo, Work, <<"hx_dep">>, V, [], rebar3)
                    || V <- [<<"0.1.0">>, <<"0.2.0">>, <<"0.2.5">>, <<"1.0.0">>]],
@@ -63,8 +55,6 @@ init_per_suite(Config) ->
              [release(Repo, Work, <<"hx_conf">>, <<"1.0.0">>,
                       [{<<"hx_dep">>, <<"~> 0.1.0">>}, {<<"hx_mid">>, <<"~> 1.0">>}],
                       rebar3)], Key),
-    registry(Repo, <<"hx_mix">>, <<"hx_mix">>,
-             [release(Repo, Work, <<"hx_mix">>, <<"1.0.0">>, [], mix)], Key),
     {Pid, Url} = bc_gitops_hex_repo:serve(Repo, filename:join(Priv, "httpd")),
     [{httpd, Pid}, {url, Url}, {pem, public_pem(Key)} | Config].
 
@@ -115,7 +105,7 @@ protobuf_skips_unknown(_Config) ->
 
 fetch_and_build(Config) ->
     Dest = dest(Config, "build"),
-    {ok, #{source_dir := Source, deps := Deps}} =
+    {ok, #{source_dir := Source, tool := rebar3, deps := Deps}} =
         bc_gitops_hex:fetch(<<"hx_app">>, <<"1.0.0">>, Dest, opts(Config)),
     ?assertEqual(filename:join(Dest, "hx_app"), Source),
     DepDir = filename:join([Dest, "deps", "hx_dep"]),
@@ -188,18 +178,12 @@ unknown_package(Config) ->
                  bc_gitops_hex:fetch(<<"hx_nothing">>, <<"1.0.0">>, dest(Config, "unknown"),
                                      opts(Config))).
 
-mix_package(Config) ->
-    ?assertEqual({error, {unsupported, mix_hex_package}},
-                 bc_gitops_hex:fetch(<<"hx_mix">>, <<"1.0.0">>, dest(Config, "mix"),
-                                     opts(Config))).
-
 %%====================================================================
 %% Helpers
 %%====================================================================
 
 opts(Config) ->
-    #{repo_url => ?config(url, Config), public_key => ?config(pem, Config),
-      repo_name => ?REPO, timeout => 30000}.
+    bc_gitops_hex_repo:fetch_opts(?config(url, Config), ?config(pem, Config)).
 
 dest(Config, Name) ->
     D = filename:join(?config(priv_dir, Config), "dest_" ++ Name),

@@ -1,14 +1,32 @@
 %%% Builds a hex repository on disk in the real format, for the tests:
 %%% signed, gzip'd `/packages/<name>' registry files and `/tarballs/' package
 %%% tarballs (VERSION 3, CHECKSUM, metadata.config, contents.tar.gz) of
-%%% small rebar3 (or mix) packages the tests describe.
+%%% small rebar3 packages the tests describe, or of the files a test gives
+%%% (its mix packages).
 -module(bc_gitops_hex_repo).
 
 -include_lib("public_key/include/public_key.hrl").
 
--export([public_pem/1, registry/5, release/6, serve/2]).
+-export([init/1, fetch_opts/2, public_pem/1, registry/5, release/6, release/7, serve/2]).
 
 -define(REPO, <<"test_repo">>).
+
+%% A repository directory (`<Base>/repo', empty), a directory for the
+%% tarballs being made (`<Base>/work') and a new signing key, with inets
+%% and ssl started to serve and fetch: {Repo, Work, Key}.
+init(Base) ->
+    {ok, _} = application:ensure_all_started(inets),
+    {ok, _} = application:ensure_all_started(ssl),
+    Repo = filename:join(Base, "repo"),
+    Work = filename:join(Base, "work"),
+    [ok = filelib:ensure_path(D) || D <- [filename:join(Repo, "packages"),
+                                         filename:join(Repo, "tarballs"), Work]],
+    {Repo, Work, public_key:generate_key({rsa, 2048, 65537})}.
+
+%% bc_gitops_hex:fetch/4 options for the repository served at `Url' and
+%% signed with the key of `Pem'.
+fetch_opts(Url, Pem) ->
+    #{repo_url => Url, public_key => Pem, repo_name => ?REPO, timeout => 30000}.
 
 %% Serves `Repo' over http on 127.0.0.1: {Pid, BaseUrl}.
 serve(Repo, ServerRoot) ->
@@ -32,10 +50,14 @@ registry(Repo, File, Name, Releases, Key) ->
                #{payload => Payload, signature => public_key:sign(Payload, sha512, Key)}),
     ok = file:write_file(filename:join([Repo, "packages", File]), zlib:gzip(Signed)).
 
-%% Writes `/tarballs/<name>-<version>.tar' and returns its Release message.
-release(Repo, Work, Name, Version, Deps, Tool) ->
+%% Writes `/tarballs/<name>-<version>.tar' of a small rebar3 package and
+%% returns its Release message.
+release(Repo, Work, Name, Version, Deps, rebar3) ->
+    release(Repo, Work, Name, Version, Deps, rebar3, contents(Name, Version, Deps)).
+
+%% The same, of a package made of `Files' ([{Path, Binary}]) built by `Tool'.
+release(Repo, Work, Name, Version, Deps, Tool, Files) ->
     N = binary_to_list(Name),
-    Files = contents(Name, Version, Deps, Tool),
     Contents = tar(Work, [{F, B} || {F, B} <- Files], [compressed]),
     Meta = iolist_to_binary(
              [io_lib:format("~p.~n", [T])
@@ -63,7 +85,7 @@ tar(Work, Entries, Opts) ->
     {ok, Bin} = file:read_file(File),
     Bin.
 
-contents(Name, Version, Deps, rebar3) ->
+contents(Name, Version, Deps) ->
     N = binary_to_list(Name),
     DepAtoms = [binary_to_list(D) || {D, _} <- Deps],
     RebarDeps = ["{", string:join([D ++ ", \"" ++ binary_to_list(R) ++ "\""
@@ -78,10 +100,7 @@ contents(Name, Version, Deps, rebar3) ->
                                         {applications,
                                          [kernel, stdlib | [list_to_atom(D) || D <- DepAtoms]]},
                                         {registered, []}, {env, []}]}]))},
-     {"src/" ++ N ++ ".erl", module(Name, Version)}];
-contents(Name, Version, _Deps, mix) ->
-    [{"mix.exs", <<"defmodule HxMix.MixProject do\nend\n">>},
-     {"lib/hx_mix.ex", iolist_to_binary(["# ", Name, " ", Version, "\n"])}].
+     {"src/" ++ N ++ ".erl", module(Name, Version)}].
 
 module(<<"hx_app">>, _Version) ->
     <<"-module(hx_app).\n-export([hello/0]).\nhello() -> {hx_app, hx_dep:version()}.\n">>;

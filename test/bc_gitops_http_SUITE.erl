@@ -474,8 +474,9 @@ bad_requests_get_clear_answers(Config) ->
     start(Config, #{runtime_module => bc_gitops_test_runtime}),
     Port = port(),
     {400, _, Json} = hook(Port, {github, "push", ?SECRET}, <<"{\"ref\": ">>, []),
-    ?assertMatch({ok, #{<<"error">> := <<"bad_json">>, <<"line">> := 1, <<"column">> := 8}},
-                 bc_gitops_json:decode(Json)),
+    {ok, #{<<"error">> := <<"bad_json">>, <<"line">> := 1, <<"message">> := BadJson}} =
+        bc_gitops_json:decode(Json),
+    ?assertMatch({match, _}, re:run(BadJson, "^the body is not JSON: .* column 8$")),
     ?assertMatch({400, _, _}, hook(Port, {github, "push", ?SECRET}, <<"[1, 2]">>, [])),
     ?assertMatch({404, #{<<"content-type">> := <<"application/json">>}, _},
                  request(Port, "GET", "/nope", [])),

@@ -21,7 +21,7 @@
          new_commit_ends_health_wait/1, gate_keeps_its_deadline/1]).
 -export([check/1]).
 
--import(bc_gitops_test_util, [commit/2, wait_reconciled/1]).
+-import(bc_gitops_test_util, [commit/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
     [commits_drive_the_node, broken_spec_next_to_good_ones, cycle_is_reported,
@@ -660,20 +660,6 @@ busy_app_is_left_alone(Config) ->
 %% The reconciler's timers on the test clock: [{InMs, tick | retry}].
 pending_timers() ->
     lists:sort([{Ms, Kind} || {Ms, {Kind, _Token}} <- bc_gitops_test_clock:timers()]).
-
-%% Moves the test clock on, and waits for the reconcile it starts to end.
-advance_and_wait(Ms) ->
-    Self = self(),
-    Ref = make_ref(),
-    ok = telemetry:attach(Ref, [bc_gitops, reconcile, stop],
-                          fun(_, _, _, _) -> Self ! {Ref, reconciled} end, none),
-    try
-        ok = bc_gitops_test_clock:advance(Ms),
-        receive {Ref, reconciled} -> ok after 10000 -> ct:fail(no_reconcile) end,
-        wait_reconciled(10000)
-    after
-        telemetry:detach(Ref)
-    end.
 
 start(Config) ->
     start(Config, #{}).

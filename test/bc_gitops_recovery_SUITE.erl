@@ -12,7 +12,7 @@
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 -import(bc_gitops_test_apps, [free_port/0, http_get/1, plain_app/3]).
 
 all() ->
@@ -164,20 +164,6 @@ stopped_by_hand_comes_back(Config) ->
     ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := false}} | _], collect()).
 
 %%% Helpers
-
-%% Moves the test clock on by Ms, and waits for the reconcile it starts.
-advance_and_wait(Ms) ->
-    Self = self(),
-    Ref = make_ref(),
-    ok = telemetry:attach(Ref, [bc_gitops, reconcile, stop],
-                          fun(_, _, _, _) -> Self ! {Ref, reconciled} end, none),
-    try
-        ok = bc_gitops_test_clock:advance(Ms),
-        receive {Ref, reconciled} -> ok after 20000 -> ct:fail(no_reconcile) end,
-        wait_reconciled(20000)
-    after
-        telemetry:detach(Ref)
-    end.
 
 %% Moves the test clock on 100 ms at a time (a reconcile each) until a
 %% repair happens; the clock time of that repair.

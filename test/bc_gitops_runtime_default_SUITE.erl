@@ -107,11 +107,7 @@ makefile_app(Config) ->
 %% by its requirement, deployed through a spec.
 hex_package_with_dependency(Config) ->
     Dir = ?config(dir, Config),
-    Repo = filename:join(Dir, "hexrepo"),
-    Work = filename:join(Dir, "hexwork"),
-    [ok = filelib:ensure_path(D) || D <- [filename:join(Repo, "packages"),
-                                         filename:join(Repo, "tarballs"), Work]],
-    Key = public_key:generate_key({rsa, 2048, 65537}),
+    {Repo, Work, Key} = bc_gitops_hex_repo:init(filename:join(Dir, "hex")),
     Deps = [bc_gitops_hex_repo:release(Repo, Work, <<"hx_dep">>, V, [], rebar3)
             || V <- [<<"0.2.0">>, <<"0.2.5">>, <<"1.0.0">>]],
     bc_gitops_hex_repo:registry(Repo, <<"hx_dep">>, <<"hx_dep">>, Deps, Key),

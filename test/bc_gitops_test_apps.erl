@@ -77,34 +77,9 @@ web_app(Repo, App, Vsn, Status) ->
        "stop(_) -> ok.\n"
        "init([]) -> {ok, {#{}, [#{id => srv, start => {", Mod("_srv"), ", start_link, []},\n"
        "                          modules => [", Mod("_srv"), "]}]}}.\n"]),
-    %% Accepts with a short timeout, so that system messages (suspend,
-    %% code change) are handled between connections.
-    W(Mod("_srv.erl"),
-      ["-module(", Mod("_srv"), ").\n-behaviour(gen_server).\n"
-       "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
-       "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
-       "init([]) ->\n"
-       "    {ok, Port} = application:get_env(", App, ", port),\n"
-       "    {ok, L} = gen_tcp:listen(Port, [binary, {active, false}, {reuseaddr, true},\n"
-       "                                    {ip, {127, 0, 0, 1}}]),\n"
-       "    {ok, L, 0}.\n"
-       "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
-       "handle_cast(_, L) -> {noreply, L, 0}.\n"
-       "handle_info(timeout, L) ->\n"
-       "    case gen_tcp:accept(L, 20) of\n"
-       "        {ok, S} -> serve(S);\n"
-       "        {error, timeout} -> ok\n"
-       "    end,\n"
-       "    {noreply, L, 0};\n"
-       "handle_info(_, L) -> {noreply, L, 0}.\n"
-       "code_change(_, L, _) -> {ok, L}.\n"
-       "serve(S) ->\n"
-       "    _ = gen_tcp:recv(S, 0, 1000),\n"
-       "    Body = <<\"", Vsn, "\">>,\n"
-       "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
-       "                         integer_to_list(byte_size(Body)),\n"
-       "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
-       "    gen_tcp:close(S).\n"]).
+    W(Mod("_srv.erl"), bc_gitops_test_util:web_server_src(
+                         Mod("_srv"), "element(2, application:get_env(" ++ App ++ ", port))",
+                         Vsn, Status)).
 
 %% GET http://127.0.0.1:Port/: {Status, Body}.
 http_get(Port) ->

@@ -11,10 +11,7 @@
 -module(bc_gitops_test_cluster).
 
 -export([start/2, stop/1, node/2, nodes/1, peer/2, call/4, call/5, kill/2, restart/2,
-         cut/2, heal/2, boot/2]).
--export([record_events/1, events/0, event/4]).
-
--define(EVENTS, bc_gitops_test_cluster_events).
+         cut/2, heal/2]).
 
 %% A cluster: its id, subnet, bridge, and its nodes by index:
 %% #{I => #{name, ip, ns, veth, peer}}.
@@ -123,42 +120,6 @@ cut(#{nodes := Nodes} = C, I) ->
 -spec heal(cluster(), pos_integer()) -> ok.
 heal(#{nodes := Nodes}, I) ->
     ip(["link", "set", maps:get(veth, maps:get(I, Nodes)), "up"]).
-
-%% On a node: starts bc_gitops with Config, and records its telemetry.
--spec boot(map(), [[atom()]]) -> ok.
-boot(Config, Events) ->
-    ok = record_events(Events),
-    {ok, _} = application:ensure_all_started(bc_gitops),
-    {ok, _} = bc_gitops:start_reconciler(Config),
-    ok.
-
-%% On a node: keeps every event of Events, with the system time.
--spec record_events([[atom()]]) -> ok.
-record_events(Events) ->
-    case ets:whereis(?EVENTS) of
-        undefined ->
-            Self = self(),
-            spawn(fun() ->
-                          ets:new(?EVENTS, [named_table, public, ordered_set]),
-                          Self ! ready,
-                          receive stop -> ok end
-                  end),
-            receive ready -> ok end;
-        _ ->
-            ok
-    end,
-    _ = telemetry:detach(?MODULE),
-    ok = telemetry:attach_many(?MODULE, Events, fun ?MODULE:event/4, none).
-
-%% Keeps one event.
-event(Event, Measurements, Meta, _) ->
-    ets:insert(?EVENTS, {erlang:unique_integer([monotonic]),
-                         {erlang:system_time(millisecond), node(), Event, Measurements, Meta}}).
-
-%% On a node: the events kept so far, in order.
--spec events() -> [tuple()].
-events() ->
-    [E || {_, E} <- ets:tab2list(?EVENTS)].
 
 -spec ip([string()]) -> ok.
 ip(Args) ->

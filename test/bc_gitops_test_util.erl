@@ -4,7 +4,7 @@
 
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
 -export([git/2, commit/2, init_repo/1]).
--export([wait_reconciled/1]).
+-export([wait_reconciled/1, advance_and_wait/1, web_server_src/4]).
 
 %% A fresh directory under the system temp dir ($TMPDIR, else /tmp).
 tmp_dir(Prefix) ->
@@ -77,3 +77,49 @@ wait_reconciled(Ms) ->
         {ok, #{status := S, last_reconcile := At}} when S =/= reconciling, At =/= undefined -> ok;
         _ -> timer:sleep(50), wait_reconciled(Ms - 50)
     end.
+
+%% Moves the test clock (bc_gitops_test_clock) on by Ms, and waits for the
+%% reconcile that starts to end.
+advance_and_wait(Ms) ->
+    Self = self(),
+    Ref = make_ref(),
+    ok = telemetry:attach(Ref, [bc_gitops, reconcile, stop],
+                          fun(_, _, _, _) -> Self ! {Ref, reconciled} end, none),
+    try
+        ok = bc_gitops_test_clock:advance(Ms),
+        receive {Ref, reconciled} -> ok after 20000 -> ct:fail(no_reconcile) end,
+        wait_reconciled(20000)
+    after
+        telemetry:detach(Ref)
+    end.
+
+%% The source of a gen_server `Module' that listens on 127.0.0.1:Port
+%% (PortExpr: Erlang source of an expression giving it) and answers every
+%% request with Status and Vsn as the body. It accepts with a short
+%% timeout, so that system messages (suspend, code change) are handled
+%% between connections: it upgrades hot.
+web_server_src(Module, PortExpr, Vsn, Status) ->
+    ["-module(", Module, ").\n-behaviour(gen_server).\n"
+     "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2, code_change/3]).\n"
+     "start_link() -> gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).\n"
+     "init([]) ->\n"
+     "    {ok, L} = gen_tcp:listen(", PortExpr, ", [binary, {active, false}, {reuseaddr, true},\n"
+     "                                    {ip, {127, 0, 0, 1}}]),\n"
+     "    {ok, L, 0}.\n"
+     "handle_call(_, _, L) -> {reply, ok, L, 0}.\n"
+     "handle_cast(_, L) -> {noreply, L, 0}.\n"
+     "handle_info(timeout, L) ->\n"
+     "    case gen_tcp:accept(L, 20) of\n"
+     "        {ok, S} -> serve(S);\n"
+     "        {error, timeout} -> ok\n"
+     "    end,\n"
+     "    {noreply, L, 0};\n"
+     "handle_info(_, L) -> {noreply, L, 0}.\n"
+     "code_change(_, L, _) -> {ok, L}.\n"
+     "serve(S) ->\n"
+     "    _ = gen_tcp:recv(S, 0, 1000),\n"
+     "    Body = <<\"", Vsn, "\">>,\n"
+     "    _ = gen_tcp:send(S, [\"HTTP/1.1 ", Status, "\\r\\nContent-Length: \",\n"
+     "                         integer_to_list(byte_size(Body)),\n"
+     "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
+     "    gen_tcp:close(S).\n"].

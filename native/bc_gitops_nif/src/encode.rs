@@ -110,10 +110,12 @@ pub mod atoms {
         error,
         undefined,
         app_spec,
-        source_spec,
-        health_spec,
         app_state,
+        running,
+        stopped,
+        failed,
         bad_record,
         unknown_atom,
+        unsupported,
     }
 }

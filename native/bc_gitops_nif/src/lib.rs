@@ -4,6 +4,7 @@
 //! each runs on a dirty scheduler. A panic inside a NIF is caught by rustler
 //! and raised as an Erlang exception; it never takes the VM down.
 
+mod archive;
 mod encode;
 mod git;
 mod planning;
@@ -20,30 +21,22 @@ use std::path::Path;
 fn parse_dir<'a>(env: Env<'a>, root: String, apps_dir: String) -> Term<'a> {
     match spec::parse_dir(Path::new(&root), &apps_dir) {
         Ok(out) => {
-            let specs: Vec<Term<'a>> = out
+            let specs: Vec<_> = out
                 .specs
                 .iter()
-                .map(|s| records::app_spec(env, s))
+                .map(|s| records::AppSpecOut::new(env, s))
                 .collect();
-            let errors: Vec<Term<'a>> = out
+            let errors: Vec<_> = out
                 .errors
                 .iter()
-                .map(|e| records::diagnostic(env, e, e.kind.as_str()))
+                .map(|e| records::DiagnosticOut::new(env, e, e.kind.as_str()))
                 .collect();
-            let warnings: Vec<Term<'a>> = out
+            let warnings: Vec<_> = out
                 .warnings
                 .iter()
-                .map(|w| records::diagnostic(env, w, w.kind.as_str()))
+                .map(|w| records::DiagnosticOut::new(env, w, w.kind.as_str()))
                 .collect();
-            make_tuple(
-                env,
-                &[
-                    atoms::ok().encode(env),
-                    specs.encode(env),
-                    errors.encode(env),
-                    warnings.encode(env),
-                ],
-            )
+            (atoms::ok(), specs, errors, warnings).encode(env)
         }
         Err(e) => {
             let kind = match &e {
@@ -91,16 +84,22 @@ fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
     (atoms::ok(), out).encode(env)
 }
 
-/// `json_decode(Bytes) -> {ok, Term} | {error, {Line, Column, Message}}`:
-/// one JSON document from outside (a webhook's body) as a term: objects
-/// are maps with binary keys, strings binaries, `true`, `false` and `null`
-/// atoms. No other atom is made.
+/// `json_decode(Bytes) -> {ok, Term} | {error, {Line, Message}}`: one JSON
+/// document from outside (a webhook's body) as a term: objects are maps
+/// with binary keys, strings binaries, `true`, `false` and `null` atoms. No
+/// other atom is made; nesting is bounded as for spec files.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn json_decode<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
-    match bc_gitops_core::json::decode(bytes.as_slice()) {
+    match spec::parse_json_bytes(bytes.as_slice()) {
         Ok(value) => (atoms::ok(), encode::term(env, &value)).encode(env),
-        Err(e) => (atoms::error(), (e.line, e.column, text(env, &e.message))).encode(env),
+        Err(e) => (atoms::error(), (e.line.unwrap_or(0), text(env, &e.message))).encode(env),
     }
 }
 
-rustler::init!("bc_gitops_nif");
+/// Sets libgit2's process-wide timeouts (the defaults of
+/// `bc_gitops_core::git::Timeouts`) before any sync can start.
+fn load(_env: Env, _load_info: Term) -> bool {
+    bc_gitops_core::git::configure(bc_gitops_core::git::Timeouts::default()).is_ok()
+}
+
+rustler::init!("bc_gitops_nif", load = load);

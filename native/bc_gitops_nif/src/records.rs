@@ -1,139 +1,222 @@
-//! Specs as the records of `include/bc_gitops.hrl`, built by position.
+//! The records of `include/bc_gitops.hrl`, by rustler's `NifRecord` derive:
+//! a struct's fields are the record's fields, in order.
 //!
-//! The field order here must match the .hrl; test/bc_gitops_nif_tests.erl
-//! reads every field back by record syntax to prove that it does.
+//! The field order here must match the .hrl: test/bc_gitops_nif_tests.erl
+//! reads every field of the records built here back by record syntax, and
+//! test/bc_gitops_plan_tests.erl sets by record syntax every field that
+//! plan/3 reads.
 
-use crate::encode::{atom, atoms, opt_text, term, text};
+use crate::encode::{atom, term};
 use bc_gitops_core::spec::{
-    AppSpec, BuildTool, Diagnostic, HealthSpec, HealthType, Placement, Rollout, SourceSpec,
-    SourceType,
+    AppSpec, BuildTool, Diagnostic, HealthType, Placement, Rollout, SourceType,
 };
-use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, Term};
+use rustler::{
+    Atom, Decoder, Encoder, Env, ErlOption, Error, NifMap, NifRecord, NifResult, NifUnitEnum, Term,
+};
 
-/// `#app_spec{}`.
-pub fn app_spec<'a>(env: Env<'a>, spec: &AppSpec) -> Term<'a> {
-    let mut env_map = Term::map_new(env);
-    for (key, value) in &spec.env {
-        if let Ok(next) = env_map.map_put(atom(env, key), term(env, value)) {
-            env_map = next;
+/// `#app_spec{}`, as `parse_dir/2` builds it.
+#[derive(NifRecord)]
+#[rustler(encode)]
+#[tag = "app_spec"]
+pub struct AppSpecOut<'a, 's> {
+    name: Term<'a>,
+    version: &'s str,
+    description: ErlOption<&'s str>,
+    source: SourceSpecOut<'s>,
+    env: Term<'a>,
+    health: ErlOption<HealthSpecOut<'a, 's>>,
+    depends_on: Vec<Term<'a>>,
+    /// `all`, or the node-name patterns as binaries.
+    placement: Term<'a>,
+    rollout: ErlOption<Term<'a>>,
+}
+
+#[derive(NifRecord)]
+#[rustler(encode)]
+#[tag = "source_spec"]
+struct SourceSpecOut<'s> {
+    source_type: SourceKind,
+    url: ErlOption<&'s str>,
+    git_ref: ErlOption<&'s str>,
+    sha256: ErlOption<&'s str>,
+    build: ErlOption<BuildKind>,
+}
+
+#[derive(NifRecord)]
+#[rustler(encode)]
+#[tag = "health_spec"]
+struct HealthSpecOut<'a, 's> {
+    health_type: HealthKind,
+    port: ErlOption<u16>,
+    path: ErlOption<&'s str>,
+    module: ErlOption<Term<'a>>,
+    interval: u64,
+    timeout: u64,
+}
+
+/// An atom-valued field: a `NifUnitEnum` copy of a core enum (core knows
+/// nothing of rustler), and the conversion.
+macro_rules! unit_enum {
+    ($name:ident from $core:ident { $($variant:ident),* }) => {
+        #[derive(Clone, Copy, NifUnitEnum)]
+        enum $name { $($variant),* }
+
+        impl From<$core> for $name {
+            fn from(value: $core) -> Self {
+                match value { $($core::$variant => $name::$variant),* }
+            }
+        }
+    };
+}
+
+unit_enum!(SourceKind from SourceType { Hex, Git, Release });
+unit_enum!(BuildKind from BuildTool { Rebar3, Mix, Make });
+unit_enum!(HealthKind from HealthType { Http, Tcp, Custom });
+
+impl<'a, 's> AppSpecOut<'a, 's> {
+    pub fn new(env: Env<'a>, spec: &'s AppSpec) -> Self {
+        let mut env_map = Term::map_new(env);
+        for (key, value) in &spec.env {
+            if let Ok(next) = env_map.map_put(atom(env, key), term(env, value)) {
+                env_map = next;
+            }
+        }
+        let source = &spec.source;
+        AppSpecOut {
+            name: atom(env, &spec.name),
+            version: &spec.version,
+            description: spec.description.as_deref().into(),
+            source: SourceSpecOut {
+                source_type: source.source_type.into(),
+                url: source.url.as_deref().into(),
+                git_ref: source.git_ref.as_deref().into(),
+                sha256: source.sha256.as_deref().into(),
+                build: source.build.map(BuildKind::from).into(),
+            },
+            env: env_map,
+            health: spec
+                .health
+                .as_ref()
+                .map(|h| HealthSpecOut {
+                    health_type: h.health_type.into(),
+                    port: h.port.into(),
+                    path: h.path.as_deref().into(),
+                    module: h.module.as_deref().map(|m| atom(env, m)).into(),
+                    interval: h.interval_ms,
+                    timeout: h.timeout_ms,
+                })
+                .into(),
+            depends_on: spec.depends_on.iter().map(|d| atom(env, d)).collect(),
+            placement: match &spec.placement {
+                Placement::All => atom(env, "all"),
+                Placement::Nodes(patterns) => patterns.encode(env),
+            },
+            rollout: spec.rollout.map(|r| rollout(env, r)).into(),
         }
     }
-    let depends_on: Vec<Term<'a>> = spec.depends_on.iter().map(|d| atom(env, d)).collect();
-    let health = match &spec.health {
-        Some(h) => health_spec(env, h),
-        None => atoms::undefined().encode(env),
-    };
-    make_tuple(
-        env,
-        &[
-            atoms::app_spec().encode(env),
-            atom(env, &spec.name),
-            text(env, &spec.version),
-            opt_text(env, spec.description.as_deref()),
-            source_spec(env, &spec.source),
-            env_map,
-            health,
-            depends_on.encode(env),
-            placement(env, &spec.placement),
-            rollout(env, spec.rollout.as_ref()),
-        ],
-    )
 }
 
-/// `all`, or the list of patterns as binaries.
-fn placement<'a>(env: Env<'a>, placement: &Placement) -> Term<'a> {
-    match placement {
-        Placement::All => atom(env, "all"),
-        Placement::Nodes(patterns) => {
-            let items: Vec<Term<'a>> = patterns.iter().map(|p| text(env, p)).collect();
-            items.encode(env)
-        }
-    }
-}
-
-/// `undefined`, or a map of the keys the spec gives.
-fn rollout<'a>(env: Env<'a>, rollout: Option<&Rollout>) -> Term<'a> {
-    let Some(r) = rollout else {
-        return atoms::undefined().encode(env);
-    };
-    let mut pairs = Vec::with_capacity(2);
-    if let Some(n) = r.max_parallel {
-        pairs.push((atom(env, "max_parallel"), n.encode(env)));
-    }
-    if let Some(ms) = r.pause_ms {
-        pairs.push((atom(env, "pause"), ms.encode(env)));
-    }
-    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
-}
-
-fn source_spec<'a>(env: Env<'a>, source: &SourceSpec) -> Term<'a> {
-    let source_type = match source.source_type {
-        SourceType::Hex => "hex",
-        SourceType::Git => "git",
-        SourceType::Release => "release",
-    };
-    let build = match source.build {
-        Some(BuildTool::Rebar3) => atom(env, "rebar3"),
-        Some(BuildTool::Mix) => atom(env, "mix"),
-        Some(BuildTool::Make) => atom(env, "make"),
-        None => atoms::undefined().encode(env),
-    };
-    make_tuple(
-        env,
-        &[
-            atoms::source_spec().encode(env),
-            atom(env, source_type),
-            opt_text(env, source.url.as_deref()),
-            opt_text(env, source.git_ref.as_deref()),
-            opt_text(env, source.sha256.as_deref()),
-            build,
-        ],
-    )
-}
-
-fn health_spec<'a>(env: Env<'a>, health: &HealthSpec) -> Term<'a> {
-    let health_type = match health.health_type {
-        HealthType::Http => "http",
-        HealthType::Tcp => "tcp",
-        HealthType::Custom => "custom",
-    };
-    let port = match health.port {
-        Some(p) => p.encode(env),
-        None => atoms::undefined().encode(env),
-    };
-    let module = match &health.module {
-        Some(m) => atom(env, m),
-        None => atoms::undefined().encode(env),
-    };
-    make_tuple(
-        env,
-        &[
-            atoms::health_spec().encode(env),
-            atom(env, health_type),
-            port,
-            opt_text(env, health.path.as_deref()),
-            module,
-            health.interval_ms.encode(env),
-            health.timeout_ms.encode(env),
-        ],
-    )
+/// A map of the keys the spec gives: absent ones take the cluster's
+/// defaults.
+fn rollout(env: Env<'_>, r: Rollout) -> Term<'_> {
+    let pairs: Vec<_> = [("max_parallel", r.max_parallel), ("pause", r.pause_ms)]
+        .into_iter()
+        .filter_map(|(key, value)| Some((atom(env, key), value?.encode(env))))
+        .collect();
+    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
 }
 
 /// A spec error or warning as a map. `app` stays a binary: the directory
 /// name is not trusted, so it never becomes an atom.
-pub fn diagnostic<'a, K>(env: Env<'a>, d: &Diagnostic<K>, kind: &str) -> Term<'a> {
-    let line = match d.line {
-        Some(l) => l.encode(env),
-        None => atoms::undefined().encode(env),
-    };
-    let pairs = [
-        (atom(env, "app"), text(env, &d.app)),
-        (atom(env, "file"), text(env, &d.file)),
-        (atom(env, "line"), line),
-        (atom(env, "field"), text(env, &d.field)),
-        (atom(env, "kind"), atom(env, kind)),
-        (atom(env, "message"), text(env, &d.message)),
-    ];
-    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
+#[derive(NifMap)]
+#[rustler(encode)]
+pub struct DiagnosticOut<'a, 's> {
+    app: &'s str,
+    file: &'s str,
+    line: ErlOption<u32>,
+    field: &'s str,
+    kind: Term<'a>,
+    message: &'s str,
+}
+
+impl<'a, 's> DiagnosticOut<'a, 's> {
+    pub fn new<K>(env: Env<'a>, d: &'s Diagnostic<K>, kind: &str) -> Self {
+        DiagnosticOut {
+            app: &d.app,
+            file: &d.file,
+            line: d.line.into(),
+            field: &d.field,
+            kind: atom(env, kind),
+            message: &d.message,
+        }
+    }
+}
+
+/// `#app_spec{}`, the fields that plan/3 reads.
+#[derive(NifRecord)]
+#[rustler(decode)]
+#[tag = "app_spec"]
+pub struct AppSpecIn<'a> {
+    pub name: AtomText,
+    pub version: String,
+    _description: Term<'a>,
+    _source: Term<'a>,
+    pub env: Term<'a>,
+    _health: Term<'a>,
+    pub depends_on: AtomTexts,
+    _placement: Term<'a>,
+    _rollout: Term<'a>,
+}
+
+/// `#app_state{}`, the fields that plan/3 reads.
+#[derive(NifRecord)]
+#[rustler(decode)]
+#[tag = "app_state"]
+pub struct AppStateIn<'a> {
+    pub name: AtomText,
+    pub version: TextOrEmpty,
+    pub status: Atom,
+    _path: Term<'a>,
+    _pid: Term<'a>,
+    _started_at: Term<'a>,
+    _health: Term<'a>,
+    pub env: Term<'a>,
+    pub depends_on: AtomTexts,
+}
+
+/// An atom, decoded as its text.
+pub struct AtomText(pub String);
+
+impl<'a> Decoder<'a> for AtomText {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        term.atom_to_string().map(AtomText)
+    }
+}
+
+/// A list of atoms, decoded as their texts.
+pub struct AtomTexts(pub Vec<String>);
+
+impl<'a> Decoder<'a> for AtomTexts {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let atoms: Vec<Term<'a>> = term.decode()?;
+        let texts = atoms.iter().map(|a| a.atom_to_string());
+        texts.collect::<NifResult<_>>().map(AtomTexts)
+    }
+}
+
+/// A UTF-8 binary as text; anything else (`undefined` from a runtime that
+/// does not know the version) as "", which no spec equals, so that the app
+/// is upgraded.
+pub struct TextOrEmpty(pub String);
+
+impl<'a> Decoder<'a> for TextOrEmpty {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        Ok(TextOrEmpty(term.decode::<String>().unwrap_or_default()))
+    }
+}
+
+/// Decodes a record, or raises `{bad_record, Tag, Index}` (Index from 0).
+pub fn decode<'a, T: Decoder<'a>>(term: Term<'a>, tag: Atom, index: usize) -> NifResult<T> {
+    term.decode()
+        .map_err(|_| Error::RaiseTerm(Box::new((crate::encode::atoms::bad_record(), tag, index))))
 }

@@ -1,16 +1,18 @@
-%%% Peer nodes for `make demo' and `make bench': BEAM nodes on 127.0.0.1
+%%% Peer nodes for `make demo', `make bench' and the cluster tests: BEAM
+%%% nodes on 127.0.0.1
 %%% (OTP `peer', controlled over their standard I/O), each running
 %%% bc_gitops and keeping its telemetry events with the system time, so
 %%% that the events of several nodes can be put in one timeline.
 %%%
 %%% Not part of the application: demo.escript and bench.escript compile
 %%% it (with the tests' stand-in `telemetry' module) into a directory the
-%%% peers have on their code path.
--module(demo_peers).
+%%% peers have on their code path; the tests use boot/2 and events/0 on
+%%% their own peers (bc_gitops_test_cluster).
+-module(bc_gitops_peers).
 
 -export([compile/2, start/2, stop/1, call/4, boot/2, events/0, event/4]).
 
--define(EVENTS, demo_peers_events).
+-define(EVENTS, bc_gitops_peers_events).
 
 %% Compiles this module and the telemetry stand-in of `Root' into `Out',
 %% and puts `Out' on this node's code path.
@@ -18,7 +20,7 @@
 compile(Root, Out) ->
     ok = filelib:ensure_path(Out),
     [{ok, _} = compile:file(filename:join(Root, Src), [{outdir, Out}, report])
-     || Src <- ["scripts/demo_peers.erl", "test/telemetry.erl"]],
+     || Src <- ["test/bc_gitops_peers.erl", "test/telemetry.erl"]],
     true = code:add_patha(Out),
     ok.
 
@@ -26,7 +28,7 @@ compile(Root, Out) ->
 %% code path.
 -spec start([string()], [file:filename()]) -> [{node(), pid()}].
 start(Names, Paths) ->
-    Cookie = "demo_peers_" ++ os:getpid(),
+    Cookie = "bc_gitops_peers_" ++ os:getpid(),
     [begin
          {ok, Peer, Node} = peer:start(#{name => Name, host => "127.0.0.1", longnames => true,
                                          connection => standard_io,

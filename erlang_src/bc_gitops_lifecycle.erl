@@ -1,4 +1,5 @@
-%%% @doc Code paths and application lifecycle for the default runtime.
+%%% @doc An app's lifecycle on this node for the default runtime: its code
+%%% paths, load, env, start, reconfigure and stop.
 %%%
 %%% A fetched build's ebin directories go to the FRONT of the code path, so
 %%% that the fetched version wins over an older copy on the node. The ebin
@@ -10,7 +11,7 @@
 %%% `bin/<rel> foreground' and `daemon' do) nothing is loaded on demand:
 %%% every module of the added ebins that is not loaded yet is loaded
 %%% before the app starts, as a boot script would have done.
--module(bc_gitops_code).
+-module(bc_gitops_lifecycle).
 
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 
@@ -74,7 +75,8 @@ load_beam(Beam) ->
 
 %% @doc Stops and unloads `App', purges and deletes its modules, and drops
 %% `Paths' from the code path. Modules of another loaded application are
-%% kept.
+%% kept, and so is the path of another application that still runs (the
+%% Elixir an Elixir app brought: its modules not loaded yet must load).
 -spec stop(atom(), [file:filename()]) -> ok.
 stop(App, Paths) ->
     %% The .app's modules key, and the beams of the app's own ebin: a
@@ -98,7 +100,8 @@ stop(App, Paths) ->
              _ = code:delete(M),
              code:purge(M)
          end || M <- Modules, not lists:member(M, Others)],
-    _ = [code:del_path(P) || P <- Paths],
+    Running = [A || {A, _, _} <- application:which_applications()],
+    _ = [code:del_path(P) || P <- Paths, not lists:member(app_of_ebin(P), Running)],
     ok.
 
 %% @doc Applies a new spec env to a running `App': `set_env' for changed
