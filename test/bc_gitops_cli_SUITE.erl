@@ -87,7 +87,8 @@ status_shows_what_runs(Config) ->
                                    bc_gitops_test_util:minimal_spec("cli_slow")),
     _ = commit(?config(gitops, Config), "cli_slow"),
     Self = self(),
-    _ = spawn_link(fun() -> Self ! {reconciled, rpc(Node, bc_gitops, reconcile, [])} end),
+    [Peer] = peers(),
+    _ = spawn_link(fun() -> Self ! {reconciled, peer:call(Peer, bc_gitops, reconcile, [], 120000)} end),
     ok = wait_until(fun() ->
                             {ok, #{in_progress := P}} = rpc(Node, bc_gitops, status, []),
                             P =/= []
