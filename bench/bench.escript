@@ -9,12 +9,14 @@
 
 main(Args) ->
     %% `smoke' runs every benchmark on tiny sizes; names (parse, noop,
-    %% fetch, hot, latency, memory) run only those, full size.
+    %% fetch, hot, latency, memory, gates, cluster, webhook) run only
+    %% those, full size.
     Smoke = Args =:= ["smoke"],
     All = [{"parse", fun parse_rows/2}, {"noop", fun noop_rows/2}, {"fetch", fun fetch_rows/2},
            {"hot", fun hot_rows/2}, {"latency", fun latency_rows/2},
            {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2},
-           {"cluster", fun cluster_rows/2}, {"validate", fun validate_rows/2}],
+           {"cluster", fun cluster_rows/2}, {"validate", fun validate_rows/2},
+           {"webhook", fun webhook_rows/2}],
     Chosen = case Args -- ["smoke"] of
                  [] -> All;
                  Names -> [S || {Name, _} = S <- All, lists:member(Name, Names)]
@@ -208,6 +210,16 @@ cluster_rows(Dir, Smoke) ->
                            [{outdir, Out}, report]),
     Ebin = filename:join([Root, "_build", "default", "lib", "bc_gitops", "ebin"]),
     bench_cluster:rows(Out, Smoke, [Ebin]).
+
+%% (10) A push reaching the node: webhook to reconcile start, and git push
+%% to the new version running (bench/bench_webhook.erl).
+webhook_rows(Dir, Smoke) ->
+    Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+    ok = filelib:ensure_path(Dir),
+    ok = load_runtime(Dir),
+    {ok, _} = compile:file(filename:join(Root, "bench/bench_webhook.erl"), [{outdir, Dir}, report]),
+    true = code:add_patha(Dir),
+    bench_webhook:rows(filename:join(Dir, "webhook"), Smoke).
 
 bc_gitops_peers_compile(Root, Out) ->
     ok = filelib:ensure_path(Out),

@@ -33,7 +33,7 @@
 -export([reconcile/0, sync/0, plan/0, status/0, suspend/0, resume/0,
          get_desired_state/0, get_current_state/0, get_app_status/1,
          deploy/1, remove/1, upgrade/2, start_reconciler/1, stop_reconciler/0,
-         cluster_status/0, history/0, history/1, rollback/1, pin/1, unpin/1]).
+         cluster_status/0, history/0, history/1, rollback/1, pin/1, unpin/1, http_port/0]).
 
 %% Waiting for a reconcile: builds can be slow.
 -define(RUN_TIMEOUT, infinity).
@@ -84,6 +84,12 @@ plan() ->
 cluster_status() ->
     bc_gitops_cluster:status().
 
+%% @doc The port the HTTP face listens on (the one picked, when the
+%% `http' option says port 0); `{error, not_running}' when it is off.
+-spec http_port() -> {ok, inet:port_number()} | {error, not_running}.
+http_port() ->
+    bc_gitops_http:port().
+
 -spec clustered() -> boolean().
 clustered() ->
     case bc_gitops_reconciler:config() of
@@ -98,9 +104,12 @@ clustered() ->
 %% `blocked' (`[{App, Reason}]'), `waiting' (apps held this run) and
 %% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}'),
 %% `repairs' (`#{App => #{count, reason, retry_in_ms}}': apps restarted
-%% for drift at several reconciles in a row, backing off) and `pins'
+%% for drift at several reconciles in a row, backing off), `pins'
 %% (`#{App => #{version, reason, at}}'; each pinned app is also in
-%% `waiting' as `{pinned, Vsn}').
+%% `waiting' as `{pinned, Vsn}') and `in_progress' (`[#{app, action, phase,
+%% since}]': what runs now, `phase' one of `fetching', `building',
+%% `starting', `upgrading', `health_wait' (and `stopping' for a remove),
+%% `since' in system time (ms); empty when nothing runs).
 -spec status() -> {ok, map()} | {error, not_running}.
 status() ->
     bc_gitops_reconciler:status().

@@ -56,7 +56,19 @@ timed(Runtime, Action) ->
                         duration_ms => erlang:monotonic_time(millisecond) - Start}}.
 
 -spec span(atom(), map(), fun(() -> term())) -> result().
-span(Kind, Meta, Call) ->
+span(Kind, #{app := App} = Meta, Call) ->
+    %% status()'s in_progress: the runtime may refine the phase meanwhile.
+    ok = bc_gitops_progress:start(App, case Meta of
+                                           #{reason := _} -> redeploy;
+                                           _ -> Kind
+                                       end),
+    try span1(Kind, Meta, Call)
+    after
+        ok = bc_gitops_progress:done(App)
+    end.
+
+-spec span1(atom(), map(), fun(() -> term())) -> result().
+span1(Kind, Meta, Call) ->
     bc_gitops_telemetry:span(
       [bc_gitops, Kind], Meta,
       fun() ->

@@ -264,10 +264,22 @@ status(Node, O) ->
             table(["APP", "VERSION", "GIT", "STATUS", "HEALTH", "WAITING"],
                   [[App, V, G, St, H, W] || #{app := App, version := V, git := G, status := St,
                                               health := H, waiting := W} <- Rows]),
+            running_now(maps:get(in_progress, Status, []), erlang:system_time(millisecond)),
             diagnostics("spec error", maps:get(spec_errors, Status)),
             diagnostics("warning", maps:get(spec_warnings, Status))
     end,
     0.
+
+%% status()'s in_progress: what runs on the node now, and for how long.
+-spec running_now([map()], integer()) -> ok.
+running_now([], _Now) ->
+    ok;
+running_now(Entries, Now) ->
+    out("\nrunning now:\n"),
+    _ = [out(io_lib:format("  ~ts ~ts: ~ts for ~ts~n", [text(App), text(Action), text(Phase),
+                                                        ms(max(0, Now - Since))]))
+         || #{app := App, action := Action, phase := Phase, since := Since} <- Entries],
+    ok.
 
 -spec app_row(atom(), map(), map(), list(), list(), map()) -> map().
 app_row(App, Current, Desired, Waiting, Blocked, Errors) ->

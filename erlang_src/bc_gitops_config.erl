@@ -15,7 +15,7 @@
 -module(bc_gitops_config).
 
 -export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1,
-         workspace_dir/1]).
+         workspace_dir/1, redacted/1]).
 
 -export_type([config/0]).
 
@@ -44,12 +44,16 @@
     hex_repo_name => binary(),
     build_timeout := pos_integer(),
     self_heal := boolean(),
-    health_grace := pos_integer()
+    health_grace := pos_integer(),
+    %% The HTTP face (bc_gitops_http, bc_gitops_notify).
+    http := false | bc_gitops_http:options(),
+    webhook_secret => binary(),
+    notify := [bc_gitops_notify:target()]
 }.
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
                         ca_file, workspace_dir, hex_repo_url, hex_public_key,
-                        hex_repo_name]).
+                        hex_repo_name, webhook_secret]).
 
 %% @doc The default of every option that has one.
 -spec defaults() -> map().
@@ -68,7 +72,9 @@ defaults() ->
       build_timeout => 600000,
       self_heal => true,
       health_grace => 30000,
-      ssh_verify_host => true}.
+      ssh_verify_host => true,
+      http => false,
+      notify => []}.
 
 %% @doc The configuration from the `bc_gitops' application env.
 -spec from_env() -> {ok, config()} | {error, {bad_config, atom(), binary()}}.
@@ -129,6 +135,12 @@ check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base
                  K =:= backoff_max; K =:= build_timeout; K =:= health_grace ->
     is_integer(V) andalso V > 0 orelse bad(K, "must be a positive integer (milliseconds)"),
     V;
+check(http, V) -> bc_gitops_http:check_option(V);
+check(notify, V) -> bc_gitops_notify:check_option(V);
+check(webhook_secret, V) ->
+    S = non_empty_text(webhook_secret, V),
+    byte_size(S) >= 8 orelse bad(webhook_secret, "must be at least 8 bytes"),
+    S;
 check(K, V) ->
     true = lists:member(K, ?OPTIONAL_TEXT),
     non_empty_text(K, V).
@@ -167,6 +179,26 @@ non_empty_text(Key, V) ->
 -spec bad(atom(), iodata()) -> no_return().
 bad(Key, Why) ->
     throw({bad_config, Key, iolist_to_binary(Why)}).
+
+%% @doc `Config' with every secret in it replaced by `<<"***">>', for
+%% crash reports.
+-spec redacted(config()) -> config().
+redacted(Config) ->
+    Hide = fun(K, V) when K =:= git_token; K =:= ssh_passphrase; K =:= webhook_secret; K =:= token;
+                          K =:= secret; K =:= url ->
+                   case is_binary(V) of
+                       true -> <<"***">>;
+                       false -> V
+                   end;
+              (_, V) ->
+                   V
+           end,
+    Hidden = maps:map(Hide, Config),
+    Hidden#{http := case maps:get(http, Config, false) of
+                        #{} = H -> maps:map(Hide, H);
+                        false -> false
+                    end,
+            notify := [maps:map(Hide, N) || N <- maps:get(notify, Config, [])]}.
 
 %% @doc Where the gitops repository is checked out: `<local_path>/repo'.
 %% bc_gitops owns `local_path'; the checkout is forced to the remote, so

@@ -98,6 +98,9 @@ handle_cast({report, Node, Report}, #st{members = Members} = St) ->
         true -> {noreply, answer(step(take_report(Node, Report, St)))};
         false -> {noreply, ignore_node(Node, St)}
     end;
+handle_cast(refresh, St) ->
+    %% A webhook on a member: read git now (coalesced with a read under way).
+    {noreply, answer(refresh(St))};
 handle_cast(_Msg, St) ->
     {noreply, St}.
 

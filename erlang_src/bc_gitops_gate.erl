@@ -19,7 +19,7 @@
 -include("bc_gitops.hrl").
 
 -export([needed/1, open/5, reopen/2, settle/3, app/1, action/1, ref/1, facts/1]).
--export([watch/5]).
+-export([watch/6]).
 
 -export_type([gate/0]).
 
@@ -59,10 +59,12 @@ reopen(Gate, #{clock := Clock}) ->
     start(maps:with([action, previous, deadline, opened, facts], Gate), Clock, self()).
 
 -spec start(map(), module(), pid()) -> gate().
-start(#{action := Action, deadline := Deadline} = Gate, Clock, Owner) ->
+start(#{action := Action, deadline := Deadline, opened := Opened} = Gate, Clock, Owner) ->
     #app_spec{name = App, health = Health} = element(2, Action),
     Ref = make_ref(),
-    Pid = spawn_link(?MODULE, watch, [Owner, Ref, {App, Health}, Clock, Deadline]),
+    Since = erlang:convert_time_unit(Opened + erlang:time_offset(), native, millisecond),
+    Pid = spawn_link(?MODULE, watch, [Owner, Ref, {App, Health}, Clock, Deadline,
+                                        {element(1, Action), Since}]),
     Gate#{app => App, ref => Ref, pid => Pid}.
 
 -spec app(gate()) -> atom().
@@ -78,8 +80,12 @@ ref(#{ref := Ref}) -> Ref.
 facts(#{facts := Facts}) -> Facts.
 
 %% @private The gate's process: checks until healthy or the deadline.
--spec watch(pid(), reference(), {atom(), #health_spec{}}, module(), integer()) -> ok.
-watch(Owner, Ref, {App, Health}, Clock, Deadline) ->
+%% Meanwhile status()'s in_progress shows the app in `health_wait' since
+%% the gate opened (`Since', system time in ms), after action `Kind'.
+-spec watch(pid(), reference(), {atom(), #health_spec{}}, module(), integer(),
+            {atom(), integer()}) -> ok.
+watch(Owner, Ref, {App, Health}, Clock, Deadline, {Kind, Since}) ->
+    ok = bc_gitops_progress:health_wait(App, Kind, Since),
     Owner ! {?MODULE, Ref, wait_healthy(App, Health, Clock, Deadline, {unhealthy, not_checked})},
     ok.
 
@@ -109,6 +115,7 @@ wait_healthy(App, Health, Clock, Deadline, Last) ->
     {ok | {error, term()},
      [{bc_gitops_plan:action(), ok | {error, term()}, bc_gitops_history:facts()}]}.
 settle(Runtime, #{app := App, action := Action, opened := Opened} = Gate, Health) ->
+    ok = bc_gitops_progress:done(App),
     bc_gitops_telemetry:execute([bc_gitops, gate, stop],
                                 #{duration => erlang:monotonic_time() - Opened},
                                 #{app => App, version => (element(2, Action))#app_spec.version,

@@ -3,7 +3,9 @@
 %%% ({@link bc_gitops_health}), so that no check ever runs in the
 %%% reconciler's loop or in this one.
 %%%
-%%% The latest result of each app is in an ETS table, read without a call.
+%%% The latest result of each app is in an ETS table, read without a call;
+%%% each result also goes to {@link bc_gitops_notify}, which tells the
+%%% team when an app's health changes.
 %%% An app without a health spec has no entry: it is healthy when it runs.
 -module(bc_gitops_health_monitor).
 
@@ -96,6 +98,8 @@ handle_info({result, Pid, App, Result}, #st{specs = Specs, timers = Timers,
     case Specs of
         #{App := #health_spec{interval = Interval}} ->
             true = ets:insert(?TABLE, {App, Result}),
+            %% A change of health is a notification (degraded, recovered).
+            ok = bc_gitops_notify:health(App, Result),
             Timer = erlang:send_after(Interval, self(), {check, App}),
             {noreply, St1#st{timers = Timers#{App => Timer}}};
         _ ->

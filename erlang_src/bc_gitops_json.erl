@@ -1,5 +1,10 @@
-%%% @doc JSON for the command's `--json' output (OTP 25 has no `json'
-%%% module; it came in OTP 27). Encoding only, of any term:
+%%% @doc JSON for the command's `--json' output and the HTTP face (OTP 25
+%%% has no `json' module; it came in OTP 27).
+%%%
+%%% Decoding, of documents from outside (webhook payloads), is serde_json in
+%%% the NIF ({@link bc_gitops_nif:json_decode/1}): untrusted input never
+%%% meets a hand-written parser, and no atom is made from it. Encoding, of
+%%% any term:
 %%% maps become objects (keys as text), lists arrays (a printable string
 %%% is text), binaries text (UTF-8; other bytes as `\u00XX'), integers and
 %%% floats numbers, `true', `false' and `null' themselves, `undefined'
@@ -7,12 +12,44 @@
 %%% funs their printed form.
 -module(bc_gitops_json).
 
--export([encode/1]).
+-export([encode/1, decode/1, text/1]).
 
 %% @doc `Term' as JSON text (UTF-8).
 -spec encode(term()) -> binary().
 encode(Term) ->
     iolist_to_binary(value(Term)).
+
+%% @doc Decodes one JSON document: objects are maps with binary keys,
+%% strings binaries, `true', `false' and `null' atoms.
+-spec decode(binary()) -> {ok, term()} | {error, {json, non_neg_integer(), binary()}}.
+decode(Bytes) when is_binary(Bytes) ->
+    case bc_gitops_nif:json_decode(Bytes) of
+        {ok, _} = Ok -> Ok;
+        {error, {Line, Message}} -> {error, {json, Line, Message}}
+    end.
+
+%% @doc A term as readable text: binaries (UTF-8) and printable lists as
+%% they are, atoms by name, anything else as `~0tp' prints it (an error
+%% reason, say).
+-spec text(term()) -> binary().
+text(B) when is_binary(B) ->
+    case unicode:characters_to_binary(B) of
+        B -> B;
+        _ -> printed(B)
+    end;
+text(A) when is_atom(A) ->
+    atom_to_binary(A, utf8);
+text(L) when is_list(L), L =/= [] ->
+    case io_lib:printable_unicode_list(L) of
+        true -> unicode:characters_to_binary(L);
+        false -> printed(L)
+    end;
+text(T) ->
+    printed(T).
+
+-spec printed(term()) -> binary().
+printed(T) ->
+    unicode:characters_to_binary(io_lib:format("~0tp", [T])).
 
 -spec value(term()) -> iodata().
 value(true) -> <<"true">>;

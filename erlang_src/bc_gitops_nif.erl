@@ -12,7 +12,7 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1]).
+-export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
 -export([tar_list/2, tar_unpack/3]).
 
 -on_load(init/0).
@@ -87,6 +87,15 @@ plan(_Desired, _Current, _Invalid) ->
 %% CPU scheduler.
 -spec consult(binary()) -> {ok, [term()]} | {error, {pos_integer(), binary() | {unknown_atom, binary()}}}.
 consult(_Text) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc One JSON document from outside as a term: objects are maps with
+%% binary keys, strings binaries, `true', `false' and `null' atoms; no other
+%% atom is made; nesting is bounded as for spec files. An error gives the
+%% line (0 when unknown) and serde_json's message. Runs on a dirty CPU
+%% scheduler. See {@link bc_gitops_json:decode/1}.
+-spec json_decode(binary()) -> {ok, term()} | {error, {non_neg_integer(), binary()}}.
+json_decode(_Bytes) ->
     erlang:nif_error(not_loaded()).
 
 %% @doc Every entry of the tar archive `Path' (plain or gzip-compressed):

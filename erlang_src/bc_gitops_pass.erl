@@ -92,7 +92,9 @@ run(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     case Result of
         #{outcome := ok} ->
             bc_gitops_telemetry:execute([bc_gitops, reconcile, stop], #{duration => Duration},
-                                        Meta#{status => summary(Result)});
+                                        Meta#{status => summary(Result),
+                                              commit => maps:get(commit, maps:get(cache, Result)),
+                                              changes => changes(Result)});
         #{outcome := {error, Error}} ->
             bc_gitops_telemetry:execute([bc_gitops, reconcile, error], #{duration => Duration},
                                         Meta#{error => Error})
@@ -285,6 +287,23 @@ parsed(Config, _Cache, #{commit := Commit}, _Retry) ->
 plan(#{specs := Specs, errors := Errors}, Current) ->
     {ok, Plan} = bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors]),
     Plan.
+
+%% What a run changed, or tried to, app by app, for the stop event.
+-spec changes(result()) -> [#{app := atom(), action := atom(), from := binary() | undefined,
+                              to := binary() | undefined, reason => atom(),
+                              result := ok | {error, term()}}].
+changes(#{applied := Applied}) ->
+    [change(Action, Result) || {Action, Result} <- Applied].
+
+-spec change(bc_gitops_plan:action(), ok | {error, term()}) -> map().
+change({remove, App}, Result) ->
+    #{app => App, action => remove, from => undefined, to => undefined, result => Result};
+change({upgrade, #app_spec{name = App, version = V}, From}, Result) ->
+    #{app => App, action => upgrade, from => From, to => V, result => Result};
+change({redeploy, #app_spec{name = App, version = V}, Why}, Result) ->
+    #{app => App, action => redeploy, from => V, to => V, reason => Why, result => Result};
+change({Kind, #app_spec{name = App, version = V}}, Result) ->
+    #{app => App, action => Kind, from => undefined, to => V, result => Result}.
 
 -spec summary(result()) -> atom().
 summary(#{applied := Applied, waiting := Waiting, blocked := Blocked, cache := Parsed}) ->

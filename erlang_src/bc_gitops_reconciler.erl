@@ -33,8 +33,8 @@
 -include("bc_gitops.hrl").
 
 -export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
-         ack/0, history/1, pin/2, unpin/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+         ack/0, history/1, pin/2, unpin/1, trigger/0]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/2]).
 -export([worker/2]).
 
 -define(SERVER, ?MODULE).
@@ -119,6 +119,11 @@ pin(App, State) -> call({pin, App, State}, 5000).
 -spec unpin(atom()) -> ok | {error, {not_pinned, atom()} | not_running}.
 unpin(App) -> call({unpin, App}, 5000).
 
+%% @doc Asks for a reconcile without waiting for it (a webhook): coalesced
+%% as a tick is. `suspended' or `not_configured' when none is started.
+-spec trigger() -> ok | suspended | not_configured | {error, not_running}.
+trigger() -> call(trigger, 5000).
+
 %% @doc Pauses automatic reconciles.
 -spec suspend() -> ok | {error, not_running}.
 suspend() -> call(suspend, 5000).
@@ -178,6 +183,12 @@ handle_call(config, _From, St) ->
     {reply, {ok, St#st.config}, St};
 handle_call(ack, _From, #st{member = #{assignment := #{ack := Ack}}} = St) ->
     {reply, {ok, Ack}, St};
+handle_call(trigger, _From, St) ->
+    case {St#st.suspended, configured(St)} of
+        {true, _} -> {reply, suspended, St};
+        {false, false} -> {reply, not_configured, St};
+        {false, true} -> {reply, ok, maybe_start(enqueue(reconcile, none, St))}
+    end;
 handle_call(suspend, _From, St) ->
     {reply, ok, cancel_timers(St#st{suspended = true})};
 handle_call(resume, _From, #st{suspended = true} = St) ->
@@ -288,6 +299,14 @@ handle_info({'EXIT', _, _}, St) ->
     {noreply, St};
 handle_info(_Other, St) ->
     {noreply, St}.
+
+%% @private Crash reports show the state without the secrets of the
+%% configuration.
+-spec format_status(normal | terminate, [term()]) -> term().
+format_status(_Opt, [_PDict, #st{config = Config} = St]) ->
+    [{data, [{"State", St#st{config = bc_gitops_config:redacted(Config)}}]}];
+format_status(_Opt, [_PDict, St]) ->
+    [{data, [{"State", St}]}].
 
 %%% Jobs
 
@@ -655,6 +674,7 @@ status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
       waiting => waiting(maps:get(waiting, Last, []), St#st.pins),
       pins => bc_gitops_pins:view(St#st.pins),
       app_errors => app_errors(St#st.failures, now(St)),
+      in_progress => bc_gitops_progress:list(),
       repairs => repairs(St#st.repairs, now(St))}.
 
 -spec waiting([{atom(), term()}], bc_gitops_pins:pins()) -> [{atom(), term()}].

@@ -50,9 +50,11 @@ table() -> ?TABLE.
 
 %% @doc Fetches, builds and starts the app.
 -spec deploy(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
-deploy(#app_spec{} = Spec) ->
+deploy(#app_spec{name = App} = Spec) ->
     case prepare(Spec) of
-        {ok, Dir, Ebins} -> start(Spec, Dir, Ebins);
+        {ok, Dir, Ebins} ->
+            ok = bc_gitops_progress:phase(App, starting),
+            start(Spec, Dir, Ebins);
         {error, _} = Error -> Error
     end.
 
@@ -90,8 +92,10 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
         {_, {error, _} = Error} ->
             Error;
         {error, {ok, Dir, Ebins}} ->
+            ok = bc_gitops_progress:phase(App, starting),
             with_path(start(Spec, Dir, Ebins), #{path => restart});
         {{ok, Entry}, {ok, Dir, Ebins}} ->
+            ok = bc_gitops_progress:phase(App, upgrading),
             case running(App) andalso hot(Spec, Entry, Dir, Ebins) of
                 {ok, _, _} = Hot ->
                     Hot;
@@ -268,7 +272,7 @@ prepare(#app_spec{name = App, version = V} = Spec) ->
 
 -spec fetch_and_build(#app_spec{}, file:filename()) -> {ok, [file:filename()]} | {error, term()}.
 fetch_and_build(#app_spec{version = V, source = #source_spec{type = git, url = Url, ref = Ref,
-                                                              build = Tool}}, Dir) ->
+                                                              build = Tool}} = Spec, Dir) ->
     Src = filename:join(Dir, "src"),
     Config = config(),
     GitOpts = (bc_gitops_config:git_options(Config))#{url => Url, local_path => Src,
@@ -276,45 +280,70 @@ fetch_and_build(#app_spec{version = V, source = #source_spec{type = git, url = U
                                                                  undefined -> V;
                                                                  _ -> Ref
                                                              end},
-    case bc_gitops_git:sync(GitOpts) of
+    case timed(Spec, fetching, fun() -> bc_gitops_git:sync(GitOpts) end) of
         {ok, _} ->
-            build(Src, Tool, Config);
+            build(Spec, Src, Tool, Config);
         {error, Why} ->
             {error, {fetch_failed, Why}}
     end;
 fetch_and_build(#app_spec{name = App, version = V,
-                          source = #source_spec{type = release, url = Url, sha256 = Sha}}, Dir) ->
+                          source = #source_spec{type = release, url = Url, sha256 = Sha}} = Spec,
+                Dir) ->
     Config = config(),
     Opts = maps:with([ca_file], Config),
-    case bc_gitops_release:fetch(App, V, Url, Sha, filename:join(Dir, "release"), Opts) of
+    Fetch = fun() -> bc_gitops_release:fetch(App, V, Url, Sha, filename:join(Dir, "release"), Opts) end,
+    case timed(Spec, fetching, Fetch) of
         {ok, #{lib_dirs := Libs}} -> {ok, [filename:join(L, "ebin") || L <- Libs]};
         {error, _} = Error -> Error
     end;
 fetch_and_build(#app_spec{name = App, version = V,
-                          source = #source_spec{type = hex, build = Tool}}, Dir) ->
+                          source = #source_spec{type = hex, build = Tool}} = Spec, Dir) ->
     Config = config(),
     Opts = maps:from_list([{To, Value} || {From, To} <- [{hex_repo_url, repo_url},
                                                          {hex_public_key, public_key},
                                                          {hex_repo_name, repo_name},
                                                          {ca_file, ca_file}],
                                           #{From := Value} <- [Config]]),
-    case bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"),
-                             Opts#{build => Tool}) of
+    Fetch = fun() -> bc_gitops_hex:fetch(atom_to_binary(App, utf8), V, filename:join(Dir, "hex"),
+                                         Opts#{build => Tool})
+            end,
+    case timed(Spec, fetching, Fetch) of
         {ok, #{build_dir := BuildDir, tool := Built}} ->
             %% mix gets a MIX_HOME of bc_gitops's own, shared by the builds.
-            bc_gitops_build:build(Built, BuildDir, maps:get(build_timeout, Config),
-                                  #{mix_home => filename:join(workspace(), ".mix")});
+            timed(Spec, building,
+                  fun() -> bc_gitops_build:build(Built, BuildDir, maps:get(build_timeout, Config),
+                                                 #{mix_home => filename:join(workspace(), ".mix")})
+                  end);
         {error, Why} ->
             {error, {fetch_failed, Why}}
     end.
 
--spec build(file:filename(), bc_gitops_build:tool() | undefined, bc_gitops_config:config()) ->
-    {ok, [file:filename()]} | {error, term()}.
-build(Src, Tool, Config) ->
+-spec build(#app_spec{}, file:filename(), bc_gitops_build:tool() | undefined,
+            bc_gitops_config:config()) -> {ok, [file:filename()]} | {error, term()}.
+build(Spec, Src, Tool, Config) ->
     case bc_gitops_build:detect(Src, Tool) of
-        {ok, Detected} -> bc_gitops_build:build(Detected, Src, maps:get(build_timeout, Config));
-        {error, _} = Error -> Error
+        {ok, Detected} ->
+            timed(Spec, building,
+                  fun() -> bc_gitops_build:build(Detected, Src, maps:get(build_timeout, Config)) end);
+        {error, _} = Error ->
+            Error
     end.
+
+%% A long step (fetch, build): shown in status()'s in_progress, and its
+%% start and end logged with the time it took.
+-spec timed(#app_spec{}, fetching | building, fun(() -> Result)) -> Result
+              when Result :: {ok, term()} | {error, term()}.
+timed(#app_spec{name = App, version = V}, Phase, Step) ->
+    ok = bc_gitops_progress:phase(App, Phase),
+    ?LOG_NOTICE("bc_gitops: ~ts ~ts ~ts", [Phase, App, V]),
+    T0 = erlang:monotonic_time(millisecond),
+    Result = Step(),
+    Ms = erlang:monotonic_time(millisecond) - T0,
+    case Result of
+        {ok, _} -> ?LOG_NOTICE("bc_gitops: ~ts ~ts ~ts: done in ~b ms", [Phase, App, V, Ms]);
+        {error, _} -> ?LOG_WARNING("bc_gitops: ~ts ~ts ~ts: failed after ~b ms", [Phase, App, V, Ms])
+    end,
+    Result.
 
 %% Deletes the app's builds but those in `Keep' (what runs now and what
 %% ran before it).

@@ -1,6 +1,11 @@
 %%% @doc Emits bc_gitops' telemetry events through `telemetry' when that
-%%% application is loaded, and does nothing otherwise: bc_gitops has no hard
-%%% dependency on it.
+%%% application is loaded: bc_gitops has no hard dependency on it.
+%%%
+%%% Every event also goes, loaded or not, to bc_gitops' own observers, in
+%%% the emitting process and without waiting on any other: the Prometheus
+%%% counters ({@link bc_gitops_metrics}), the status page's latest events
+%%% ({@link bc_gitops_events}) and the outgoing notifications
+%%% ({@link bc_gitops_notify}, a cast when it runs).
 %%%
 %%% Durations are in native time units (`erlang:monotonic_time/0'), as
 %%% telemetry's span convention has them; convert with
@@ -13,6 +18,9 @@
 %% @doc Emits `Event' when `telemetry' is loaded.
 -spec execute([atom(), ...], map(), map()) -> ok.
 execute(Event, Measurements, Metadata) ->
+    ok = bc_gitops_metrics:observe(Event, Measurements, Metadata),
+    ok = bc_gitops_events:observe(Event, Measurements, Metadata),
+    ok = bc_gitops_notify:observe(Event, Measurements, Metadata),
     case erlang:module_loaded(telemetry) of
         true -> emit(telemetry, Event, Measurements, Metadata);
         false -> ok

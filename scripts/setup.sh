@@ -2,8 +2,10 @@
 # Installs what bc_gitops needs to build and test, when it is missing:
 # Erlang/OTP (>= 25), rebar3, Elixir, the C build tools and OpenSSL headers
 # for the Rust NIF, the servers the tests start on loopback, procps
-# (`kill`, for the host-project tests to clean up what they started) and
-# iproute2 (`ip`: the cluster tests give each node a network namespace).
+# (`kill`, for the host-project tests to clean up what they started),
+# iproute2 (`ip`: the cluster tests give each node a network namespace),
+# chromium (the status page is tested in a headless browser) and
+# prometheus (its `promtool check metrics` checks /metrics).
 #
 # Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
 # everything is there. As root it installs through apt-get; as anyone else it
@@ -12,7 +14,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 iproute2 \
 erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
-openssl openssh-server procps"
+openssl openssh-server procps chromium prometheus"
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust >= 1.91 first (https://rustup.rs)" >&2

@@ -15,7 +15,7 @@
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2,
          end_per_testcase/2]).
 -export([read_commands_and_errors/1, rollback_pin_git_change_unpin/1,
-         history_and_pins_survive_a_restart/1, validate_offline/1]).
+         history_and_pins_survive_a_restart/1, validate_offline/1, status_shows_what_runs/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
@@ -23,7 +23,7 @@ suite() -> [{timetrap, {minutes, 10}}].
 
 all() ->
     [read_commands_and_errors, rollback_pin_git_change_unpin,
-     history_and_pins_survive_a_restart, validate_offline].
+     history_and_pins_survive_a_restart, validate_offline, status_shows_what_runs].
 
 %% The command installed as a release has it: lib/bc_gitops/{ebin,priv}
 %% with the script and the NIF in priv.
@@ -68,6 +68,38 @@ end_per_testcase(_Case, Config) ->
     bc_gitops_test_util:rm_rf(?config(dir, Config)).
 
 %%% Cases
+
+%% While a deploy runs (a runtime that takes 8 s to start it), status
+%% says which app, which step and for how long; the JSON has it too.
+status_shows_what_runs(Config) ->
+    Node = boot(Config, "runs"),
+    Cli = fun(Args) -> cli(Config, Node, Args) end,
+    ok = rpc(Node, bc_gitops_test_runtime, start, []),
+    {ok, _} = rpc(Node, bc_gitops, start_reconciler,
+                  [#{repo_url => ?config(gitops, Config), reconcile_interval => 3600000,
+                     local_path => filename:join(?config(dir, Config), "state_runs2"),
+                     runtime_module => bc_gitops_test_runtime}]),
+    _ = rpc(Node, bc_gitops, reconcile, []),
+    {0, Idle} = Cli(["status"]),
+    ?assertEqual(nomatch, string:find(Idle, "running now")),
+    _ = rpc(Node, bc_gitops_test_runtime, set_delay, [8000]),
+    bc_gitops_test_util:write_spec(?config(gitops, Config), "cli_slow",
+                                   bc_gitops_test_util:minimal_spec("cli_slow")),
+    _ = commit(?config(gitops, Config), "cli_slow"),
+    Self = self(),
+    [Peer] = peers(),
+    _ = spawn_link(fun() -> Self ! {reconciled, peer:call(Peer, bc_gitops, reconcile, [], 120000)} end),
+    ok = wait_until(fun() ->
+                            {ok, #{in_progress := P}} = rpc(Node, bc_gitops, status, []),
+                            P =/= []
+                    end, 50),
+    {0, Status} = Cli(["status"]),
+    ?assertMatch({match, _}, re:run(Status, "^running now:\n  cli_slow deploy: starting for "
+                                            "[0-9.]+ m?s$", [multiline])),
+    {0, Json} = Cli(["--json", "status"]),
+    ?assertNotEqual(nomatch, string:find(Json, "\"in_progress\":[{\"action\":\"deploy\","
+                                               "\"app\":\"cli_slow\",\"phase\":\"starting\"")),
+    receive {reconciled, ok} -> ok after 60000 -> ct:fail(no_end) end.
 
 %% status, plan, plan --dir, reconcile, history, suspend, resume, cluster
 %% on one node; then each way of getting it wrong.

@@ -154,6 +154,16 @@ bad_version_stops_at_the_canary(Config) ->
     {ok, #{rollouts := [#{app := cl_web, state := halted,
                           reason := {rolled_back, {http_status, 500}}}]}} =
         bc_gitops_test_cluster:call(C, 2, bc_gitops, cluster_status, []),
+    %% A member's status page shows the members and the halted rollout.
+    Page = iolist_to_binary(bc_gitops_test_cluster:call(
+                              C, 2, bc_gitops_status_page, render,
+                              [bc_gitops_test_cluster:call(C, 2, bc_gitops_http_api, facts, [])])),
+    [?assertNotEqual(nomatch, binary:match(Page, Part), Part)
+     || Part <- [<<"<h2>Cluster</h2>">>, <<"Coordinator: <b>">>,
+                 <<"<td>cl_web</td><td>1.0.0 &rarr; 2.0.0</td>">>, <<"o-halted">>,
+                 <<"{rolled_back,{http_status,500}}">>]
+            ++ [<<"<td>", (atom_to_binary(N, utf8))/binary, "</td><td><span class=\"badge m-up\">">>
+                || N <- bc_gitops_test_cluster:nodes(C)]],
     %% A fixed v3 goes ahead.
     app_version(Config, "3.0.0", "200 OK"),
     gitops_spec(Config, "3.0.0", ""),

@@ -13,6 +13,7 @@
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
+-import(bc_gitops_test_apps, [free_port/0, http_get/1, plain_app/3]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
@@ -214,66 +215,10 @@ start(Config, Extra) ->
     wait_reconciled(20000).
 
 app_repo(Config, App) ->
-    Repo = filename:join(?config(dir, Config), App),
-    ok = bc_gitops_test_util:init_repo(Repo),
-    write_file(filename:join(Repo, "Makefile"),
-               ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
-                "\tcp src/", App, ".app.src ebin/", App, ".app\n"]),
-    Repo.
+    bc_gitops_test_apps:app_repo(?config(dir, Config), App).
 
 spec(Config, App, Version, Repo, Extra) ->
-    write_file(filename:join([?config(gitops, Config), "apps", App, "app.config"]),
-               ["#{name => ", App, ", version => <<\"", Version, "\">>,\n",
-                "  source => #{type => git, url => <<\"", Repo, "\">>, ref => <<\"main\">>},\n",
-                "  ", Extra, "}.\n"]),
-    _ = commit(?config(gitops, Config), "spec " ++ App ++ " " ++ Version).
+    bc_gitops_test_apps:spec(?config(gitops, Config), App, Version, Repo, Extra).
 
-%% An app whose callback's start/2 is `Start'; rt_die_sup's worker
-%% crashes 50 ms after it starts (twice in a row is more than the
-%% supervisor's default intensity allows).
-plain_app(Repo, App, Start) ->
-    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
-    W(App ++ ".app.src", ["{application, ", App, ", [{vsn, \"1.0.0\"}, {mod, {", App, "_app, []}},\n"
-                          " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
-    W(App ++ "_app.erl", ["-module(", App, "_app).\n-behaviour(application).\n"
-                          "-export([start/2, stop/1]).\n", Start, "stop(_) -> ok.\n"]),
-    W("rt_die_sup.erl", "-module(rt_die_sup).\n-behaviour(supervisor).\n"
-                        "-export([start_link/0, init/1]).\n"
-                        "start_link() -> supervisor:start_link(?MODULE, []).\n"
-                        "init([]) -> {ok, {#{}, [#{id => w, start => {rt_die_w, start_link, []}}]}}.\n"),
-    W("rt_die_w.erl", "-module(rt_die_w).\n-behaviour(gen_server).\n"
-                      "-export([start_link/0, init/1, handle_call/3, handle_cast/2, handle_info/2]).\n"
-                      "start_link() -> gen_server:start_link(?MODULE, [], []).\n"
-                      "init([]) -> erlang:send_after(50, self(), die), {ok, s}.\n"
-                      "handle_call(_, _, S) -> {reply, ok, S}.\n"
-                      "handle_cast(_, S) -> {noreply, S}.\n"
-                      "handle_info(die, S) -> {stop, died, S}.\n").
-
-%% A web app: one gen_server listening on 127.0.0.1:<env port>, answering
-%% every request with `Status' and the app's version as the body.
 web_app(Repo, Vsn, Status) ->
-    W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
-    W("rt_web.app.src", ["{application, rt_web, [{vsn, \"", Vsn, "\"}, {mod, {rt_web_app, []}},\n"
-                         " {modules, [rt_web_app, rt_web_srv]},\n"
-                         " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
-    W("rt_web_app.erl",
-      "-module(rt_web_app).\n-behaviour(application).\n-behaviour(supervisor).\n"
-      "-export([start/2, stop/1, init/1]).\n"
-      "start(_, _) -> supervisor:start_link({local, rt_web_sup}, ?MODULE, []).\nstop(_) -> ok.\n"
-      "init([]) -> {ok, {#{}, [#{id => srv, start => {rt_web_srv, start_link, []},\n"
-      "                          modules => [rt_web_srv]}]}}.\n"),
-    W("rt_web_srv.erl", bc_gitops_test_util:web_server_src(
-                          "rt_web_srv", "element(2, application:get_env(rt_web, port))",
-                          Vsn, Status)).
-
-http_get(Port) ->
-    Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",
-    {ok, {{_, Code, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 3000}],
-                                                   [{body_format, binary}]),
-    {Code, Body}.
-
-free_port() ->
-    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(S),
-    ok = gen_tcp:close(S),
-    Port.
+    bc_gitops_test_apps:web_app(Repo, "rt_web", Vsn, Status).

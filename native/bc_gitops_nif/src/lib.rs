@@ -84,6 +84,18 @@ fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
     (atoms::ok(), out).encode(env)
 }
 
+/// `json_decode(Bytes) -> {ok, Term} | {error, {Line, Message}}`: one JSON
+/// document from outside (a webhook's body) as a term: objects are maps
+/// with binary keys, strings binaries, `true`, `false` and `null` atoms. No
+/// other atom is made; nesting is bounded as for spec files.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
+    match spec::parse_json_bytes(bytes.as_slice()) {
+        Ok(value) => (atoms::ok(), encode::term(env, &value)).encode(env),
+        Err(e) => (atoms::error(), (e.line.unwrap_or(0), text(env, &e.message))).encode(env),
+    }
+}
+
 /// Sets libgit2's process-wide timeouts (the defaults of
 /// `bc_gitops_core::git::Timeouts`) before any sync can start.
 fn load(_env: Env, _load_info: Term) -> bool {

@@ -18,6 +18,17 @@ pub fn parse_json(src: &str) -> Result<Spanned, ReadError> {
     to_term(&value, 0).ok_or_else(|| ReadError::too_deep(None))
 }
 
+/// Parses `bytes`, which must be UTF-8: a document from outside (a
+/// webhook's body). Invalid UTF-8 is a syntax error on its line.
+pub fn parse_json_bytes(bytes: &[u8]) -> Result<Spanned, ReadError> {
+    let src = std::str::from_utf8(bytes).map_err(|e| {
+        let before = bytes.get(..e.valid_up_to()).unwrap_or_default();
+        let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+        ReadError::syntax(Some(tree::line(line)), "invalid UTF-8")
+    })?;
+    parse_json(src)
+}
+
 /// `None` when `value` nests deeper than [`MAX_DEPTH`].
 fn to_term(value: &Value, depth: usize) -> Option<Spanned> {
     let nested = |v: &Value| to_term(v, depth + 1);
@@ -53,6 +64,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn bytes_from_outside() {
+        let t = parse_json_bytes(br#"{"ref": "refs/heads/main", "n": [1, true, null]}"#)
+            .unwrap()
+            .term;
+        let Term::Map(entries) = t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(entries.len(), 2);
+        let e = parse_json_bytes(b"{\n  \"ref\": \"\xff\"}").unwrap_err();
+        assert_eq!((e.line, e.message.as_str()), (Some(2), "invalid UTF-8"));
+        let e = parse_json_bytes(b"{\n  \"ref\": }").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("column 10"), "{e:?}");
+        assert!(parse_json_bytes(b"{} trailing").is_err());
+        assert!(parse_json_bytes(b"").is_err());
+    }
 
     #[test]
     fn nesting_stops_at_the_term_readers_limit() {

@@ -13,7 +13,7 @@ mod validate;
 mod yaml;
 
 pub use discover::{parse_dir, parse_file, DirError, FileResult, SPEC_FILES, SPEC_FILE_MAX_BYTES};
-pub use json::parse_json;
+pub use json::{parse_json, parse_json_bytes};
 pub use model::*;
 pub use tree::ReadError;
 pub use validate::{is_app_name, is_atom_text, APP_NAME_MAX_BYTES};
