@@ -3,7 +3,9 @@
 # Erlang/OTP (>= 25), rebar3, Elixir, the C build tools and OpenSSL headers
 # for the Rust NIF, the servers the tests start on loopback, procps
 # (`kill`, for the host-project tests to clean up what they started) and
-# iproute2 (`ip`: the cluster tests give each node a network namespace).
+# iproute2 (`ip`: the cluster tests give each node a network namespace), and
+# gnupg, openssh-client and age, with which the trust tests make signed
+# commits and encrypted values (bc_gitops itself never runs them).
 #
 # Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
 # everything is there. As root it installs through apt-get; as anyone else it
@@ -12,7 +14,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 iproute2 \
 erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
-openssl openssh-server procps"
+openssl openssh-server procps gnupg openssh-client age"
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust >= 1.91 first (https://rustup.rs)" >&2

@@ -8,8 +8,10 @@
 mod discover;
 mod json;
 mod model;
+mod sealed;
 mod validate;
 
 pub use discover::{parse_dir, parse_file, DirError, FileResult, SPEC_FILE_MAX_BYTES};
 pub use model::*;
+pub(crate) use validate::wide_atom;
 pub use validate::{is_app_name, is_atom_text, APP_NAME_MAX_BYTES};
