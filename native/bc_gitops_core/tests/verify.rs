@@ -138,6 +138,8 @@ impl Keys {
             } else {
                 &self.gnupg
             };
+            // Text between blocks (a comment, a tool's warning) is ignored.
+            text.push_str(&format!("# {user}\n"));
             text.push_str(&self.gpg(home, &["--armor", "--export", user]));
             text.push('\n');
         }

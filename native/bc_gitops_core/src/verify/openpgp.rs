@@ -25,22 +25,35 @@ pub(crate) struct Good {
     pub user: String,
 }
 
-/// Reads every armored public key in `path` (several blocks, or one block
-/// of several keys).
+/// Reads every armored public key in `path`: each `BEGIN PGP PUBLIC KEY
+/// BLOCK` ... `END` block (one or several keys each); text between blocks
+/// is ignored.
 pub(crate) fn read_keys(path: &Path) -> Result<Vec<SignedPublicKey>, Unverified> {
+    const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+    const END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
     let unreadable = |why: String| Unverified::Keys(format!("gpg_keys {}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
     let mut keys = Vec::new();
     let mut rest = text.as_str();
-    const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
     while let Some(start) = rest.find(BEGIN) {
+        let line = text[..text.len() - rest.len() + start].lines().count() + 1;
         let block = &rest[start..];
-        let (parsed, _) = SignedPublicKey::from_string_many(block)
-            .map_err(|e| unreadable(format!("not an armored OpenPGP public key: {e}")))?;
+        let end = block
+            .find(END)
+            .map(|at| at + END.len())
+            .ok_or_else(|| unreadable(format!("line {line}: a key block without its END line")))?;
+        let bad = |e: pgp::errors::Error| {
+            // rpgp's messages may dump the input: keep their first line.
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            let short: String = first.chars().take(120).collect();
+            unreadable(format!("line {line}: not a readable OpenPGP public key ({short})"))
+        };
+        let (parsed, _) = SignedPublicKey::from_string_many(&block[..end]).map_err(bad)?;
         for key in parsed {
-            keys.push(key.map_err(|e| unreadable(format!("unreadable key: {e}")))?);
+            keys.push(key.map_err(bad)?);
         }
-        rest = &block[BEGIN.len()..];
+        rest = &block[end..];
     }
     if keys.is_empty() {
         return Err(unreadable("holds no armored public key".into()));
