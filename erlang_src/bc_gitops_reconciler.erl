@@ -29,7 +29,7 @@
 
 -export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
          ack/0]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 -export([worker/2]).
 
 -define(SERVER, ?MODULE).
@@ -603,3 +603,9 @@ app_errors(Failures, Now) ->
                      #{attempts => N, reason => R, version => V,
                        retry_in_ms => max(0, At - Now)}
              end, Failures).
+
+%% @private What sys:get_status/1 and crash reports show: credentials and
+%% encrypted env values masked (bc_gitops_secrets:format_status/1).
+-spec format_status(map()) -> map().
+format_status(Status) ->
+    bc_gitops_secrets:format_status(Status).
