@@ -233,6 +233,6 @@ find_again(#st{name = Name} = St) ->
 
 %% @private What sys:get_status/1 and crash reports show: credentials and
 %% encrypted env values masked (bc_gitops_secrets:format_status/1).
--spec format_status(map()) -> map().
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
 format_status(Status) ->
     bc_gitops_secrets:format_status(Status).

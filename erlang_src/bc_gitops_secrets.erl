@@ -137,7 +137,7 @@ mask(Term) ->
 
 %% @doc A `format_status/1' for bc_gitops's gen_servers: masks their state,
 %% the message being handled and the crash reason (see {@link mask/1}).
--spec format_status(map()) -> map().
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
 format_status(Status) ->
     maps:map(fun(K, V) when K =:= state; K =:= message; K =:= reason; K =:= log -> mask(V);
                 (_K, V) -> V
