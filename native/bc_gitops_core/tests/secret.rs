@@ -66,15 +66,7 @@ fn decrypts_with_x25519_and_ssh_identities() {
     assert_eq!(&ids.decrypt(again.as_bytes()).unwrap()[..], b"hunter2");
 
     let key = dir.path().join("id_ed25519");
-    run(Command::new("ssh-keygen").args([
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-f",
-        key.to_str().unwrap(),
-    ]));
+    support::ssh_keygen(&key, "node");
     let pub_key = format!("{}.pub", key.display());
     let armored = age(&["-R", &pub_key], b"over ssh");
     let ids = Identities::load(&key).unwrap();

@@ -33,21 +33,10 @@ const MALLORY_SSH: &str = "mallory";
 
 impl Keys {
     fn new() -> Keys {
-        support::require("/usr/bin/ssh-keygen", "openssh-client");
         support::require("/usr/bin/gpg", "gnupg");
         let dir = tempfile::tempdir().unwrap();
         for name in ["alice", "mallory"] {
-            run(Command::new("ssh-keygen").args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                name,
-                "-f",
-                dir.path().join(name).to_str().unwrap(),
-            ]));
+            support::ssh_keygen(&dir.path().join(name), name);
         }
         let gnupg = dir.path().join("gnupg");
         let old_gnupg = dir.path().join("old-gnupg");

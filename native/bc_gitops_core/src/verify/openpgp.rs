@@ -47,7 +47,9 @@ pub(crate) fn read_keys(path: &Path) -> Result<Vec<SignedPublicKey>, Unverified>
             let message = e.to_string();
             let first = message.lines().next().unwrap_or_default();
             let short: String = first.chars().take(120).collect();
-            unreadable(format!("line {line}: not a readable OpenPGP public key ({short})"))
+            unreadable(format!(
+                "line {line}: not a readable OpenPGP public key ({short})"
+            ))
         };
         let (parsed, _) = SignedPublicKey::from_string_many(&block[..end]).map_err(bad)?;
         for key in parsed {
