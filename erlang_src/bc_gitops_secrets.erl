@@ -109,13 +109,15 @@ fingerprint(App, Env) ->
 -spec observed(atom(), map(), #{atom() => binary()}) -> map().
 observed(App, Env, Prints) ->
     maps:from_list(
-      [{K, case Prints of
-               #{K := Print} ->
-                   case digest(Live) of
-                       Print -> V;
-                       _ -> {age, changed}
+      [{K, case V of
+               {age, A} when is_binary(A) ->
+                   %% Never the live value: it is the plaintext.
+                   case maps:find(K, Prints) =:= {ok, digest(Live)} of
+                       true -> V;
+                       false -> {age, changed}
                    end;
-               _ -> Live
+               _ ->
+                   Live
            end}
        || {K, V} <- maps:to_list(Env), {ok, Live} <- [application:get_env(App, K)]]).
 

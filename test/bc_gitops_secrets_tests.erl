@@ -121,3 +121,23 @@ scrub_test() ->
     %% Short values are replaced where they are whole terms only.
     ?assertEqual({'*secret*', <<"ab-ab">>}, bc_gitops_secrets:scrub({<<"ab">>, <<"ab-ab">>}, [<<"ab">>])),
     ?assertEqual([1, '*secret*' | tail], bc_gitops_secrets:scrub([1, {k, v} | tail], [{k, v}])).
+
+observed_test() ->
+    App = bc_gitops_secrets_observed,
+    Sealed = {age, <<"-----BEGIN AGE ENCRYPTED FILE-----x">>},
+    ok = application:set_env(App, password, <<"hunter2">>),
+    ok = application:set_env(App, port, 1),
+    try
+        Env = #{password => Sealed, port => 1, unset => 2},
+        Prints = bc_gitops_secrets:fingerprint(App, Env),
+        ?assertEqual([password], maps:keys(Prints)),
+        ?assertEqual(#{password => Sealed, port => 1}, bc_gitops_secrets:observed(App, Env, Prints)),
+        %% Changed by hand: seen, not shown. Without a digest: never shown.
+        ok = application:set_env(App, password, <<"by hand">>),
+        ?assertEqual(#{password => {age, changed}, port => 1},
+                     bc_gitops_secrets:observed(App, Env, Prints)),
+        ?assertEqual(#{password => {age, changed}, port => 1},
+                     bc_gitops_secrets:observed(App, Env, #{}))
+    after
+        [application:unset_env(App, K) || K <- [password, port]]
+    end.
