@@ -83,13 +83,10 @@ fn loaded<'i>(
     slot: &'i mut Option<Identities>,
     path: &Path,
 ) -> Result<&'i Identities, SecretError> {
-    if slot.is_none() {
-        *slot = Some(Identities::load(path)?);
+    match slot {
+        Some(ids) => Ok(ids),
+        None => Ok(slot.insert(Identities::load(path)?)),
     }
-    slot.as_ref().ok_or_else(|| SecretError::Identity {
-        path: path.to_path_buf(),
-        message: "not loaded".into(),
-    })
 }
 
 /// A decrypted value (`None`: it did not decrypt), zeroed when dropped.
