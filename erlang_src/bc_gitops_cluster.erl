@@ -16,7 +16,7 @@
 
 -export([start_link/1, coordinator/0, info/0, reconcile/0, plan/0, status/0, tell/0,
          history/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 
 -define(SERVER, ?MODULE).
 %% How often a member without a coordinator, or with members not
@@ -75,9 +75,12 @@ reconcile() ->
 plan() ->
     case ask(plan, 20) of
         {ok, #{specs := Specs, errors := Errors}} ->
-            case bc_gitops:get_current_state() of
-                {ok, Current} -> bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors]);
-                Error -> Error
+            case {bc_gitops:get_current_state(), bc_gitops_reconciler:config()} of
+                {{ok, Current}, {ok, Config}} ->
+                    bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors],
+                                        maps:with([age_identity], Config));
+                {{ok, _}, Error} -> Error;
+                {Error, _} -> Error
             end;
         {error, _} = Error ->
             Error
@@ -245,3 +248,9 @@ find_again(#st{name = Name} = St) ->
         Pid when is_pid(Pid) -> find(St);
         undefined -> St
     end.
+
+%% @private What sys:get_status/1 and crash reports show: credentials and
+%% encrypted env values masked (bc_gitops_secrets:format_status/1).
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(Status) ->
+    bc_gitops_secrets:format_status(Status).

@@ -15,7 +15,7 @@
 -module(bc_gitops_config).
 
 -export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1,
-         workspace_dir/1, redacted/1]).
+         repo_git_options/1, workspace_dir/1, redacted/1]).
 
 -export_type([config/0]).
 
@@ -42,6 +42,10 @@
     hex_repo_url => binary(),
     hex_public_key => binary(),
     hex_repo_name => binary(),
+    %% Commits must be signed by one of these keys (files).
+    verify := false | #{allowed_signers => binary(), gpg_keys => binary()},
+    %% The age identity file that decrypts encrypted env values.
+    age_identity => binary(),
     build_timeout := pos_integer(),
     self_heal := boolean(),
     health_grace := pos_integer(),
@@ -53,7 +57,7 @@
 
 -define(OPTIONAL_TEXT, [ssh_key, ssh_passphrase, ssh_known_hosts, git_username, git_token,
                         ca_file, workspace_dir, hex_repo_url, hex_public_key,
-                        hex_repo_name, webhook_secret]).
+                        hex_repo_name, webhook_secret, age_identity]).
 
 %% @doc The default of every option that has one.
 -spec defaults() -> map().
@@ -66,6 +70,7 @@ defaults() ->
       runtime_module => bc_gitops_runtime_default,
       clock => bc_gitops_clock,
       cluster => false,
+      verify => false,
       git_timeout => 60000,
       backoff_base => 10000,
       backoff_max => 600000,
@@ -129,6 +134,17 @@ check(cluster, #{members := [_ | _] = Members} = V) ->
     #{members => Unique, max_parallel => Parallel};
 check(cluster, _) ->
     bad(cluster, "must be false or #{members => [Node, ...]} (and max_parallel)");
+check(verify, V) when V =:= false; V =:= undefined -> false;
+check(verify, V) when is_map(V) ->
+    Keys = [allowed_signers, gpg_keys],
+    [] =:= maps:keys(V) -- Keys
+        orelse bad(verify, io_lib:format("unknown keys ~p (allowed_signers, gpg_keys)",
+                                         [maps:keys(V) -- Keys])),
+    Given = maps:filter(fun(_, File) -> File =/= undefined end, V),
+    map_size(Given) > 0 orelse bad(verify, "give allowed_signers, gpg_keys or both"),
+    maps:map(fun(K, File) -> non_empty_text(verify, File, K) end, Given);
+check(verify, _) ->
+    bad(verify, "must be false or #{allowed_signers => Path, gpg_keys => Path}");
 check(K, V) when (K =:= ssh_verify_host orelse K =:= self_heal), is_boolean(V) -> V;
 check(K, _) when K =:= ssh_verify_host; K =:= self_heal -> bad(K, "must be true or false");
 check(K, V) when K =:= reconcile_interval; K =:= git_timeout; K =:= backoff_base;
@@ -174,6 +190,13 @@ non_empty_text(Key, V) ->
     case catch unicode:characters_to_binary(V) of
         B when is_binary(B), B =/= <<>> -> B;
         _ -> bad(Key, "must be a non-empty string or binary")
+    end.
+
+%% A path inside the map of option `Key'.
+-spec non_empty_text(atom(), term(), atom()) -> binary().
+non_empty_text(Key, V, Inner) ->
+    try non_empty_text(Key, V)
+    catch throw:{bad_config, Key, Why} -> bad(Key, [atom_to_list(Inner), ": ", Why])
     end.
 
 -spec bad(atom(), iodata()) -> no_return().
@@ -232,3 +255,12 @@ git_options(#{repo_url := Url, branch := Branch, git_timeout := Timeout,
               #{url => Url, local_path => checkout_dir(Config), ref => Branch,
                 timeout => Timeout, ssh_verify_host => Verify},
               Renamed).
+
+%% @doc {@link git_options/1} for the gitops repository itself: with the
+%% signature check of `verify', when set. (An app's own git source is not
+%% checked: its spec names it.)
+-spec repo_git_options(config()) -> bc_gitops_git:options().
+repo_git_options(#{verify := Keys} = Config) when is_map(Keys) ->
+    (git_options(Config))#{verify => Keys};
+repo_git_options(Config) ->
+    git_options(Config).

@@ -22,7 +22,7 @@
 -include("bc_gitops.hrl").
 
 -export([start_link/1, name/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 -export([refresh/2]).
 
 -record(st, {
@@ -418,3 +418,9 @@ member_status(Up, #{commit := Commit, apps := Apps}) ->
     #{state => case Up of true -> up; false -> down end, commit => Commit,
       apps => maps:map(fun(_, R) -> maps:with([version, status, health], R) end,
                        maps:filter(fun(_, #{status := S}) -> S =/= absent end, Apps))}.
+
+%% @private What sys:get_status/1 and crash reports show: credentials and
+%% encrypted env values masked (bc_gitops_secrets:format_status/1).
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(Status) ->
+    bc_gitops_secrets:format_status(Status).

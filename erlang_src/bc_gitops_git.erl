@@ -8,6 +8,12 @@
 %%% stays usable until then. Credentials never appear in an error: URLs and
 %%% secrets are redacted.
 %%%
+%%% With `verify', the commit checked out (or the annotated tag naming it)
+%%% is checked for a good signature of an allowed key, in the NIF, on the
+%%% same thread: the outcome's `verified' says how it went. The checkout
+%%% stays whatever the verdict; the caller must not use a commit whose
+%%% check failed.
+%%%
 %%% libgit2's network settings are process-wide, made once: a server silent
 %%% for 30 s, or a connect not accepted within 15 s, is cut off whatever
 %%% `timeout' says; `timeout' ends the sync at libgit2's next callback
@@ -19,7 +25,7 @@
 
 -export([sync/1]).
 
--export_type([options/0, outcome/0, error_kind/0]).
+-export_type([options/0, outcome/0, error_kind/0, verification/0, unverified_kind/0]).
 
 -type options() :: #{
     url := unicode:chardata(),
@@ -39,7 +45,10 @@
     token => unicode:chardata(),
     %% An extra CA (PEM) trusted for HTTPS besides the system store, from
     %% this sync on, node-wide (see the module doc).
-    ca_file => file:filename_all()
+    ca_file => file:filename_all(),
+    %% Check the signature of the commit checked out (or of the annotated
+    %% tag naming it) against these key files; the verdict is `verified'.
+    verify => #{allowed_signers => file:filename_all(), gpg_keys => file:filename_all()}
 }.
 
 -type outcome() :: #{
@@ -47,8 +56,24 @@
     %% Whether the commit differs from the one checked out before the call.
     changed := boolean(),
     %% Why the local clone was re-cloned, when it was.
-    healed := binary() | undefined
+    healed := binary() | undefined,
+    %% With `verify': the signature check of what is checked out (which
+    %% stays checked out, for inspection, whatever the result).
+    verified => verification()
 }.
+
+-type verification() :: #{
+    result := ok | {error, {unverified_kind(), binary()}},
+    %% On success: which object carried the signature, and whose it is
+    %% (SSH: SHA256 fingerprint and the principals of its allowed_signers
+    %% line; OpenPGP: primary key fingerprint and first user id).
+    signer => #{object := commit | tag, format := ssh | openpgp,
+                key := binary(), principal := binary()},
+    duration_us := non_neg_integer()
+}.
+
+-type unverified_kind() :: unsigned | unknown_key | expired_key | revoked_key | bad_signature
+                         | unsupported | keys.
 
 -type error_kind() :: invalid_input | unreachable | auth | certificate | ref_not_found
                     | timeout | not_a_repository | disk_full | io | corrupt | other.
@@ -59,7 +84,12 @@
 sync(#{url := _, local_path := _} = Opts) ->
     Texts = [url, local_path, ref, ssh_key, ssh_passphrase, ssh_known_hosts, username,
              token, ca_file],
-    try maps:map(fun(K, V) -> encode(lists:member(K, Texts), K, V) end, Opts) of
+    Encode = fun(verify, Keys) when is_map(Keys) ->
+                     maps:map(fun(K, V) -> encode(true, K, V) end, Keys);
+                (K, V) ->
+                     encode(lists:member(K, Texts), K, V)
+             end,
+    try maps:map(Encode, Opts) of
         Encoded ->
             Ref = make_ref(),
             case bc_gitops_nif:git_sync_start(Encoded, Ref) of

@@ -14,7 +14,7 @@
 -include("bc_gitops.hrl").
 
 -export([start_link/0, watch/1, watch/2, health/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 
 -define(TABLE, bc_gitops_health).
 
@@ -107,3 +107,9 @@ handle_info({result, Pid, App, Result}, #st{specs = Specs, timers = Timers,
     end;
 handle_info(_Other, St) ->
     {noreply, St}.
+
+%% @private What sys:get_status/1 and crash reports show: credentials and
+%% encrypted env values masked (bc_gitops_secrets:format_status/1).
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(Status) ->
+    bc_gitops_secrets:format_status(Status).

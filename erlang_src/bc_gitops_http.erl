@@ -26,7 +26,7 @@
 
 -type options() :: #{port := inet:port_number(), ip := inet:ip_address(), token => binary()}.
 
-%% What a connection knows: no secret (those are in bc_gitops_secrets).
+%% What a connection knows: no secret (those are in bc_gitops_redact).
 -type conn_options() :: #{branch := binary(), cluster := boolean(), auth := boolean()}.
 
 -define(ACCEPTORS, 4).
@@ -126,7 +126,7 @@ init([]) ->
 -spec listen(bc_gitops_config:config()) -> {ok, #st{}} | {stop, term()}.
 listen(#{http := #{port := Port, ip := Ip} = Http, branch := Branch} = Config) ->
     process_flag(trap_exit, true),
-    ok = bc_gitops_secrets:remember(Config),
+    ok = bc_gitops_redact:remember(Config),
     Family = case tuple_size(Ip) of
                  4 -> inet;
                  8 -> inet6
@@ -143,7 +143,7 @@ listen(#{http := #{port := Port, ip := Ip} = Http, branch := Branch} = Config) -
             ?LOG_NOTICE("bc_gitops: HTTP face on http://~ts/", [host_port(Ip, Actual)]),
             {ok, St#st{acceptors = [start_acceptor(St) || _ <- lists:seq(1, ?ACCEPTORS)]}};
         {error, Why} ->
-            ok = bc_gitops_secrets:forget(),
+            ok = bc_gitops_redact:forget(),
             {stop, {http_listen_failed, host_port(Ip, Port), Why}}
     end.
 
@@ -180,7 +180,7 @@ handle_info(_Other, St) ->
 -spec terminate(term(), #st{}) -> ok.
 terminate(_Why, #st{listen = Listen}) ->
     _ = gen_tcp:close(Listen),
-    bc_gitops_secrets:forget().
+    bc_gitops_redact:forget().
 
 -spec start_acceptor(#st{}) -> pid().
 start_acceptor(#st{listen = Listen, args = {Opts, Count}}) ->

@@ -12,7 +12,7 @@
 %%% <li>anything the parser does not take: 400.</li>
 %%% </ul>
 %%% Every answer closes the connection (`Connection: close'). Everything
-%%% written goes through {@link bc_gitops_secrets:scrub/1}. A crash while
+%%% written goes through {@link bc_gitops_redact:scrub/1}. A crash while
 %%% answering is a 500 and one log line, scrubbed too.
 -module(bc_gitops_http_conn).
 
@@ -73,7 +73,7 @@ answer(Read, Opts) ->
     catch
         Class:Reason ->
             ?LOG_ERROR("bc_gitops: HTTP request failed: ~ts",
-                       [bc_gitops_secrets:scrub(io_lib:format("~0tp", [{Class, Reason}]))]),
+                       [bc_gitops_redact:scrub(io_lib:format("~0tp", [{Class, Reason}]))]),
             bc_gitops_http_router:error_response(500, internal_error, <<"internal error">>)
     end.
 
@@ -205,7 +205,7 @@ header_name(N) -> N.
 
 -spec respond(gen_tcp:socket(), binary(), response()) -> ok.
 respond(Socket, Method, {Status, Headers, Body}) ->
-    Clean = bc_gitops_secrets:scrub(Body),
+    Clean = bc_gitops_redact:scrub(Body),
     Head = [<<"HTTP/1.1 ">>, integer_to_binary(Status), " ", reason(Status), "\r\n",
             [[Name, ": ", Value, "\r\n"] || {Name, Value} <- Headers],
             "content-length: ", integer_to_binary(byte_size(Clean)), "\r\n",

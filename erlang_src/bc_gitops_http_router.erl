@@ -121,7 +121,7 @@ endpoint(metrics) ->
 authorized(_Req, #{auth := false}) ->
     true;
 authorized(#{headers := Headers}, #{auth := true}) ->
-    case {maps:get(<<"authorization">>, Headers, none), bc_gitops_secrets:get(token)} of
+    case {maps:get(<<"authorization">>, Headers, none), bc_gitops_redact:get(token)} of
         {<<"Bearer ", Given/binary>>, Token} when is_binary(Token) ->
             bc_gitops_webhook:same(string:trim(Given), Token);
         _ ->

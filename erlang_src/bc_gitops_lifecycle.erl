@@ -5,7 +5,9 @@
 %%% that the fetched version wins over an older copy on the node. The ebin
 %%% of a dependency that already runs on the node is left out: it is not
 %%% loaded twice. The spec's env is set between `application:load/1' and
-%%% `application:ensure_all_started/1'.
+%%% `application:ensure_all_started/1'. Encrypted env values are decrypted
+%%% right before they are set, and every error that comes back is scrubbed
+%%% of them ({@link bc_gitops_secrets:with_env/3}).
 %%%
 %%% In embedded mode (a release booted from its boot script, as relx's
 %%% `bin/<rel> foreground' and `daemon' do) nothing is loaded on demand:
@@ -21,6 +23,11 @@
 -spec start(atom(), [file:filename()], map()) ->
     {ok, [file:filename()]} | {error, term()}.
 start(App, Ebins, Env) ->
+    bc_gitops_secrets:with_env(App, Env, fun(Plain) -> start_with(App, Ebins, Plain) end).
+
+-spec start_with(atom(), [file:filename()], map()) ->
+    {ok, [file:filename()]} | {error, term()}.
+start_with(App, Ebins, Env) ->
     Running = [A || {A, _, _} <- application:which_applications()],
     Added = [E || E <- Ebins, Of <- [app_of_ebin(E)],
                   Of =:= App orelse not lists:member(Of, Running)],
@@ -110,6 +117,11 @@ stop(App, Paths) ->
 %% the callback module of its `.app' `mod' key (not assumed from its name).
 -spec reconfigure(atom(), map(), map()) -> ok | {error, term()}.
 reconfigure(App, OldEnv, Env) ->
+    %% Only the keys of the old env are read: it needs no decrypting.
+    bc_gitops_secrets:with_env(App, Env, fun(Plain) -> reconfigure_with(App, OldEnv, Plain) end).
+
+-spec reconfigure_with(atom(), map(), map()) -> ok | {error, term()}.
+reconfigure_with(App, OldEnv, Env) ->
     Current = maps:from_list(application:get_all_env(App)),
     Changed = [{K, V} || {K, V} <- maps:to_list(Env), maps:is_key(K, Current),
                          maps:get(K, Current) =/= V],
@@ -140,8 +152,14 @@ reconfigure(App, OldEnv, Env) ->
 %% `config_change/3' as {@link reconfigure/3} does.
 -spec restore_env(atom(), map(), map()) -> ok.
 restore_env(App, OldEnv, Env) ->
-    _ = [application:set_env(App, K, V, [{persistent, true}]) || {K, V} <- maps:to_list(OldEnv)],
-    case reconfigure(App, OldEnv, Env) of
+    Restored = bc_gitops_secrets:with_env(
+                 App, OldEnv,
+                 fun(Plain) ->
+                         _ = [application:set_env(App, K, V, [{persistent, true}])
+                              || {K, V} <- maps:to_list(Plain)],
+                         ok
+                 end),
+    case Restored =:= ok andalso reconfigure(App, OldEnv, Env) of
         ok -> ok;
         {error, Why} ->
             logger:warning("bc_gitops: config_change of ~p after upgrade: ~p", [App, Why])

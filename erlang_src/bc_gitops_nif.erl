@@ -1,5 +1,5 @@
-%%% @doc The Rust NIF: spec parsing, validation and planning, git, and tar
-%%% archives.
+%%% @doc The Rust NIF: spec parsing, validation and planning, git (and
+%%% commit signatures), encrypted env values, and tar archives.
 %%%
 %%% This module only loads `priv/bc_gitops_nif.so' and declares the NIF
 %%% functions; callers use {@link bc_gitops_specs} and {@link bc_gitops_plan},
@@ -12,7 +12,8 @@
 -module(bc_gitops_nif).
 
 -export([load_error/0, library_path/0]).
--export([parse_dir/2, plan/3, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
+-export([parse_dir/2, plan/4, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
+-export([age_check/1, env_reveal/2]).
 -export([tar_list/2, tar_unpack/3]).
 
 -on_load(init/0).
@@ -75,10 +76,24 @@ library_path() ->
 parse_dir(_Root, _AppsDir) ->
     erlang:nif_error(not_loaded()).
 
-%% @doc Plans the actions that take Current to Desired. Runs on a dirty CPU
-%% scheduler. See {@link bc_gitops_plan:plan/3}.
--spec plan(list(), list(), [binary()]) -> {ok, list(), list()}.
-plan(_Desired, _Current, _Invalid) ->
+%% @doc Plans the actions that take Current to Desired; with an age
+%% identity file, encrypted env values that decrypt to the same plaintext
+%% are equal. Runs on a dirty CPU scheduler. See {@link bc_gitops_plan:plan/4}.
+-spec plan(list(), list(), [binary()], binary() | undefined) -> {ok, list(), list()}.
+plan(_Desired, _Current, _Invalid, _Identity) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc Whether a value is a well-formed ASCII-armored age file encrypted
+%% to recipients; decrypts nothing. See {@link bc_gitops_secrets:check/1}.
+-spec age_check(binary()) -> ok | {error, binary()}.
+age_check(_Armored) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc `Env' with each `{age, Armored}' value decrypted with the identities
+%% of the file `Identity'. Runs on a dirty CPU scheduler. See
+%% {@link bc_gitops_secrets:reveal/2}.
+-spec env_reveal(map(), binary()) -> {ok, map()} | {error, {term(), atom(), binary()}}.
+env_reveal(_Env, _Identity) ->
     erlang:nif_error(not_loaded()).
 
 %% @doc What `file:consult/1' gives for `Text', but making no atom: an

@@ -168,7 +168,7 @@ init([]) ->
 -spec start(bc_gitops_config:config()) -> #st{}.
 start(#{notify := Targets, branch := Branch, clock := Clock} = Config) ->
     process_flag(trap_exit, true),
-    ok = bc_gitops_secrets:remember(Config),
+    ok = bc_gitops_redact:remember(Config),
     _ = inets:start(httpc, [{profile, ?PROFILE}]),
     St = #st{node = node(), branch = Branch, clock = Clock,
              repo = case maps:get(repo_url, Config) of
@@ -312,4 +312,4 @@ body(Event, App, Fields, #st{node = Node, repo = Repo, branch = Branch, commit =
                               undefined -> undefined;
                               Why -> bc_gitops_json:text(Why)
                           end},
-    bc_gitops_secrets:scrub(bc_gitops_json:encode(Payload)).
+    bc_gitops_redact:scrub(bc_gitops_json:encode(Payload)).

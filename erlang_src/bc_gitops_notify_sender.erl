@@ -152,7 +152,7 @@ failed(Why, #st{current = {Event, Body, Attempt}, clock = Clock} = St) ->
 -spec log_dropped(bc_gitops_notify:event(), iodata(), #st{}) -> ok.
 log_dropped(Event, Why, #st{index = Index, label = Label}) ->
     ?LOG_WARNING("bc_gitops: notification ~ts to notify target ~b (~ts) dropped: ~ts",
-                 [Event, Index, Label, bc_gitops_secrets:scrub(Why)]).
+                 [Event, Index, Label, bc_gitops_redact:scrub(Why)]).
 
 %% HTTPS is verified against the system's CAs.
 -spec tls_options() -> [ssl:tls_client_option()].

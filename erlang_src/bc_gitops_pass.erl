@@ -108,7 +108,7 @@ dry_run(#{config := Config, cache := Cache}) ->
     try
         Parsed = parsed(Config, Cache, pull(Config), false),
         Current = current_state(maps:get(runtime_module, Config)),
-        {ok, plan(Parsed, Current), Parsed}
+        {ok, plan(Parsed, Current, Config), Parsed}
     catch
         throw:{step_failed, Reason} -> {error, Reason}
     end.
@@ -145,7 +145,7 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Current = current_state(Runtime),
     Plan = case Ctx of
                #{cache := Parsed, previous := #{current := Current, plan := Same}} -> Same;
-               _ -> plan(Parsed, Current)
+               _ -> plan(Parsed, Current, Config)
            end,
     #{actions := Planned0, blocked := Blocked} = Plan,
     {Pins, Ended} = bc_gitops_pins:expire(maps:get(pins, Ctx, #{}), Parsed),
@@ -250,17 +250,36 @@ retry_unhealthy(Actions, Failures, #{specs := Specs}) ->
 -spec pull(bc_gitops_config:config()) -> bc_gitops_git:outcome().
 pull(Config) ->
     Start = erlang:monotonic_time(),
-    case bc_gitops_git:sync(bc_gitops_config:git_options(Config)) of
+    case bc_gitops_git:sync(bc_gitops_config:repo_git_options(Config)) of
         {ok, #{commit := Commit, changed := Changed} = Out} ->
+            Meta = #{repo => bc_gitops_nif:redact_url(maps:get(repo_url, Config)),
+                     branch => maps:get(branch, Config), commit => Commit},
             bc_gitops_telemetry:execute(
               [bc_gitops, git, pull], #{duration => erlang:monotonic_time() - Start},
-              #{repo => bc_gitops_nif:redact_url(maps:get(repo_url, Config)),
-                branch => maps:get(branch, Config), commit => Commit, changed => Changed,
-                healed => maps:get(healed, Out)}),
+              Meta#{changed => Changed, healed => maps:get(healed, Out)}),
+            ok = verified(Out, Meta),
             Out;
         {error, Reason} ->
             throw({step_failed, {git, Reason}})
     end.
+
+%% With `verify', a commit without a good signature of an allowed key is
+%% not used at all: the run fails before the parse, so nothing of it is
+%% applied and the node keeps what it runs (its checkout stays, for
+%% inspection).
+-spec verified(bc_gitops_git:outcome(), map()) -> ok.
+verified(#{verified := #{result := Result, duration_us := Us} = Verified, commit := Commit},
+         Meta) ->
+    bc_gitops_telemetry:execute(
+      [bc_gitops, verify, stop],
+      #{duration => erlang:convert_time_unit(Us, microsecond, native)},
+      Meta#{result => Result, signer => maps:get(signer, Verified, undefined)}),
+    case Result of
+        ok -> ok;
+        {error, Why} -> throw({step_failed, {unverified_commit, Commit, Why}})
+    end;
+verified(_Out, _Meta) ->
+    ok.
 
 %% Parses unless the commit is unchanged and the last run left nothing to
 %% retry.
@@ -283,9 +302,11 @@ parsed(Config, _Cache, #{commit := Commit}, _Retry) ->
             throw({step_failed, {apps_dir, Reason}})
     end.
 
--spec plan(parsed(), #{atom() => #app_state{}}) -> bc_gitops_plan:plan().
-plan(#{specs := Specs, errors := Errors}, Current) ->
-    {ok, Plan} = bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors]),
+-spec plan(parsed(), #{atom() => #app_state{}}, bc_gitops_config:config()) ->
+    bc_gitops_plan:plan().
+plan(#{specs := Specs, errors := Errors}, Current, Config) ->
+    {ok, Plan} = bc_gitops_plan:plan(Specs, Current, [A || #{app := A} <- Errors],
+                                     maps:with([age_identity], Config)),
     Plan.
 
 %% What a run changed, or tried to, app by app, for the stop event.

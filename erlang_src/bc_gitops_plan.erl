@@ -13,7 +13,8 @@
 %%%     `{upgrade, Spec, FromVersion}' when the version differs (downgrades
 %%%     too); `{redeploy, Spec, stopped | failed}' when the version matches
 %%%     but the app stopped or failed (drift); `{reconfigure, Spec}' when only
-%%%     the env differs (compared with `=:=').</li>
+%%%     the env differs (compared with `=:=', but for encrypted values: see
+%%%     {@link plan/4}).</li>
 %%% </ul>
 %%% Blocked reasons: `{cycle, [App]}', `{missing_dependency, App}',
 %%% `{invalid_dependency, App}', `{dependency_blocked, App}', and
@@ -23,7 +24,7 @@
 
 -include("bc_gitops.hrl").
 
--export([plan/3]).
+-export([plan/3, plan/4]).
 
 -export_type([action/0, block_reason/0, plan/0]).
 
@@ -49,11 +50,22 @@
 %% the app directories whose spec failed validation (binaries or atoms).
 -spec plan([#app_spec{}], [#app_state{}] | #{atom() => #app_state{}}, [binary() | atom()]) ->
     {ok, plan()}.
-plan(Desired, Current, InvalidApps) when is_map(Current) ->
-    plan(Desired, maps:values(Current), InvalidApps);
 plan(Desired, Current, InvalidApps) ->
+    plan(Desired, Current, InvalidApps, #{}).
+
+%% @doc {@link plan/3}, where `age_identity' (an age identity file) lets
+%% encrypted env values (`{age, Armored}') that differ as ciphertexts be
+%% compared by their plaintexts, in the NIF: a value encrypted again is not
+%% a change. Without it (or when a value does not decrypt), different
+%% ciphertexts are a change.
+-spec plan([#app_spec{}], [#app_state{}] | #{atom() => #app_state{}}, [binary() | atom()],
+           #{age_identity => binary()}) -> {ok, plan()}.
+plan(Desired, Current, InvalidApps, Opts) when is_map(Current) ->
+    plan(Desired, maps:values(Current), InvalidApps, Opts);
+plan(Desired, Current, InvalidApps, Opts) ->
     Invalid = [name_binary(A) || A <- InvalidApps],
-    {ok, Actions, Blocked} = bc_gitops_nif:plan(Desired, Current, Invalid),
+    Identity = maps:get(age_identity, Opts, undefined),
+    {ok, Actions, Blocked} = bc_gitops_nif:plan(Desired, Current, Invalid, Identity),
     {ok, #{actions => Actions, blocked => Blocked}}.
 
 -spec name_binary(binary() | atom()) -> binary().

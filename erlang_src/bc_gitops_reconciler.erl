@@ -34,7 +34,7 @@
 
 -export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
          ack/0, history/1, pin/2, unpin/1, trigger/0]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 -export([worker/2]).
 
 -define(SERVER, ?MODULE).
@@ -299,14 +299,6 @@ handle_info({'EXIT', _, _}, St) ->
     {noreply, St};
 handle_info(_Other, St) ->
     {noreply, St}.
-
-%% @private Crash reports show the state without the secrets of the
-%% configuration.
--spec format_status(normal | terminate, [term()]) -> term().
-format_status(_Opt, [_PDict, #st{config = Config} = St]) ->
-    [{data, [{"State", St#st{config = bc_gitops_config:redacted(Config)}}]}];
-format_status(_Opt, [_PDict, St]) ->
-    [{data, [{"State", St}]}].
 
 %%% Jobs
 
@@ -728,3 +720,12 @@ app_errors(Failures, Now) ->
                      #{attempts => N, reason => R, version => V,
                        retry_in_ms => max(0, At - Now)}
              end, Failures).
+
+%% @private What sys:get_status/1 and crash reports show: the secrets of
+%% the configuration (bc_gitops_config:redacted/1), other credentials and
+%% encrypted env values (bc_gitops_secrets:format_status/1) masked.
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(#{state := #st{config = Config} = St} = Status) ->
+    bc_gitops_secrets:format_status(Status#{state := St#st{config = bc_gitops_config:redacted(Config)}});
+format_status(Status) ->
+    bc_gitops_secrets:format_status(Status).

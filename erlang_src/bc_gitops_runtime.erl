@@ -6,6 +6,12 @@
 %%% message loop, so a slow deploy never blocks `bc_gitops:status/0'.
 %%% Callbacks run one at a time. A callback that raises is treated as
 %%% `{error, {crashed, Class, Reason}}' for that app only.
+%%%
+%%% An `#app_spec{}''s env may hold encrypted values, `{age, Armored}': a
+%%% runtime decrypts them at the moment it sets the env, with
+%%% {@link bc_gitops_secrets:with_env/3}, and reports in `#app_state{}' the
+%%% env as the spec gave it (encrypted), never the plaintext: the state is
+%%% shown, stored and planned against.
 -module(bc_gitops_runtime).
 
 -include("bc_gitops.hrl").

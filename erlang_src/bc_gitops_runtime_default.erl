@@ -41,8 +41,10 @@
 -define(BUILT, ".bc_gitops_built").
 
 %% What the runtime remembers of an app it started.
+%% `sealed': keyed digests of the live values of its encrypted env keys
+%% (see bc_gitops_secrets), to tell a value changed on the node.
 -record(entry, {state :: #app_state{}, paths = [] :: [file:filename()],
-                dir :: file:filename()}).
+                dir :: file:filename(), sealed = #{} :: #{atom() => binary()}}).
 
 %% @doc The ETS table of the apps this runtime runs (owned by bc_gitops_sup).
 -spec table() -> atom().
@@ -135,7 +137,8 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             %% spec's env back, and tell the app what changed.
             ok = bc_gitops_lifecycle:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir,
+                                                   sealed = bc_gitops_secrets:fingerprint(App, Env)}}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
@@ -208,7 +211,8 @@ reconfigure(#app_spec{name = App, env = Env}) ->
             case bc_gitops_lifecycle:reconfigure(App, OldEnv, Env) of
                 ok ->
                     New = State#app_state{env = Env},
-                    true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
+                    Sealed = bc_gitops_secrets:fingerprint(App, Env),
+                    true = ets:insert(?TABLE, {App, Entry#entry{state = New, sealed = Sealed}}),
                     {ok, New};
                 {error, _} = Error ->
                     Error
@@ -222,18 +226,19 @@ reconfigure(#app_spec{name = App, env = Env}) ->
 get_current_state() ->
     Running = [A || {A, _, _} <- application:which_applications()],
     {ok, maps:from_list(
-           [{App, refresh(State, lists:member(App, Running))}
-            || {App, #entry{state = State}} <- ets:tab2list(?TABLE)])}.
+           [{App, refresh(State, Sealed, lists:member(App, Running))}
+            || {App, #entry{state = State, sealed = Sealed}} <- ets:tab2list(?TABLE)])}.
 
 %%% Internals
 
--spec refresh(#app_state{}, boolean()) -> #app_state{}.
-refresh(#app_state{name = App, env = Env} = S, true) ->
+-spec refresh(#app_state{}, #{atom() => binary()}, boolean()) -> #app_state{}.
+refresh(#app_state{name = App, env = Env} = S, Sealed, true) ->
     %% The env as it is now, for the keys the spec set: a value changed or
     %% unset by hand shows as a difference, and the plan reconfigures it back.
-    Actual = maps:from_list([{K, V} || K <- maps:keys(Env), {ok, V} <- [application:get_env(App, K)]]),
+    %% An encrypted value is shown encrypted, or as `{age, changed}'.
+    Actual = bc_gitops_secrets:observed(App, Env, Sealed),
     S#app_state{status = running, pid = top_pid(App), env = Actual};
-refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
+refresh(S, _Sealed, false) -> S#app_state{status = stopped, pid = undefined}.
 
 -spec start(#app_spec{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}} | {error, term()}.
@@ -243,7 +248,8 @@ start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebi
             State = #app_state{name = App, version = V, status = running, path = Dir,
                                pid = top_pid(App), started_at = erlang:system_time(millisecond),
                                env = Env, depends_on = Deps},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
+            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir,
+                                                   sealed = bc_gitops_secrets:fingerprint(App, Env)}}),
             {ok, State};
         {error, _} = Error ->
             Error

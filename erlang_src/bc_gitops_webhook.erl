@@ -63,7 +63,7 @@ emit(Source, Result, Status, Latency) ->
 -spec decide(source(), #{binary() => binary()}, binary(), bc_gitops_http:conn_options()) ->
     {result(), 100..599, map()}.
 decide(Source, Headers, Body, Opts) ->
-    case bc_gitops_secrets:get(webhook_secret) of
+    case bc_gitops_redact:get(webhook_secret) of
         undefined ->
             refuse(unauthorized, 401, <<"no webhook_secret is configured: webhooks are off">>);
         Secret ->

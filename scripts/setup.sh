@@ -4,8 +4,10 @@
 # for the Rust NIF, the servers the tests start on loopback, procps
 # (`kill`, for the host-project tests to clean up what they started),
 # iproute2 (`ip`: the cluster tests give each node a network namespace),
-# chromium (the status page is tested in a headless browser) and
-# prometheus (its `promtool check metrics` checks /metrics).
+# chromium (the status page is tested in a headless browser),
+# prometheus (its `promtool check metrics` checks /metrics), and
+# gnupg, openssh-client and age, with which the trust tests make signed
+# commits and encrypted values (bc_gitops itself never runs them).
 #
 # Used by `make test`, `make demo` and .ci/run. Costs a few dpkg lookups when
 # everything is there. As root it installs through apt-get; as anyone else it
@@ -14,7 +16,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config libssl-dev git erlang-nox erlang-dev rebar3 iproute2 \
 erlang-common-test erlang-eunit erlang-dialyzer erlang-proper elixir lighttpd lighttpd-mod-openssl \
-openssl openssh-server procps chromium prometheus"
+openssl openssh-server procps chromium prometheus gnupg openssh-client age"
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust >= 1.91 first (https://rustup.rs)" >&2

@@ -3,7 +3,7 @@
 -module(bc_gitops_test_util).
 
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
--export([git/2, commit/2, init_repo/1]).
+-export([git/2, git/3, run/4, commit/2, init_repo/1]).
 -export([wait_reconciled/1, advance_and_wait/1, web_server_src/4]).
 
 %% A fresh directory under the system temp dir ($TMPDIR, else /tmp).
@@ -55,18 +55,30 @@ commit(Repo, Message) ->
 %% The machine's and the user's git config are ignored (hooks, signing,
 %% templates), so the tests run the same everywhere.
 git(Dir, Args) ->
-    Env = [{"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}],
-    Port = open_port({spawn_executable, os:find_executable("git")},
+    git(Dir, Args, []).
+
+%% git/2 with more environment variables (GNUPGHOME for signing).
+git(Dir, Args, Env) ->
+    run("git", Args, Dir, [{"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"} | Env]).
+
+%% Runs the program `Name' (from PATH) without a shell, in `Dir', with
+%% `Env' added; its output, or an error with that output.
+run(Name, Args, Dir, Env) ->
+    Exe = case os:find_executable(Name) of
+              false -> error({not_installed, Name, "see scripts/setup.sh"});
+              Path -> Path
+          end,
+    Port = open_port({spawn_executable, Exe},
                      [{args, Args}, {cd, Dir}, {env, Env}, exit_status, stderr_to_stdout,
                       binary]),
-    collect(Port, Args, []).
+    collect(Port, {Name, Args}, []).
 
-collect(Port, Args, Acc) ->
+collect(Port, Cmd, Acc) ->
     receive
-        {Port, {data, D}} -> collect(Port, Args, [Acc, D]);
+        {Port, {data, D}} -> collect(Port, Cmd, [Acc, D]);
         {Port, {exit_status, 0}} -> iolist_to_binary(Acc);
-        {Port, {exit_status, N}} -> error({git, Args, N, iolist_to_binary(Acc)})
-    after 60000 -> error({git_timeout, Args})
+        {Port, {exit_status, N}} -> error({failed, Cmd, N, iolist_to_binary(Acc)})
+    after 60000 -> error({timeout, Cmd})
     end.
 
 %% Waits up to Ms for a reconcile to have ended (none running, one done).

@@ -5,7 +5,9 @@
 //! - [`spec`]: the typed application spec, its discovery, parsing (Erlang
 //!   terms, JSON and YAML) and validation;
 //! - [`plan`]: the diff of desired against current state, as ordered actions;
-//! - [`archive`]: tar archives listed and unpacked, with bounds.
+//! - [`archive`]: tar archives listed and unpacked, with bounds;
+//! - [`verify`]: commit and tag signatures (SSH, OpenPGP) against allowed
+//!   keys; [`secret`]: age-encrypted env values.
 //!
 //! The rustler crate `bc_gitops_nif` is a thin layer over this one, so all of
 //! it is tested with plain `cargo test`.
@@ -13,7 +15,9 @@
 pub mod archive;
 pub mod git;
 pub mod plan;
+pub mod secret;
 pub mod spec;
 pub mod term;
 pub mod term_parse;
 pub mod term_print;
+pub mod verify;

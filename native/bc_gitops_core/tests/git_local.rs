@@ -614,6 +614,7 @@ fn secrets_never_show() {
         commit: "0".repeat(40),
         changed: true,
         healed: Some(redact_url("https://bob:hunter2@h/x")),
+        verified: None,
     };
     shown.push(format!("{outcome:?}"));
     for text in &shown {

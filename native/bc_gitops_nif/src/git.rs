@@ -1,12 +1,14 @@
 //! `git_sync_start/2`: starts a sync on a thread of its own and returns at
 //! once; the thread sends `{bc_gitops_git, Ref, {ok, Outcome} | {error,
-//! {Kind, Message}}}` to the caller when done. A clone may take minutes:
+//! {Kind, Message}}}` to the caller when done. With `verify`, the outcome
+//! carries the signature check (`verified`), done on the same thread. A clone may take minutes:
 //! it must hold neither a normal scheduler nor one of the dirty IO
 //! schedulers that the node's file I/O and code loading share. Messages are
 //! already redacted by core.
 
 use crate::encode::{atom, atoms, opt_text, text};
-use bc_gitops_core::git::{self, Auth, GitError, GitRef, SyncOptions, SyncOutcome};
+use bc_gitops_core::git::{self, Auth, GitError, GitRef, SyncOptions, SyncOutcome, Verification};
+use bc_gitops_core::verify::{SignatureFormat, SignedObject, VerifyKeys};
 use rustler::types::tuple::make_tuple;
 use rustler::{Binary, Encoder, Env, NifResult, OwnedEnv, Term};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -44,7 +46,7 @@ fn git_sync_start<'a>(env: Env<'a>, opts: Term<'a>, reference: Term<'a>) -> NifR
 fn encode_result(env: Env<'_>, result: Result<SyncOutcome, GitError>) -> Term<'_> {
     match result {
         Ok(outcome) => {
-            let pairs = [
+            let mut pairs = vec![
                 (atom(env, "commit"), text(env, &outcome.commit)),
                 (atom(env, "changed"), outcome.changed.encode(env)),
                 (
@@ -52,6 +54,9 @@ fn encode_result(env: Env<'_>, result: Result<SyncOutcome, GitError>) -> Term<'_
                     opt_text(env, outcome.healed.as_deref()),
                 ),
             ];
+            if let Some(verified) = &outcome.verified {
+                pairs.push((atom(env, "verified"), encode_verification(env, verified)));
+            }
             match Term::map_from_pairs(env, &pairs) {
                 Ok(map) => make_tuple(env, &[atoms::ok().encode(env), map]),
                 Err(_) => atoms::error().encode(env),
@@ -62,6 +67,40 @@ fn encode_result(env: Env<'_>, result: Result<SyncOutcome, GitError>) -> Term<'_
             make_tuple(env, &[atoms::error().encode(env), reason])
         }
     }
+}
+
+/// `#{result => ok | {error, {Kind, Message}}, duration_us => N}`, and on
+/// success `signer => #{object, format, key, principal}`.
+fn encode_verification<'a>(env: Env<'a>, verified: &Verification) -> Term<'a> {
+    let duration = u64::try_from(verified.duration.as_micros()).unwrap_or(u64::MAX);
+    let mut pairs = vec![(atom(env, "duration_us"), duration.encode(env))];
+    match &verified.result {
+        Ok(signer) => {
+            let format = match signer.format {
+                SignatureFormat::Ssh => "ssh",
+                SignatureFormat::OpenPgp => "openpgp",
+            };
+            let object = match signer.object {
+                SignedObject::Commit => "commit",
+                SignedObject::Tag => "tag",
+            };
+            let fields = [
+                (atom(env, "object"), atom(env, object)),
+                (atom(env, "format"), atom(env, format)),
+                (atom(env, "key"), text(env, &signer.key)),
+                (atom(env, "principal"), text(env, &signer.principal)),
+            ];
+            let signer = Term::map_from_pairs(env, &fields).unwrap_or_else(|_| Term::map_new(env));
+            pairs.push((atom(env, "result"), atoms::ok().encode(env)));
+            pairs.push((atom(env, "signer"), signer));
+        }
+        Err(why) => {
+            let reason = make_tuple(env, &[atom(env, why.kind()), text(env, &why.to_string())]);
+            let error = make_tuple(env, &[atoms::error().encode(env), reason]);
+            pairs.push((atom(env, "result"), error));
+        }
+    }
+    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
 }
 
 fn error_kind(e: &GitError) -> &'static str {
@@ -101,6 +140,16 @@ fn options(map: Term<'_>) -> NifResult<SyncOptions> {
         token: opt(map, "token")?,
         ca_file: opt(map, "ca_file")?.map(PathBuf::from),
     };
+    if let Some(keys) = get(map, "verify") {
+        let verify = VerifyKeys {
+            allowed_signers: opt(keys, "allowed_signers")?.map(PathBuf::from),
+            gpg_keys: opt(keys, "gpg_keys")?.map(PathBuf::from),
+        };
+        if verify.allowed_signers.is_none() && verify.gpg_keys.is_none() {
+            return Err(rustler::Error::BadArg);
+        }
+        opts.verify = Some(verify);
+    }
     Ok(opts)
 }
 

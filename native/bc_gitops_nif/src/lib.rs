@@ -9,6 +9,7 @@ mod encode;
 mod git;
 mod planning;
 mod records;
+mod secrets;
 
 use bc_gitops_core::spec::{self, DirError};
 use encode::{atom, atoms, text};
@@ -51,15 +52,21 @@ fn parse_dir<'a>(env: Env<'a>, root: String, apps_dir: String) -> Term<'a> {
     }
 }
 
-/// `plan(Desired, Current, Invalid) -> {ok, Actions, Blocked}`.
+/// `plan(Desired, Current, Invalid, Identity) -> {ok, Actions, Blocked}`;
+/// `Identity` is the age identity file (a binary) or `undefined`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn plan<'a>(
     env: Env<'a>,
     desired: Vec<Term<'a>>,
     current: Vec<Term<'a>>,
     invalid: Vec<String>,
+    identity: Term<'a>,
 ) -> rustler::NifResult<Term<'a>> {
-    planning::plan(env, &desired, &current, &invalid)
+    let identity = identity
+        .decode::<String>()
+        .ok()
+        .map(std::path::PathBuf::from);
+    planning::plan(env, &desired, &current, &invalid, identity)
 }
 
 /// `consult(Text) -> {ok, Terms} | {error, {Line, Reason}}`: what

@@ -2,34 +2,31 @@
 //! records.rs), runs the core planner and encodes its actions.
 //!
 //! Env maps are compared as Erlang terms (exact equality), so the planner
-//! sees exactly the difference `=:=` would see.
+//! sees exactly the difference `=:=` would see; but an encrypted value
+//! (`{age, Armored}`) equals another that decrypts to the same plaintext
+//! with the identity file given (see secrets.rs): re-encrypting a value is
+//! not a change.
 
 use crate::encode::{atom, atoms};
 use crate::records::{self, AppSpecIn, AppStateIn};
+use crate::secrets::{SameEnv, Secrets};
 use bc_gitops_core::plan::{
     plan as core_plan, Action, BlockReason, CurrentApp, CurrentStatus, DesiredApp,
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, Error, NifResult, Term};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Wraps a term so that the planner compares it with `=:=`.
-#[derive(Clone, Copy)]
-struct Exact<'a>(Term<'a>);
-
-impl PartialEq for Exact<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.eq(&other.0)
-    }
-}
 
 pub fn plan<'a>(
     env: Env<'a>,
     desired: &[Term<'a>],
     current: &[Term<'a>],
     invalid: &[String],
+    identity: Option<PathBuf>,
 ) -> NifResult<Term<'a>> {
+    let secrets = Secrets::new(identity);
     let want = desired
         .iter()
         .enumerate()
@@ -40,21 +37,25 @@ pub fn plan<'a>(
         .enumerate()
         .map(|(i, t)| records::decode::<AppStateIn>(*t, atoms::app_state(), i))
         .collect::<NifResult<Vec<_>>>()?;
-    let desired_apps: Vec<DesiredApp<'_, Exact<'a>>> = want
+    let same = |term| SameEnv {
+        term,
+        secrets: &secrets,
+    };
+    let desired_apps: Vec<DesiredApp<'_, SameEnv<'a, '_>>> = want
         .iter()
         .map(|s| DesiredApp {
             name: &s.name.0,
             version: &s.version,
             depends_on: &s.depends_on.0,
-            env: Exact(s.env),
+            env: same(s.env),
         })
         .collect();
-    let current_apps: Vec<CurrentApp<'_, Exact<'a>>> = have
+    let current_apps: Vec<CurrentApp<'_, SameEnv<'a, '_>>> = have
         .iter()
         .map(|s| CurrentApp {
             name: &s.name.0,
             version: &s.version.0,
-            env: Exact(s.env),
+            env: same(s.env),
             status: status(s.status),
             depends_on: &s.depends_on.0,
         })

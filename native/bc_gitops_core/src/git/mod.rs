@@ -32,6 +32,11 @@
 //!   [`Timeouts::connect`]), process-wide settings (see [`configure`]). Not
 //!   bounded: the name lookup (the system resolver's own timeouts apply),
 //!   and a server that keeps sending a little before the pack starts.
+//! - **Signatures.** With [`SyncOptions::verify`], the commit checked out
+//!   (or the annotated tag that names it) is checked for a good signature
+//!   of an allowed key ([`crate::verify`]) after the checkout, every sync:
+//!   the checkout of a commit that fails stays for inspection, and the
+//!   caller must not use it ([`SyncOutcome::verified`]).
 //! - **No leaked secrets.** URLs are redacted ([`redact_url`]) and every message
 //!   has the configured user name, token and passphrase masked; `Debug` of the
 //!   options masks them too.
@@ -70,6 +75,8 @@ use std::time::Duration;
 pub use error::GitError;
 pub use libgit2_opts::{configure, Timeouts};
 pub use redact::redact_url;
+
+use crate::verify::{Signer, Unverified, VerifyKeys};
 
 /// Which ref of the remote to check out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +203,10 @@ pub struct SyncOptions {
     pub timeout: Duration,
     /// Credentials and identity checks.
     pub auth: Auth,
+    /// When set, the commit checked out (or the annotated tag naming it)
+    /// must carry a good signature from one of these keys; the verdict is
+    /// in [`SyncOutcome::verified`].
+    pub verify: Option<VerifyKeys>,
 }
 
 impl SyncOptions {
@@ -207,6 +218,7 @@ impl SyncOptions {
             local_path: local_path.into(),
             timeout: Duration::from_secs(60),
             auth: Auth::default(),
+            verify: None,
         }
     }
 }
@@ -219,6 +231,7 @@ impl fmt::Debug for SyncOptions {
             .field("local_path", &self.local_path)
             .field("timeout", &self.timeout)
             .field("auth", &self.auth)
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -233,6 +246,17 @@ pub struct SyncOutcome {
     pub changed: bool,
     /// Why the checkout was re-cloned, if it was (redacted).
     pub healed: Option<String>,
+    /// The signature check, when [`SyncOptions::verify`] was set. A commit
+    /// that fails it is checked out all the same (for inspection): its
+    /// content must not be used.
+    pub verified: Option<Verification>,
+}
+
+/// The verdict on a checkout's signature, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub result: Result<Signer, Unverified>,
+    pub duration: Duration,
 }
 
 /// Makes `opts.local_path` an exact checkout of `opts.git_ref` of `opts.url`

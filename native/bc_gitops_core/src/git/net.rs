@@ -96,7 +96,7 @@ impl<'a> Network<'a> {
         repo: &Repository,
         git_ref: &GitRef,
         path: &Path,
-    ) -> Result<Oid, GitError> {
+    ) -> Result<Fetched, GitError> {
         let not_found = || GitError::RefNotFound {
             url: self.redactor.redact(self.url),
             what: git_ref.to_string(),
@@ -105,7 +105,7 @@ impl<'a> Network<'a> {
             let oid = Oid::from_str(hex)
                 .map_err(|_| GitError::InvalidInput(format!("bad commit id {hex}")))?;
             if repo.find_commit(oid).is_ok() {
-                return Ok(oid);
+                return Ok(Fetched::untagged(oid));
             }
             let session = Session::start(self, repo, path);
             session.fetch(&[
@@ -114,7 +114,7 @@ impl<'a> Network<'a> {
             ])?;
             return repo
                 .find_commit(oid)
-                .map(|c| c.id())
+                .map(|c| Fetched::untagged(c.id()))
                 .map_err(|_| not_found());
         }
         let session = Session::start(self, repo, path);
@@ -136,13 +136,19 @@ impl<'a> Network<'a> {
         let (refname, oid) = found.ok_or_else(not_found)?;
         // An annotated tag is advertised with its peeled commit as `<ref>^{}`.
         let commit = find(format!("{refname}^{{}}")).map_or(oid, |(_, peeled)| peeled);
-        if repo.find_commit(commit).is_ok() {
-            return Ok(commit);
-        }
         let local_ref = match refname.strip_prefix("refs/heads/") {
             Some(branch) => format!("refs/remotes/origin/{branch}"),
             None => refname.clone(),
         };
+        // A tag object is needed too (its signature may count), so a tag
+        // is fetched unless the local tag ref is the one advertised.
+        let have_tag = oid == commit || repo.refname_to_id(&local_ref).ok() == Some(oid);
+        if repo.find_commit(commit).is_ok() && have_tag {
+            return Ok(Fetched {
+                commit,
+                tag: (oid != commit).then_some(oid),
+            });
+        }
         session.fetch(&[&format!("+{refname}:{local_ref}")])?;
         // What the fetch brought, not what `list` saw: the ref may have moved
         // (a force-push) between the two connections.
@@ -151,9 +157,13 @@ impl<'a> Network<'a> {
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Err(not_found()),
             Err(e) => return Err(self.unreadable_fetch(git_ref, &e)),
         };
+        let tag = reference.target().filter(|id| repo.find_tag(*id).is_ok());
         reference
             .peel_to_commit()
-            .map(|c| c.id())
+            .map(|c| Fetched {
+                commit: c.id(),
+                tag,
+            })
             .map_err(|e| self.unreadable_fetch(git_ref, &e))
     }
 
@@ -165,6 +175,20 @@ impl<'a> Network<'a> {
             self.redactor.redact(self.url),
             self.redactor.redact(err.message())
         ))
+    }
+}
+
+/// What a ref named on the remote: its commit, and the annotated tag
+/// object in between when it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fetched {
+    pub commit: Oid,
+    pub tag: Option<Oid>,
+}
+
+impl Fetched {
+    fn untagged(commit: Oid) -> Fetched {
+        Fetched { commit, tag: None }
     }
 }
 

@@ -7,16 +7,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Instant, SystemTime};
 
-use git2::{Oid, Reference, Repository};
+use git2::{Reference, Repository};
 
 use super::error::{corrupt_error, io_error, local_error, GitError};
 use super::libgit2_opts;
-use super::net::Network;
+use super::net::{Fetched, Network};
 use super::redact::{redact_url, Redactor};
 use super::repo::{self, Slot};
 use super::snapshot;
-use super::{GitRef, SyncOptions, SyncOutcome};
+use super::{GitRef, SyncOptions, SyncOutcome, Verification};
+use crate::verify::{self, Unverified, VerifyKeys};
 
 pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     // First, and before the path lock: holds libgit2's settings still for
@@ -44,35 +46,70 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     };
     job.recover_interrupted_swap()?;
     let git_dir = target.join(".git");
-    match repo::inspect(&target, &opts.url) {
+    let (fetched, before, healed) = match repo::inspect(&target, &opts.url) {
         Slot::Missing | Slot::Empty => {
-            let commit = job.clone_and_install()?;
-            snapshot::record(&target, &git_dir, commit);
-            Ok(outcome(commit, None, None))
+            let fetched = job.clone_and_install()?;
+            snapshot::record(&target, &git_dir, fetched.commit);
+            (fetched, None, None)
         }
-        Slot::Foreign(reason) => Err(GitError::NotARepository {
-            path: target.clone(),
-            reason,
-        }),
+        Slot::Foreign(reason) => {
+            return Err(GitError::NotARepository {
+                path: target.clone(),
+                reason,
+            })
+        }
         Slot::Broken(reason) => {
             let before = repo::head_commit_on_disk(&target);
-            job.heal(before, reason)
+            let (fetched, healed) = job.heal(reason)?;
+            (fetched, before, Some(healed))
         }
         Slot::Ours(repository) => {
             let before = repo::head_commit(&repository);
             match job.update(&repository) {
-                Ok(Updated::Untouched(commit)) => Ok(outcome(commit, before, None)),
-                Ok(Updated::CheckedOut(commit)) => {
-                    snapshot::record(&target, &git_dir, commit);
-                    Ok(outcome(commit, before, None))
+                Ok(Updated::Untouched(fetched)) => (fetched, before, None),
+                Ok(Updated::CheckedOut(fetched)) => {
+                    snapshot::record(&target, &git_dir, fetched.commit);
+                    (fetched, before, None)
                 }
                 Err(e) if e.is_corrupt() => {
                     drop(repository);
-                    job.heal(before, e.to_string())
+                    let (fetched, healed) = job.heal(e.to_string())?;
+                    (fetched, before, Some(healed))
                 }
-                Err(e) => Err(e),
+                Err(e) => return Err(e),
             }
         }
+    };
+    let verified = opts
+        .verify
+        .as_ref()
+        .map(|keys| check_signature(&target, fetched, keys));
+    Ok(SyncOutcome {
+        commit: fetched.commit.to_string(),
+        changed: before != Some(fetched.commit),
+        healed,
+        verified,
+    })
+}
+
+/// The signature check of what is checked out now (the checkout stays,
+/// for inspection, whatever the verdict).
+fn check_signature(target: &Path, fetched: Fetched, keys: &VerifyKeys) -> Verification {
+    let started = Instant::now();
+    let result = Repository::open(target)
+        .map_err(|e| Unverified::BadSignature(format!("cannot open the checkout: {}", e.message())))
+        .and_then(|repository| {
+            verify::verify(
+                &repository,
+                fetched.commit,
+                fetched.tag,
+                keys,
+                SystemTime::now(),
+            )
+        });
+    Verification {
+        result,
+        duration: started.elapsed(),
     }
 }
 
@@ -80,17 +117,9 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
 enum Updated {
     /// The checkout was exactly this commit already, as recorded by the last
     /// sync (see the `snapshot` module): nothing was checked or written.
-    Untouched(Oid),
+    Untouched(Fetched),
     /// The tree was checked and this commit force-checked out.
-    CheckedOut(Oid),
-}
-
-fn outcome(commit: Oid, before: Option<Oid>, healed: Option<String>) -> SyncOutcome {
-    SyncOutcome {
-        commit: commit.to_string(),
-        changed: before != Some(commit),
-        healed,
-    }
+    CheckedOut(Fetched),
 }
 
 /// Refuses names that would not be a plain ref (and so could smuggle refspec
@@ -136,11 +165,11 @@ impl Job<'_> {
             repo::check_health(repository).map_err(corrupt)?;
         }
         let previous = repo::head_commit(repository);
-        let commit = match self
+        let fetched = match self
             .net
             .fetch_target(repository, &self.opts.git_ref, self.target)
         {
-            Ok(commit) => commit,
+            Ok(fetched) => fetched,
             // A fetch that failed on something other than the network may
             // have tripped over a damaged local object the health check does
             // not read (history, other refs): only reading it again locally
@@ -151,8 +180,9 @@ impl Job<'_> {
             }
             Err(e) => return Err(e),
         };
+        let commit = fetched.commit;
         if recorded == Some(commit) && previous == Some(commit) {
-            return Ok(Updated::Untouched(commit));
+            return Ok(Updated::Untouched(fetched));
         }
         snapshot::discard(git_dir);
         if let Err(e) = repo::force_checkout(repository, commit) {
@@ -163,33 +193,34 @@ impl Job<'_> {
             }
             return Err(local(e));
         }
-        Ok(Updated::CheckedOut(commit))
+        Ok(Updated::CheckedOut(fetched))
     }
 
-    /// Re-clones beside the damaged checkout and swaps it in.
-    fn heal(&self, before: Option<Oid>, reason: String) -> Result<SyncOutcome, GitError> {
+    /// Re-clones beside the damaged checkout and swaps it in; returns what
+    /// was fetched and why it was re-cloned (redacted).
+    fn heal(&self, reason: String) -> Result<(Fetched, String), GitError> {
         let reason = self.redactor.redact(&reason);
-        let commit = self.clone_and_install()?;
-        snapshot::record(self.target, &self.target.join(".git"), commit);
-        Ok(outcome(commit, before, Some(reason)))
+        let fetched = self.clone_and_install()?;
+        snapshot::record(self.target, &self.target.join(".git"), fetched.commit);
+        Ok((fetched, reason))
     }
 
     /// Clones into a sibling temporary directory, then puts it at the target.
-    fn clone_and_install(&self) -> Result<Oid, GitError> {
+    fn clone_and_install(&self) -> Result<Fetched, GitError> {
         let staging = Staging::create(self.target, "new")?;
-        let commit = self.clone_into(staging.path())?;
+        let fetched = self.clone_into(staging.path())?;
         install(staging, self.target)?;
-        Ok(commit)
+        Ok(fetched)
     }
 
-    fn clone_into(&self, dir: &Path) -> Result<Oid, GitError> {
+    fn clone_into(&self, dir: &Path) -> Result<Fetched, GitError> {
         let local = |e: git2::Error| local_error(&e, self.target, self.redactor);
         let repository = repo::init(dir, &redact_url(&self.opts.url)).map_err(local)?;
-        let commit = self
+        let fetched = self
             .net
             .fetch_target(&repository, &self.opts.git_ref, self.target)?;
-        repo::force_checkout(&repository, commit).map_err(local)?;
-        Ok(commit)
+        repo::force_checkout(&repository, fetched.commit).map_err(local)?;
+        Ok(fetched)
     }
 
     /// A crash between the two renames of a swap leaves the target missing

@@ -8,6 +8,7 @@
 mod discover;
 mod json;
 mod model;
+mod sealed;
 mod tree;
 mod validate;
 mod yaml;
@@ -16,5 +17,6 @@ pub use discover::{parse_dir, parse_file, DirError, FileResult, SPEC_FILES, SPEC
 pub use json::{parse_json, parse_json_bytes};
 pub use model::*;
 pub use tree::ReadError;
+pub(crate) use validate::wide_atom;
 pub use validate::{is_app_name, is_atom_text, APP_NAME_MAX_BYTES};
 pub use yaml::parse_yaml;

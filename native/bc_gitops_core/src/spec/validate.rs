@@ -2,6 +2,7 @@
 //! [`AppSpec`], collecting every problem rather than stopping at the first.
 
 use super::model::*;
+use super::sealed;
 use crate::term::{Spanned, Term};
 
 /// The longest app name: an atom may hold at most 255 characters.
@@ -24,7 +25,7 @@ pub fn is_atom_text(text: &str) -> bool {
 }
 
 /// The first atom in `value` that [`is_atom_text`] refuses, if any.
-fn wide_atom(value: &Spanned) -> Option<&Spanned> {
+pub(crate) fn wide_atom(value: &Spanned) -> Option<&Spanned> {
     let mut stack = vec![value];
     while let Some(node) = stack.pop() {
         match &node.term {
@@ -559,8 +560,17 @@ impl<'a> Validator<'a> {
                         ok = false;
                         continue;
                     }
+                    let value = match sealed::env_value(value, self.format) {
+                        Ok(None) => value.clone(),
+                        Ok(Some(encrypted)) => encrypted,
+                        Err((bad, message)) => {
+                            self.invalid(bad, &join("env", name), message);
+                            ok = false;
+                            continue;
+                        }
+                    };
                     env.retain(|(k, _)| k != name);
-                    env.push((name.to_string(), value.clone()));
+                    env.push((name.to_string(), value));
                 }
                 Some(_) => {
                     let message = "env keys must be 1 to 255 Latin-1 characters".to_string();

@@ -82,6 +82,23 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A fresh ed25519 key pair at `path` (and `path.pub`), no passphrase,
+/// made by ssh-keygen.
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    require("/usr/bin/ssh-keygen", "openssh-client");
+    run(Command::new("ssh-keygen").args([
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        comment,
+        "-f",
+        path.to_str().unwrap(),
+    ]));
+}
+
 /// A git CLI command isolated from the machine's git configuration.
 pub fn git_cmd(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
