@@ -47,6 +47,7 @@ pub fn plan<'a>(
             version: &s.version,
             depends_on: &s.depends_on.0,
             env: Exact(s.env),
+            isolation: Exact(make_tuple(env, &[s.isolation, s.vm_config])),
         })
         .collect();
     let current_apps: Vec<CurrentApp<'_, Exact<'a>>> = have
@@ -57,6 +58,8 @@ pub fn plan<'a>(
             env: Exact(s.env),
             status: status(s.status),
             depends_on: &s.depends_on.0,
+            isolation: (s.isolation != atoms::undefined().to_term(env))
+                .then(|| Exact(make_tuple(env, &[s.isolation, s.vm_config]))),
         })
         .collect();
     let invalid: Vec<&str> = invalid.iter().map(String::as_str).collect();
