@@ -555,7 +555,8 @@ status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
       blocked => maps:get(blocked, Last, []),
       waiting => maps:get(waiting, Last, []),
       app_errors => app_errors(St#st.failures, now(St)),
-      repairs => repairs(St#st.repairs, now(St))}.
+      repairs => repairs(St#st.repairs, now(St)),
+      guests => bc_gitops_vm:guests()}.
 
 -spec now(#st{}) -> integer().
 now(#st{config = #{clock := Clock}}) -> Clock:now_ms().
