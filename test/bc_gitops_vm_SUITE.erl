@@ -14,7 +14,7 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
--export([guest_app_runs/1, killed_guest_is_healed_with_backoff/1,
+-export([guest_command_line/1, guest_app_runs/1, killed_guest_is_healed_with_backoff/1,
          guest_over_memory_limit_dies/1, hot_upgrade_in_guest_keeps_process_and_state/1,
          isolation_change_moves_the_app/1, guests_stop_with_bc_gitops/1,
          guest_dies_with_a_killed_host/1]).
@@ -22,7 +22,7 @@
 -import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
-    [guest_app_runs, killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
+    [guest_command_line, guest_app_runs, killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
      hot_upgrade_in_guest_keeps_process_and_state, isolation_change_moves_the_app,
      guests_stop_with_bc_gitops, guest_dies_with_a_killed_host].
 
@@ -65,6 +65,42 @@ end_per_testcase(_Case, Config) ->
     end,
     bc_gitops_test_util:rm_rf(?config(dir, Config)).
 
+%% The command line of a guest: prlimit --data of memory_limit in front of
+%% this node's own emulator; +S, +hmax (a quarter of the limit, in words),
+%% hidden, bc_gitops's ebin on its path, extra_args last; a name from
+%% node_prefix, the crash dump where bc_gitops reads it. A node that does
+%% not run distributed cannot have guests, and says so.
+guest_command_line(Config) ->
+    Dir = ?config(dir, Config),
+    {ok, #{name := Name, host := Host, exec := {Prlimit, ExecArgs}, args := Args, env := Env,
+           connection := standard_io}} =
+        bc_gitops_vm_command:peer_options(
+          some_app, #{memory_limit => 256, scheduler_limit => 2, node_prefix => <<"px">>,
+                      extra_args => [<<"+A">>, <<"4">>]}, Dir),
+    ?assertEqual(os:find_executable("prlimit"), Prlimit),
+    ?assertMatch(["--data=268435456", "--", _], ExecArgs),
+    ?assertEqual("erlexec", filename:basename(lists:last(ExecArgs))),
+    ?assertMatch("px-" ++ _, Name),
+    ?assertEqual(Host, lists:last(string:split(atom_to_list(node()), "@"))),
+    Hmax = integer_to_list(256 * 1024 * 1024 div 4 div erlang:system_info(wordsize)),
+    ?assertMatch(["-hidden", "-setcookie", _, "-pa", _, "+S", "2:2", "+hmax", Hmax, "+hmaxk", "true",
+                  "+A", "4"], Args),
+    ?assertEqual(filename:dirname(code:which(bc_gitops_code)), lists:nth(5, Args)),
+    ?assertEqual(bc_gitops_vm_command:dump_file(Dir, Name ++ "@" ++ Host),
+                 proplists:get_value("ERL_CRASH_DUMP", Env)),
+    %% Without limits: the emulator itself, the app's name as the prefix.
+    {ok, #{name := "plain-" ++ _, exec := {Erlexec, []}, args := ["-hidden", _, _, _, _]}} =
+        bc_gitops_vm_command:peer_options(plain, undefined, Dir),
+    ?assertEqual(lists:last(ExecArgs), Erlexec),
+    {ok, Local, _} = peer:start(#{connection => standard_io,
+                                  args => ["-pa", filename:dirname(code:which(bc_gitops_code))]}),
+    try
+        ?assertMatch({error, {not_distributed, _}},
+                     peer:call(Local, bc_gitops_vm_command, peer_options, [plain, undefined, Dir]))
+    after
+        peer:stop(Local)
+    end.
+
 %% A guest app runs in a node of its own, named in get_app_status/1 and
 %% status(): not in this node; +S from scheduler_limit; its http port
 %% answers on 127.0.0.1; its custom health check (a module only the guest
@@ -96,6 +132,22 @@ guest_app_runs(Config) ->
     ?assert(os_alive(OsPid)),
     %% The custom check runs in the guest: the module is not even loaded here.
     ?assertEqual(false, code:is_loaded(vm_web_health)),
+    %% The limits, as the guest's OS process and emulator have them.
+    ?assertEqual({512 * 1024 * 1024, 512 * 1024 * 1024}, data_limit(OsPid)),
+    ?assertMatch(#{size := Words, kill := true} when Words =:= 512 * 1024 * 1024 div 4 div 8,
+                 erpc:call(Node, erlang, system_info, [max_heap_size])),
+
+    %% A new env is set in the guest, and its config_change/3 runs there.
+    spec(Config, "vm_web", "1.0.0", Repo,
+         ["isolation => vm, vm_config => #{scheduler_limit => 1, memory_limit => 512,\n"
+          "                                 node_prefix => <<\"vmweb\">>},\n"
+          "  env => #{port => ", integer_to_list(Port), ", greeting => <<\"hi\">>},\n"
+          "  health => #{type => custom, module => vm_web_health, interval => 200}"]),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({ok, <<"hi">>}, erpc:call(Node, application, get_env, [vm_web, greeting])),
+    ?assertEqual(undefined, application:get_env(vm_web, greeting)),
+    {ok, #app_state{node = Node, pid = Top, env = #{greeting := <<"hi">>}}} =
+        bc_gitops:get_app_status(vm_web),
 
     ok = file:del_dir_r(filename:join([?config(gitops, Config), "apps", "vm_web"])),
     _ = commit(?config(gitops, Config), "remove vm_web"),
@@ -322,6 +374,13 @@ wait_down(App, N) ->
         {down, _, Why} when Why =/= undefined -> ok;
         _ -> timer:sleep(100), wait_down(App, N - 1)
     end.
+
+%% The soft and hard RLIMIT_DATA of an OS process.
+data_limit(OsPid) ->
+    {ok, Limits} = file:read_file("/proc/" ++ OsPid ++ "/limits"),
+    [Line] = [L || L <- string:split(Limits, "\n", all), string:prefix(L, "Max data size") =/= nomatch],
+    [Soft, Hard | _] = string:lexemes(string:prefix(Line, "Max data size"), " "),
+    {binary_to_integer(Soft), binary_to_integer(Hard)}.
 
 %% Whether an OS process runs (a zombie does not).
 os_alive(OsPid) ->
