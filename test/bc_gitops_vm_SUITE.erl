@@ -14,7 +14,7 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
--export([guest_command_line/1, guest_app_runs/1, killed_guest_is_healed_with_backoff/1,
+-export([guest_command_line/1, guest_that_cannot_boot_fails_its_deploy/1, guest_app_runs/1, killed_guest_is_healed_with_backoff/1,
          guest_over_memory_limit_dies/1, hot_upgrade_in_guest_keeps_process_and_state/1,
          isolation_change_moves_the_app/1, guests_stop_with_bc_gitops/1,
          guest_dies_with_a_killed_host/1]).
@@ -22,7 +22,7 @@
 -import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
-    [guest_command_line, guest_app_runs, killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
+    [guest_command_line, guest_that_cannot_boot_fails_its_deploy, guest_app_runs, killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
      hot_upgrade_in_guest_keeps_process_and_state, isolation_change_moves_the_app,
      guests_stop_with_bc_gitops, guest_dies_with_a_killed_host].
 
@@ -100,6 +100,24 @@ guest_command_line(Config) ->
     after
         peer:stop(Local)
     end.
+
+%% A memory_limit too small for a BEAM node to boot: the deploy fails at
+%% once with why (the emulator's exit status), reported for that app, and
+%% is retried with backoff; nothing is left running.
+guest_that_cannot_boot_fails_its_deploy(Config) ->
+    Repo = vm_app(Config, "vm_tiny", "1.0.0", counter_v1()),
+    spec(Config, "vm_tiny", "1.0.0", Repo,
+         ["isolation => vm, vm_config => #{memory_limit => 16},\n"
+          "  env => #{port => ", integer_to_list(free_port()), "}"]),
+    start(Config, #{reconcile_interval => 3600000, backoff_base => 60000}),
+    {ok, #{app_errors := #{vm_tiny := #{attempts := 1,
+                                        reason := {vm_boot_failed, {exit_status, Status}}}},
+           guests := Guests}} = bc_gitops:status(),
+    ?assert(Status > 0),
+    ?assertEqual(#{}, Guests),
+    ?assertEqual({error, not_found}, bc_gitops:get_app_status(vm_tiny)),
+    ?assertMatch({error, {out_of_sync, #{waiting := [{vm_tiny, {backoff, 1, _}}]}}},
+                 bc_gitops:reconcile()).
 
 %% A guest app runs in a node of its own, named in get_app_status/1 and
 %% status(): not in this node; +S from scheduler_limit; its http port
