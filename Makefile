@@ -11,14 +11,16 @@ all: compile
 setup:
 	@sh scripts/setup.sh
 
+## compile: the NIF, the application, and the command bin/bc_gitops.
 compile: setup
 	$(REBAR) compile
+	install -D -m 0755 priv/bc_gitops bin/bc_gitops
 
 ## test: everything CI runs. Fails when any step fails.
 test: setup rust-test rust-lint erlang-test demo bench-smoke
 
 rust-test:
-	cargo test --locked -p bc_gitops_core --lib --tests
+	cargo test --locked --workspace
 
 rust-lint:
 	cargo fmt --all -- --check
@@ -31,8 +33,10 @@ erlang-test: compile
 	$(REBAR) dialyzer
 	$(REBAR) edoc
 
+## fuzz: each parser's fuzz target in turn, SECONDS each (60 by default).
 fuzz:
-	bash fuzz/run.sh $(SECONDS)
+	bash fuzz/run.sh $(SECONDS) term_parse
+	bash fuzz/run.sh $(SECONDS) yaml_parse
 
 docs: compile
 	$(REBAR) edoc
@@ -40,7 +44,7 @@ docs: compile
 clean:
 	$(REBAR) clean
 	cargo clean
-	rm -f priv/bc_gitops_nif.so
+	rm -f priv/bc_gitops_nif.so bin/bc_gitops
 
 ## demo: the main job: a real local gitops repository, read and planned.
 demo: compile

@@ -14,7 +14,8 @@ main(Args) ->
     All = [{"parse", fun parse_rows/2}, {"noop", fun noop_rows/2}, {"fetch", fun fetch_rows/2},
            {"hot", fun hot_rows/2}, {"latency", fun latency_rows/2},
            {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2},
-           {"cluster", fun cluster_rows/2}, {"vm", fun vm_rows/2}],
+           {"cluster", fun cluster_rows/2}, {"validate", fun validate_rows/2},
+           {"vm", fun vm_rows/2}],
     Chosen = case Args -- ["smoke"] of
                  [] -> All;
                  Names -> [S || {Name, _} = S <- All, lists:member(Name, Names)]
@@ -100,6 +101,34 @@ write_spec(Repo, I, Format, Health) ->
     ok = filelib:ensure_dir(Path),
     ok = file:write_file(Path, Text),
     Path.
+
+%% `bin/bc_gitops validate DIR' over N specs: the whole command, as a
+%% gitops repository's CI runs it (VM start, NIF load, parse, validate,
+%% plan for cycles and missing dependencies, output). Goal: 10,000 in
+%% under 1 s.
+validate_rows(Dir, Smoke) ->
+    {N, Runs} = case Smoke of true -> {20, 2}; false -> {10000, 10} end,
+    Repo = filename:join(Dir, "validate"),
+    [write_spec(Repo, I, terms, true) || I <- lists:seq(1, N)],
+    Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+    Cli = filename:join([Root, "bin", "bc_gitops"]),
+    Expected = io_lib:format("~B apps, 0 errors, 0 warnings~n", [N]),
+    Samples = samples(Runs, fun() ->
+                                    Port = open_port({spawn_executable, Cli},
+                                                     [{args, ["validate", Repo]}, exit_status,
+                                                      stderr_to_stdout, binary]),
+                                    {0, Out} = port_output(Port, <<>>),
+                                    Out = iolist_to_binary(Expected)
+                            end),
+    [{io_lib:format("bc_gitops validate, ~p specs (whole command)", [N]), pct(Samples, 50),
+      pct(Samples, 99), undefined}].
+
+port_output(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> port_output(Port, <<Acc/binary, D/binary>>);
+        {Port, {exit_status, S}} -> {S, Acc}
+    after 60000 -> error(validate_timeout)
+    end.
 
 %% A no-op reconcile: the commit is unchanged and all N apps run at their
 %% desired version (a runtime that only reports them), so a reconcile is a
@@ -303,7 +332,18 @@ hot_rows(Dir, Smoke) ->
     Sizes = case Smoke of true -> [50]; false -> [1000, 10000] end,
     V1 = hot_build(Dir, "1.0.0", v1),
     V2 = hot_build(Dir, "2.0.0", v2),
-    lists:append([hot_row(N, V1, V2) || N <- Sizes]).
+    lists:append([hot_row(N, V1, V2) || N <- Sizes]) ++ window_rows(Smoke, V1, V2).
+
+%% The suspension window's spread at the largest size: p50 and p95 of 20
+%% upgrades (2 in a smoke run).
+window_rows(Smoke, V1, V2) ->
+    {N, Runs} = case Smoke of true -> {50, 2}; false -> {10000, 20} end,
+    Windows = lists:sort([begin
+                              [_, {_, Window, _, _}, _] = hot_row(N, V1, V2),
+                              Window
+                          end || _ <- lists:seq(1, Runs)]),
+    [{io_lib:format("hot upgrade, ~p processes: window over ~p runs (p50, p95)", [N, Runs]),
+      pct(Windows, 50), pct(Windows, 95), undefined}].
 
 hot_row(N, V1, V2) ->
     true = code:add_patha(V1),

@@ -22,7 +22,10 @@
 %%%
 %%% Manual `deploy/1', `remove/1' and `upgrade/2' act on the node directly;
 %%% the next reconcile brings the node back to what git says, as GitOps
-%%% wants. Use `suspend/0' to keep a manual change for a while.
+%%% wants. Use `suspend/0' to keep a manual change for a while, or
+%%% `pin/1' to keep one app where it is until git changes its spec.
+%%% `rollback/1' takes an app back to what ran before its last change, and
+%%% pins it there. `history/0' says what changed, when, and how it went.
 -module(bc_gitops).
 
 -include("bc_gitops.hrl").
@@ -30,7 +33,7 @@
 -export([reconcile/0, sync/0, plan/0, status/0, suspend/0, resume/0,
          get_desired_state/0, get_current_state/0, get_app_status/1,
          deploy/1, remove/1, upgrade/2, start_reconciler/1, stop_reconciler/0,
-         cluster_status/0]).
+         cluster_status/0, history/0, history/1, rollback/1, pin/1, unpin/1]).
 
 %% Waiting for a reconcile: builds can be slow.
 -define(RUN_TIMEOUT, infinity).
@@ -93,9 +96,11 @@ clustered() ->
 %% (credentials masked), `branch', `last_reconcile' (system time, ms),
 %% `last_error', `spec_errors' and `spec_warnings' (file, line, field),
 %% `blocked' (`[{App, Reason}]'), `waiting' (apps held this run) and
-%% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}')
-%% and `repairs' (`#{App => #{count, reason, retry_in_ms}}': apps restarted
-%% for drift at several reconciles in a row, backing off).
+%% `app_errors' (`#{App => #{attempts, reason, version, retry_in_ms}}'),
+%% `repairs' (`#{App => #{count, reason, retry_in_ms}}': apps restarted
+%% for drift at several reconciles in a row, backing off) and `pins'
+%% (`#{App => #{version, reason, at}}'; each pinned app is also in
+%% `waiting' as `{pinned, Vsn}').
 -spec status() -> {ok, map()} | {error, not_running}.
 status() ->
     bc_gitops_reconciler:status().
@@ -161,6 +166,80 @@ upgrade(App, Version) when is_atom(App), is_binary(Version) ->
         {{ok, _}, {ok, _}} -> {error, {no_spec, App}};
         {_, {error, _} = Error} -> Error;
         {Error, _} -> Error
+    end.
+
+%% @doc The latest changes made to the node's apps (at most 200), newest
+%% first: maps of `at' (system time, ms), `commit', `app', `action'
+%% (`deploy', `upgrade', `reconfigure', `remove', `rollback' or
+%% `repair'), `from' and `to' (versions), `result' (`ok' or `{error,
+%% Reason}'), `path' (`hot', `restart', `rolled_back', or `undefined'
+%% where it does not apply) and `duration_ms'. Kept under `local_path': it
+%% survives a restart. In cluster mode, the entries of every member that
+%% answers, merged, each with its `node'.
+-spec history() -> {ok, [map()]} | {error, term()}.
+history() ->
+    history_of(all).
+
+%% @doc The latest changes of one app, as {@link history/0}.
+-spec history(atom()) -> {ok, [map()]} | {error, term()}.
+history(App) when is_atom(App) ->
+    history_of(App).
+
+-spec history_of(all | atom()) -> {ok, [map()]} | {error, term()}.
+history_of(Which) ->
+    case clustered() of
+        true -> bc_gitops_cluster:history(Which);
+        false -> bc_gitops_reconciler:history(Which)
+    end.
+
+%% @doc Takes `App' back to the spec that ran before its last change,
+%% through the runtime's `upgrade/2' (hot where possible; the default
+%% runtime keeps the previous build) or `reconfigure/1' (when only the env
+%% changed), then pins it there: reconciles leave it at that version,
+%% `{pinned, Vsn}' in `status()''s `waiting', until git changes its spec
+%% or `unpin/1'. The rest of the repository keeps reconciling. Returns
+%% `{ok, #{app, from, to, path}}', or `{error, not_found}',
+%% `{error, {no_previous_version, App}}', `{error, {already_rolled_back,
+%% App}}' or the runtime's error.
+%%
+%% Not in cluster mode (`{error, cluster_mode}'): there the coordinator
+%% decides what every member runs, a version that fails its health gate
+%% is already rolled back at the canary and held until its spec changes,
+%% and going back by hand is a revert in git, rolled out batch by batch.
+-spec rollback(atom()) -> {ok, map()} | {error, term()}.
+rollback(App) when is_atom(App) ->
+    case clustered() of
+        true -> {error, cluster_mode};
+        false -> bc_gitops_reconciler:run({rollback, App}, ?RUN_TIMEOUT)
+    end.
+
+%% @doc Pins `App' at the version it runs now, until git changes its spec
+%% or `unpin/1': `{ok, Vsn}', or `{error, not_found}' when it does not
+%% run. `{error, cluster_mode}' in cluster mode (see {@link rollback/1}).
+-spec pin(atom()) -> {ok, binary()} | {error, term()}.
+pin(App) when is_atom(App) ->
+    case clustered() of
+        true ->
+            {error, cluster_mode};
+        false ->
+            case get_app_status(App) of
+                {ok, #app_state{version = V} = State} ->
+                    case bc_gitops_reconciler:pin(App, State) of
+                        ok -> {ok, V};
+                        Error -> Error
+                    end;
+                Error ->
+                    Error
+            end
+    end.
+
+%% @doc Drops `App''s pin; git is followed again, starting with a
+%% reconcile now. `{error, {not_pinned, App}}' when it has none.
+-spec unpin(atom()) -> ok | {error, term()}.
+unpin(App) when is_atom(App) ->
+    case clustered() of
+        true -> {error, cluster_mode};
+        false -> bc_gitops_reconciler:unpin(App)
     end.
 
 %% @doc Starts (or replaces) the reconciler with `Config', a map of the

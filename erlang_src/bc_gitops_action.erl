@@ -9,7 +9,7 @@
 
 -include("bc_gitops.hrl").
 
--export([run/2, app/1, summary/1]).
+-export([run/2, timed/2, app/1, summary/1]).
 
 -type result() :: {ok, #app_state{}} | {ok, #app_state{}, map()} | ok | {error, term()}.
 -export_type([result/0]).
@@ -37,6 +37,23 @@ run(Runtime, {reconfigure, Spec}) ->
     span(reconfigure, #{app => Spec#app_spec.name}, fun() -> Runtime:reconfigure(Spec) end);
 run(Runtime, {remove, Name}) ->
     span(remove, #{app => Name}, fun() -> Runtime:remove(Name) end).
+
+%% @doc Runs `Action' as {@link run/2} does; its summary, and the facts
+%% its history entry is made of ({@link bc_gitops_history}): when it
+%% started, how long it took, and the path an upgrade took.
+-spec timed(module(), bc_gitops_plan:action()) ->
+    {ok | {error, term()}, bc_gitops_history:facts()}.
+timed(Runtime, Action) ->
+    At = erlang:system_time(millisecond),
+    Start = erlang:monotonic_time(millisecond),
+    Result = run(Runtime, Action),
+    Path = case Result of
+               {ok, _, #{path := P}} when P =:= hot; P =:= restart -> P;
+               {error, {rolled_back, _}} when element(1, Action) =:= upgrade -> rolled_back;
+               _ -> undefined
+           end,
+    {summary(Result), #{at => At, start => Start, path => Path,
+                        duration_ms => erlang:monotonic_time(millisecond) - Start}}.
 
 -spec span(atom(), map(), fun(() -> term())) -> result().
 span(Kind, Meta, Call) ->

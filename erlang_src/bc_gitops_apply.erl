@@ -35,7 +35,13 @@
                    %% Gates of an earlier run to go on waiting for.
                    gates := [bc_gitops_gate:gate()],
                    %% Whether the branch has moved past what is being applied.
-                   moved := fun(() -> boolean())}.
+                   moved := fun(() -> boolean()),
+                   %% The node's apps before this run, and where each change's
+                   %% history entry goes (its `sink', the `commit', the
+                   %% `node' in cluster mode; see bc_gitops_history).
+                   current := #{atom() => #app_state{}},
+                   history := #{sink := pid() | undefined, commit := binary() | undefined,
+                                node => node()}}.
 
 -type output() :: #{applied := [{bc_gitops_plan:action(), result()}],
                     waiting := [{atom(), term()}],
@@ -88,7 +94,7 @@ sweep([Action | Rest], Later, #{open := Open, hold := Hold, waiting := Waiting} 
                     sweep(Rest, Later, apply_one(Action, St));
                 Why ->
                     sweep(Rest, Later, St#{waiting := [{App, Why} | Waiting],
-                                           hold := bc_gitops_hold:hold(App, Hold)})
+                                           hold := bc_gitops_hold:wait(App, Why, Hold)})
             end
     end.
 
@@ -101,26 +107,38 @@ behind(Action, Pending) ->
 
 -spec apply_one(bc_gitops_plan:action(), map()) -> map().
 apply_one(Action, #{runtime := Runtime, config := Config, open := Open} = St) ->
-    case bc_gitops_action:summary(bc_gitops_action:run(Runtime, Action)) of
-        ok ->
+    case bc_gitops_action:timed(Runtime, Action) of
+        {ok, Facts} ->
             case bc_gitops_gate:needed(Action) of
                 true ->
-                    Gate = bc_gitops_gate:open(Action, previous(Action, St), Config, self()),
+                    Gate = bc_gitops_gate:open(Action, previous(Action, St), Config, self(),
+                                               Facts),
                     St#{open := Open#{bc_gitops_action:app(Action) => Gate}};
                 false ->
-                    finish(Action, ok, St)
+                    finish(Action, ok, Facts, St)
             end;
-        Error ->
-            finish(Action, Error, St)
+        {Error, Facts} ->
+            finish(Action, Error, Facts, St)
     end.
 
 -spec previous(bc_gitops_plan:action(), map()) -> #app_spec{} | undefined.
 previous(Action, #{previous := Previous}) ->
     maps:get(bc_gitops_action:app(Action), Previous, undefined).
 
-%% Records how an action ended; a failed app holds its dependents.
--spec finish(bc_gitops_plan:action(), result(), map()) -> map().
-finish(Action, Result, #{config := #{clock := Clock}, hold := Hold, applied := Applied} = St) ->
+%% Records how an action ended, in the hold and in the history; a failed
+%% app holds its dependents.
+-spec finish(bc_gitops_plan:action(), result(), bc_gitops_history:facts(), map()) -> map().
+finish(Action, Result, Facts, #{config := #{clock := Clock}, hold := Hold, applied := Applied,
+                                current := Current, history := Ctx} = St) ->
+    App = bc_gitops_action:app(Action),
+    State = maps:get(App, Current, undefined),
+    From = case State of
+               #app_state{version = V} -> V;
+               undefined -> undefined
+           end,
+    ok = bc_gitops_history:record(
+           maps:get(sink, Ctx), bc_gitops_history:entry(Action, Result, Facts, Ctx#{from => From}),
+           bc_gitops_history:change(Action, Result, {State, previous(Action, St)})),
     Hold1 = bc_gitops_hold:record(Action, Result, Clock:now_ms(), Hold),
     Hold2 = case Result of
                 ok -> Hold1;
@@ -135,14 +153,21 @@ wait(#{open := Open, runtime := Runtime, moved := Moved, healthy := Healthy} = S
         {bc_gitops_gate, Ref, Health} ->
             case [G || G <- maps:values(Open), bc_gitops_gate:ref(G) =:= Ref] of
                 [Gate] ->
-                    Result = bc_gitops_gate:settle(Runtime, Gate, Health),
+                    {Result, Rollbacks} = bc_gitops_gate:settle(Runtime, Gate, Health),
                     App = bc_gitops_gate:app(Gate),
                     Healthy1 = case Health of
                                    healthy -> [App | Healthy];
                                    _ -> Healthy
                                end,
-                    loop(finish(bc_gitops_gate:action(Gate), Result,
-                                St#{open := maps:remove(App, Open), healthy := Healthy1}));
+                    St1 = finish(bc_gitops_gate:action(Gate), Result, bc_gitops_gate:facts(Gate),
+                                 St#{open := maps:remove(App, Open), healthy := Healthy1}),
+                    %% The rollback after it, if one ran, comes next in the history.
+                    #{history := Ctx} = St,
+                    _ = [bc_gitops_history:record(
+                           maps:get(sink, Ctx),
+                           bc_gitops_history:entry(Back, R, F, Ctx#{action => rollback}), keep)
+                         || {Back, R, F} <- Rollbacks],
+                    loop(St1);
                 [] ->
                     wait(St)
             end;

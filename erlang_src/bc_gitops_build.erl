@@ -149,7 +149,7 @@ exec(Program, Args, Dir, Env, Timeout) ->
 %% the installation on the node's code path when it has one, else the one
 %% that built the app. Listed whatever ran before, so that a build's ebins
 %% do not depend on it (a build is reused after a node restart);
-%% bc_gitops_code:start/3 does not add them again for a running Elixir.
+%% bc_gitops_lifecycle:start/3 does not add them again for a running Elixir.
 -spec runtime_ebins(tool(), pos_integer()) -> [file:filename()].
 runtime_ebins(mix, Timeout) ->
     Lib = case code:lib_dir(elixir) of

@@ -14,7 +14,8 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/1, coordinator/0, info/0, reconcile/0, plan/0, status/0, tell/0]).
+-export([start_link/1, coordinator/0, info/0, reconcile/0, plan/0, status/0, tell/0,
+         history/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(SERVER, ?MODULE).
@@ -90,6 +91,23 @@ status() ->
             try gen_server:call(Pid, status, 10000)
             catch exit:Why -> {error, {coordinator_unreachable, reason(Why)}}
             end;
+        Error ->
+            Error
+    end.
+
+%% @doc The history of every member that answers (within 5 s), merged,
+%% newest first, the latest 200; each entry names its node.
+-spec history(all | atom()) -> {ok, [map()]} | {error, term()}.
+history(Which) ->
+    case bc_gitops_reconciler:config() of
+        {ok, #{cluster := #{members := Members}}} ->
+            Up = [M || M <- Members, M =:= node() orelse lists:member(M, nodes())],
+            Answers = erpc:multicall(Up, bc_gitops_reconciler, history, [Which], 5000),
+            Entries = lists:append([E || {ok, {ok, E}} <- Answers]),
+            Newest = lists:sort(fun(#{at := A}, #{at := B}) -> A >= B end, Entries),
+            {ok, lists:sublist(Newest, bc_gitops_history:limit())};
+        {ok, _} ->
+            {error, not_clustered};
         Error ->
             Error
     end.

@@ -5,6 +5,13 @@
 %%% `{error, {bad_config, Option, Why}}' naming the option, and nothing
 %%% half-configured runs. Unknown options are ignored, so a sys.config
 %%% written for a newer version still boots.
+%%%
+%%% Two git options reach libgit2, whose settings are process-wide (see
+%%% {@link bc_gitops_git}): `git_timeout' bounds each network step of a
+%%% sync at libgit2's callbacks, while a server silent for 30 s is cut off
+%%% whatever it says; `ca_file', once a git sync has used it, is trusted for
+%%% every git remote of the node until it stops (release and hex downloads
+%%% use it per download).
 -module(bc_gitops_config).
 
 -export([from_env/0, from_map/1, defaults/0, checkout_dir/1, state_file/1, git_options/1,

@@ -7,6 +7,14 @@
 %%% the old one and swapped in only when complete, so the last good checkout
 %%% stays usable until then. Credentials never appear in an error: URLs and
 %%% secrets are redacted.
+%%%
+%%% libgit2's network settings are process-wide, made once: a server silent
+%%% for 30 s, or a connect not accepted within 15 s, is cut off whatever
+%%% `timeout' says; `timeout' ends the sync at libgit2's next callback
+%%% (progress, credentials, certificate) after it; a slow DNS lookup is not
+%%% bounded. A `ca_file' is added to libgit2's trusted certificates by the
+%%% first sync that names it, and stays trusted for every HTTPS remote of
+%%% the node.
 -module(bc_gitops_git).
 
 -export([sync/1]).
@@ -18,7 +26,8 @@
     local_path := file:filename_all(),
     %% A branch (default "main"), a tag, or a full 40-hex commit SHA.
     ref => unicode:chardata(),
-    %% Milliseconds for each sync, network included (default 60000).
+    %% Milliseconds for each network step, at libgit2's callbacks (default
+    %% 60000; see the module doc).
     timeout => pos_integer(),
     ssh_key => file:filename_all(),
     ssh_passphrase => unicode:chardata(),
@@ -28,7 +37,8 @@
     ssh_verify_host => boolean(),
     username => unicode:chardata(),
     token => unicode:chardata(),
-    %% An extra CA (PEM) trusted for HTTPS, besides the system store.
+    %% An extra CA (PEM) trusted for HTTPS besides the system store, from
+    %% this sync on, node-wide (see the module doc).
     ca_file => file:filename_all()
 }.
 

@@ -9,13 +9,15 @@
 %%% its backoff. Drift repairs of an app that keeps dying back off the same
 %%% way; the count starts again once the app has run for `backoff_max'
 %%% since its last repair (as Kubernetes forgets a crash loop after ten
-%%% minutes up).
+%%% minutes up). A pinned app ({@link bc_gitops_pins}) is left at its
+%%% version, `{pinned, Vsn}', while git keeps the spec it had when it was
+%%% pinned; its dependents go on (it runs).
 -module(bc_gitops_hold).
 
 -include("bc_gitops.hrl").
 
--export([new/2, reason/2, record/4, hold/2, is_held/2, failures/1, repairs/1, forget_repairs/3,
-         delay/2]).
+-export([new/2, reason/2, record/4, hold/2, wait/3, is_held/2, failures/1, repairs/1,
+         forget_repairs/3, delay/2]).
 
 -export_type([hold/0, failure/0, repair/0]).
 
@@ -36,16 +38,18 @@
 %% the middle of something.
 -type hold() :: #{failures := #{atom() => failure()}, repairs := #{atom() => repair()},
                   held := [atom()], now := integer(), config := bc_gitops_config:config(),
-                  manual := boolean(), busy := #{atom() => atom()}}.
+                  manual := boolean(), busy := #{atom() => atom()},
+                  pins := bc_gitops_pins:pins()}.
 
 %% @doc A hold for one run: `Ctx' gives the config, the failures, the
-%% repairs and whether the run was asked for; `Current' the node's state.
+%% repairs, the pins and whether the run was asked for; `Current' the
+%% node's state.
 -spec new(map(), #{atom() => #app_state{}}) -> hold().
 new(#{config := #{clock := Clock} = Config} = Ctx, Current) ->
     Busy = busy(Current),
     #{failures => maps:get(failures, Ctx, #{}), repairs => maps:get(repairs, Ctx, #{}),
       held => maps:keys(Busy), now => Clock:now_ms(), config => Config,
-      manual => maps:get(manual, Ctx, false), busy => Busy}.
+      manual => maps:get(manual, Ctx, false), busy => Busy, pins => maps:get(pins, Ctx, #{})}.
 
 %% Apps a runtime reports as neither up nor down but on their way
 %% (`pending', `upgrading', `removing': a runtime that works in the
@@ -66,6 +70,12 @@ repairs(#{repairs := R}) -> R.
 -spec hold(atom(), hold()) -> hold().
 hold(App, #{held := Held} = Hold) -> Hold#{held := [App | Held]}.
 
+%% @doc `App' waits this run for `Why': held (its dependents wait too),
+%% but a pinned app runs, and its dependents go on.
+-spec wait(atom(), term(), hold()) -> hold().
+wait(_App, {pinned, _}, Hold) -> Hold;
+wait(App, _Why, Hold) -> hold(App, Hold).
+
 -spec is_held(atom(), hold()) -> boolean().
 is_held(App, #{held := Held}) -> lists:member(App, Held).
 
@@ -73,7 +83,7 @@ is_held(App, #{held := Held}) -> lists:member(App, Held).
 %% wins.
 -spec reason(bc_gitops_plan:action(), hold()) -> none | term().
 reason(Action, Hold) ->
-    first([fun in_progress/2, fun rolled_back/2, fun drift/2, fun repair_backoff/2,
+    first([fun in_progress/2, fun pinned/2, fun rolled_back/2, fun drift/2, fun repair_backoff/2,
            fun failure_backoff/2, fun dependency/2], Action, Hold).
 
 -spec first([fun((bc_gitops_plan:action(), hold()) -> none | term())],
@@ -92,6 +102,23 @@ in_progress(Action, #{busy := Busy}) ->
     case maps:find(bc_gitops_action:app(Action), Busy) of
         {ok, Status} -> {in_progress, Status};
         error -> none
+    end.
+
+%% A pinned app stays at its version (the pins that git ended were dropped
+%% before the run: bc_gitops_pins:expire/3).
+-spec pinned(bc_gitops_plan:action(), hold()) -> none | term().
+pinned({remove, App}, #{pins := Pins}) ->
+    case bc_gitops_pins:version(App, Pins) of
+        none -> none;
+        V -> {pinned, V}
+    end;
+pinned(Action, #{pins := Pins}) ->
+    App = bc_gitops_action:app(Action),
+    case {bc_gitops_pins:version(App, Pins), bc_gitops_pins:running(App, Pins)} of
+        {none, _} -> none;
+        %% Starting it again at its pinned spec (bc_gitops_pins:redirect/2).
+        {_, Spec} when Spec =:= element(2, Action) -> none;
+        {V, _} -> {pinned, V}
     end.
 
 %% A version rolled back is not tried again until the spec changes, or an

@@ -43,8 +43,11 @@
 -type failure() :: {error, {atom(), term()}} | {error, {atom(), term()}, reverted | not_reverted}.
 -export_type([info/0, failure/0]).
 
-%% One step of an upgrade, and what undoes it.
--type step() :: {load, module(), file:filename()} | {change, pid(), module(), term(), term()}.
+%% One step of an upgrade, and what undoes it. Loads are prepared before
+%% the processes are suspended (see prepare/1); inside the window only
+%% the prepared code is put in place.
+-type step() :: {load, prepared()} | {change, pid(), module(), term(), term()}.
+-type prepared() :: {term(), [{module(), {file:filename(), binary()} | none | unrestorable}]}.
 -type done() :: {loaded, module(), {file:filename(), binary()} | none | unrestorable}
               | {converted, pid(), module(), term(), term()}
               | {kept, pid()}.
@@ -206,7 +209,7 @@ instruction(Other, {_, _, _, Done}, _Top, _Beams, _Vsn) ->
 -spec load_step(module(), #{module() => file:filename()}, appup_acc()) -> appup_acc().
 load_step(M, Beams, {W, P, D, Done}) ->
     case Beams of
-        #{M := Beam} -> {W, P, D, steps([{load, M, Beam}], Done)};
+        #{M := Beam} -> {W, P, D, steps([{load, prepare_or_undo([{M, Beam}], Done)}], Done)};
         _ -> give_up({load, {M, not_in_build}}, Done)
     end.
 
@@ -241,10 +244,11 @@ group_update(Instruction, Acc) ->
 -spec updates([{module(), change()}], appup_acc(), pid() | undefined,
               #{module() => file:filename()}, {up | down, string()}) -> appup_acc().
 updates(Updates, {W, P, D, Done}, Top, Beams, {Direction, AppVsn}) ->
-    Loads = [case Beams of
-                 #{M := Beam} -> {load, M, Beam};
-                 _ -> give_up({load, {M, not_in_build}}, Done)
-             end || {M, _} <- Updates],
+    ToLoad = [case Beams of
+                  #{M := Beam} -> {M, Beam};
+                  _ -> give_up({load, {M, not_in_build}}, Done)
+              end || {M, _} <- Updates],
+    Loads = [{load, prepare_or_undo(ToLoad, Done)}],
     %% Up: code_change(OldVsn) in the new code. Down, as the release handler
     %% does it: code_change({down, Vsn}) in the running, newer code, with
     %% the vsn of the module about to be loaded.
@@ -306,7 +310,7 @@ swap(App, Ebins, Changed, Procs, {Direction, AppVsn}) ->
     %% Worked out before the suspension: reading 10,000 processes' initial
     %% calls takes tens of milliseconds.
     ChangeOf = maps:from_list([{Pid, changed_callbacks(Pid, Mods, Vsns)} || {Pid, Mods} <- Procs]),
-    Loads = [{load, M, Beam} || {M, Beam} <- Changed],
+    Loads = [{load, prepare(Changed)}],
     T0 = erlang:monotonic_time(microsecond),
     Suspended = suspend(Procs),
     Changes = [{change, Pid, M, maps:get(M, Vsns), []}
@@ -387,6 +391,7 @@ steps([], Done) ->
     Done;
 steps([Step | Rest], Done) ->
     case attempt(Step) of
+        {ok, Did} when is_list(Did) -> steps(Rest, lists:reverse(Did, Done));
         {ok, Did} -> steps(Rest, [Did | Done]);
         {error, Why} -> give_up(Why, Done)
     end.
@@ -412,7 +417,7 @@ changes(Changes, Done) ->
                                          end})
     end.
 
--spec attempt(step()) -> {ok, done()} | {error, {atom(), term()}}.
+-spec attempt(step()) -> {ok, done() | [done()]} | {error, {atom(), term()}}.
 attempt(Step) ->
     try
         {ok, step(Step)}
@@ -421,23 +426,13 @@ attempt(Step) ->
         Class:Reason -> {error, {crashed, {Class, Reason}}}
     end.
 
--spec step(step()) -> done().
-step({load, M, Beam}) ->
-    %% The old object code is read now: its build directory may be gone by
-    %% the time it is needed again.
-    %% code:is_loaded/1, not code:which/1: with the new ebins on the path,
-    %% which/1 of a module not loaded yet finds the new beam.
-    Old = case code:is_loaded(M) of
-              false -> none;
-              {file, File} when is_list(File) ->
-                  case file:read_file(File) of
-                      {ok, Bin} -> {File, Bin};
-                      {error, _} -> unrestorable
-                  end;
-              _ -> unrestorable
-          end,
-    ok = load(M, Beam),
-    {loaded, M, Old};
+-spec step(step()) -> done() | [done()].
+step({load, {Prepared, Olds}}) ->
+    %% All the modules at once, or none.
+    case code:finish_loading(Prepared) of
+        ok -> [{loaded, M, Old} || {M, Old} <- Olds];
+        {error, [{M, Why} | _]} -> throw({load, {M, Why}})
+    end;
 step({change, Pid, M, Vsn, Extra}) ->
     case catch sys:change_code(Pid, M, Vsn, Extra, ?CHANGE_TIMEOUT) of
         ok ->
@@ -523,15 +518,47 @@ runs(Items, Size) ->
     {Run, Rest} = lists:split(Size, Items),
     [Run | runs(Rest, Size)].
 
--spec load(module(), file:filename()) -> ok.
-load(Mod, Beam) ->
-    case code:soft_purge(Mod) of
-        true -> ok;
-        false -> throw({old_code_in_use, Mod})
-    end,
-    case code:load_abs(filename:rootname(Beam)) of
-        {module, Mod} -> ok;
-        {error, Why} -> throw({load, {Mod, Why}})
+%% Everything of a load that can be done before the processes are
+%% suspended, so that the suspension window holds no file read, no beam
+%% decoding and no purge (a purge looks at every process of the node):
+%% the old object code is read (its build directory may be gone when it
+%% is needed again), the old code of each module purged (a process still
+%% in it fails the upgrade now, before anything is suspended), and the new
+%% code read and prepared (code:prepare_loading/1).
+-spec prepare([{module(), file:filename()}]) -> prepared().
+prepare(Loads) ->
+    Olds = [{M, old_code(M)} || {M, _} <- Loads],
+    _ = [code:soft_purge(M) orelse throw({old_code_in_use, M}) || {M, _} <- Loads],
+    Bins = [case file:read_file(Beam) of
+                {ok, Bin} -> {M, Beam, Bin};
+                {error, Why} -> throw({load, {M, Why}})
+            end || {M, Beam} <- Loads],
+    case code:prepare_loading(Bins) of
+        {ok, Prepared} -> {Prepared, Olds};
+        {error, [{M, Why} | _]} -> throw({load, {M, Why}})
+    end.
+
+-spec prepare_or_undo([{module(), file:filename()}], [done()]) -> prepared().
+prepare_or_undo(Loads, Done) ->
+    try
+        prepare(Loads)
+    catch
+        throw:{Stage, Why} -> give_up({Stage, Why}, Done)
+    end.
+
+%% The object code of a module as loaded now, to load it back on an undo.
+%% code:is_loaded/1, not code:which/1: with the new ebins on the path,
+%% which/1 of a module not loaded yet finds the new beam.
+-spec old_code(module()) -> {file:filename(), binary()} | none | unrestorable.
+old_code(M) ->
+    case code:is_loaded(M) of
+        false -> none;
+        {file, File} when is_list(File) ->
+            case file:read_file(File) of
+                {ok, Bin} -> {File, Bin};
+                {error, _} -> unrestorable
+            end;
+        _ -> unrestorable
     end.
 
 -spec old_vsn(module(), string()) -> term().

@@ -37,7 +37,10 @@
     %% whether a newer assignment came; and the specs failed cluster-wide.
     given => parsed(),
     moved => fun(() -> boolean()),
-    holds => #{atom() => bc_gitops_rollout:failure()}
+    holds => #{atom() => bc_gitops_rollout:failure()},
+    %% The pins, and where history entries go (the reconciler).
+    pins => bc_gitops_pins:pins(),
+    sink => pid()
 }.
 
 -type planned() :: #{current := #{atom() => #app_state{}}, plan := bc_gitops_plan:plan()}.
@@ -63,7 +66,9 @@
     superseded => boolean(),
     gates => [bc_gitops_gate:gate()],
     %% Apps whose health gate closed healthy in this run.
-    healthy => [atom()]
+    healthy => [atom()],
+    %% The pins git ended in this run (their app's spec changed).
+    ended_pins => bc_gitops_pins:pins()
 }.
 
 %% @doc A full reconcile. Never raises: a failure of the whole run is
@@ -140,7 +145,9 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                #{cache := Parsed, previous := #{current := Current, plan := Same}} -> Same;
                _ -> plan(Parsed, Current)
            end,
-    #{actions := Planned, blocked := Blocked} = Plan,
+    #{actions := Planned0, blocked := Blocked} = Plan,
+    {Pins, Ended} = bc_gitops_pins:expire(maps:get(pins, Ctx, #{}), Parsed),
+    Planned = bc_gitops_pins:redirect(Planned0, Pins),
     {Actions, Failures0} = retry_unhealthy(Planned, Failures, Parsed),
     Gates = taken_over(maps:get(gates, Ctx, []), Actions, Parsed, Config),
     %% The specs of the last parse are what ran before: a rollback goes
@@ -150,13 +157,14 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
                    {_, #{specs := Old}} -> maps:from_list([{S#app_spec.name, S} || S <- Old]);
                    {_, undefined} -> #{}
                end,
-    Hold = bc_gitops_hold:new(Ctx#{failures => Failures0}, Current),
+    Hold = bc_gitops_hold:new(Ctx#{failures => Failures0, pins => Pins}, Current),
     #{commit := Commit} = Parsed,
     #{applied := Applied, waiting := Waiting, hold := Hold1, gates := Open,
       healthy := Healthy, superseded := Superseded} =
         bc_gitops_apply:run(#{runtime => Runtime, config => Config, actions => Actions,
                               hold => Hold, previous => Previous, gates => Gates,
-                              moved => maps:get(moved, Ctx, fun() -> moved(Config, Commit) end)}),
+                              moved => maps:get(moved, Ctx, fun() -> moved(Config, Commit) end),
+                              current => Current, history => history(Ctx, Commit)}),
     %% An app that has run for backoff_max since its last repair is
     %% trusted again: its repairs start over.
     Clock = maps:get(clock, Config),
@@ -165,12 +173,21 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Result = #{outcome => ok, cache => Parsed, failures => bc_gitops_hold:failures(Hold1),
                repairs => Repairs, blocked => Blocked, applied => Applied,
                waiting => Waiting ++ held_in_cluster(maps:get(holds, Ctx, #{}), Waiting),
-               gates => Open, healthy => Healthy, superseded => Superseded},
+               gates => Open, healthy => Healthy, superseded => Superseded, ended_pins => Ended},
     %% Nothing applied, nothing of ours changed: the state read for the plan
     %% is the state after.
     case {Applied, Gates} of
         {[], []} -> Result#{current => Current, planned => #{current => Current, plan => Plan}};
         _ -> Result#{current => current_state(Runtime)}
+    end.
+
+%% Where the run's history entries go, and what they say of it.
+-spec history(context(), binary()) -> map().
+history(#{config := Config} = Ctx, Commit) ->
+    H = #{sink => maps:get(sink, Ctx, undefined), commit => Commit},
+    case Config of
+        #{cluster := #{}} -> H#{node => node()};
+        _ -> H
     end.
 
 %% A version failed for the whole cluster waits on every member, as a

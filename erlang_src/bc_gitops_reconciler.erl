@@ -16,6 +16,11 @@
 %%% follow-up, and its open gates are handed to it. Timers and time come
 %%% from the `clock' option's module ({@link bc_gitops_clock}).
 %%%
+%%% It keeps the history of changes ({@link bc_gitops_history}: its
+%%% workers send it each entry) and the pins ({@link bc_gitops_pins}),
+%%% and writes both under `local_path' (after each job, and when a pin is
+%%% made or dropped).
+%%%
 %%% In cluster mode it is a member: it never pulls git, but converges the
 %%% node to what the coordinator assigned to it ({@link bc_gitops_member}),
 %%% taking deltas only from a member node, and reports after each change
@@ -28,13 +33,13 @@
 -include("bc_gitops.hrl").
 
 -export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
-         ack/0]).
+         ack/0, history/1, pin/2, unpin/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 -export([worker/2]).
 
 -define(SERVER, ?MODULE).
 
--type job() :: reconcile | plan | {manual, bc_gitops_plan:action()}.
+-type job() :: reconcile | plan | {manual, bc_gitops_plan:action()} | {rollback, atom()}.
 
 -record(st, {
     config :: bc_gitops_config:config(),
@@ -55,6 +60,8 @@
     %% applied nothing (see bc_gitops_pass).
     previous :: undefined | bc_gitops_pass:planned(),
     failures = #{} :: #{atom() => bc_gitops_hold:failure()},
+    history = bc_gitops_history:new() :: bc_gitops_history:history(),
+    pins = #{} :: bc_gitops_pins:pins(),
     repairs = #{} :: #{atom() => bc_gitops_hold:repair()},
     last = #{} :: map(),
     last_commit :: binary() | undefined,
@@ -100,6 +107,18 @@ ack() ->
         {error, _} -> undefined
     end.
 
+%% @doc The history, newest first: all of it, or one app's.
+-spec history(all | atom()) -> {ok, [bc_gitops_history:entry()]} | {error, not_running}.
+history(Which) -> call({history, Which}, 5000).
+
+%% @doc Pins `App' at the version it runs (`State').
+-spec pin(atom(), #app_state{}) -> ok | {error, not_running}.
+pin(App, State) -> call({pin, App, State}, 5000).
+
+%% @doc Drops `App''s pin, and reconciles.
+-spec unpin(atom()) -> ok | {error, {not_pinned, atom()} | not_running}.
+unpin(App) -> call({unpin, App}, 5000).
+
 %% @doc Pauses automatic reconciles.
 -spec suspend() -> ok | {error, not_running}.
 suspend() -> call(suspend, 5000).
@@ -124,7 +143,12 @@ init(Config) ->
                  undefined -> #{last_commit => undefined};
                  _ -> bc_gitops_store:load(bc_gitops_config:state_file(Config))
              end,
+    {History, Pins} = case maps:get(repo_url, Config) of
+                          undefined -> {bc_gitops_history:new(), #{}};
+                          _ -> {bc_gitops_history:load(Config), bc_gitops_pins:load(Config)}
+                      end,
     St = #st{config = Config, last_commit = maps:get(last_commit, Stored),
+             history = History, pins = Pins,
              member = case maps:get(cluster, Config, false) of
                           false -> undefined;
                           _ ->
@@ -160,12 +184,39 @@ handle_call(resume, _From, #st{suspended = true} = St) ->
     {reply, ok, maybe_start(enqueue(reconcile, none, St#st{suspended = false}))};
 handle_call(resume, _From, St) ->
     {reply, ok, St};
+handle_call({history, Which}, _From, St) ->
+    {reply, {ok, bc_gitops_history:entries(Which, St#st.history)}, St};
+handle_call({pin, App, #app_state{version = V} = State}, _From, #st{pins = Pins} = St) ->
+    %% The spec it runs: its last change's, else git's, at the version
+    %% and env it runs with.
+    Known = case bc_gitops_history:last_change(App, St#st.history) of
+                #{'after' := After} -> After;
+                none -> git_spec(App, St)
+            end,
+    Running = case Known of
+                  undefined -> undefined;
+                  _ -> bc_gitops_history:before(Known, State, Known)
+              end,
+    {reply, ok, save_pins(St#st{pins = bc_gitops_pins:pin(App, V, Running, pin, git_spec(App, St),
+                                                          Pins)})};
+handle_call({unpin, App}, _From, #st{pins = Pins} = St) ->
+    case bc_gitops_pins:unpin(App, Pins) of
+        {ok, Pins1} ->
+            St1 = save_pins(St#st{pins = Pins1}),
+            %% Git is followed again: a reconcile says how it stands.
+            {reply, ok, case configured(St1) of
+                            true -> maybe_start(enqueue(reconcile, none, St1));
+                            false -> St1
+                        end};
+        Error ->
+            {reply, Error, St}
+    end;
 handle_call({run, Job}, From, St) when Job =:= reconcile; Job =:= plan ->
     case configured(St) of
         true -> {noreply, maybe_start(enqueue(Job, From, St))};
         false -> {reply, {error, not_configured}, St}
     end;
-handle_call({run, {manual, _} = Job}, From, St) ->
+handle_call({run, Job}, From, St) when element(1, Job) =:= manual; element(1, Job) =:= rollback ->
     {noreply, maybe_start(enqueue(Job, From, St))};
 handle_call(_Other, _From, St) ->
     {reply, {error, unknown_call}, St}.
@@ -231,6 +282,8 @@ handle_info({'DOWN', Ref, process, _, _}, #st{member = #{monitor := Ref} = M} = 
     %% stepped down, or it died): this node's cluster part says who is.
     ok = bc_gitops_cluster:tell(),
     {noreply, St#st{member = maps:remove(monitor, M#{coordinator := undefined})}};
+handle_info({bc_gitops_history, Entry, Change}, #st{history = H} = St) ->
+    {noreply, St#st{history = bc_gitops_history:add(Entry, Change, H)}};
 handle_info({'EXIT', _, _}, St) ->
     {noreply, St};
 handle_info(_Other, St) ->
@@ -329,7 +382,12 @@ enqueue_callers(Job, Callers, #st{queue = Queue} = St) ->
 maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
     St1 = cancel_timers(St),
     Ctx0 = #{config => St1#st.config, cache => St1#st.cache, failures => St1#st.failures,
-             repairs => St1#st.repairs, manual => Callers =/= [], gates => St1#st.gates},
+             repairs => St1#st.repairs, manual => Callers =/= [], gates => St1#st.gates,
+             pins => St1#st.pins, sink => self(),
+             change => case Job of
+                           {rollback, App} -> bc_gitops_history:last_change(App, St1#st.history);
+                           _ -> none
+                       end},
     Ctx1 = case St1#st.previous of
                undefined -> Ctx0;
                Previous -> Ctx0#{previous => Previous}
@@ -393,11 +451,23 @@ work(reconcile, Ctx) ->
     bc_gitops_pass:run(Ctx);
 work(plan, Ctx) ->
     bc_gitops_pass:dry_run(Ctx);
-work({manual, Action}, #{config := #{runtime_module := Runtime}}) ->
-    bc_gitops_action:summary(bc_gitops_action:run(Runtime, Action)).
+work({manual, Action}, Ctx) ->
+    bc_gitops_manual:run(Action, Ctx);
+work({rollback, App}, Ctx) ->
+    bc_gitops_manual:rollback(App, Ctx).
 
+%% The history is written after each job.
 -spec finished(job(), term(), #st{}) -> #st{}.
-finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St) ->
+finished(Job, Result, St) ->
+    St1 = finished1(Job, Result, St),
+    St1#st{history = bc_gitops_history:save(St1#st.config, St1#st.history)}.
+
+-spec finished1(job(), term(), #st{}) -> #st{}.
+finished1(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St0) ->
+    St = case maps:get(ended_pins, R, #{}) of
+             Ended when map_size(Ended) =:= 0 -> St0;
+             Ended -> save_pins(St0#st{pins = bc_gitops_pins:drop(Ended, St0#st.pins)})
+         end,
     %% A run that failed before applying anything leaves the repairs as
     %% they were.
     St1 = St#st{cache = Cache, failures = Failures, repairs = maps:get(repairs, R, St#st.repairs),
@@ -417,16 +487,43 @@ finished(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} 
             %% A member still tells the coordinator it is no longer busy.
             report(St1)
     end;
-finished(reconcile, Crash, St) ->
+finished1(reconcile, Crash, St) ->
     ?LOG_ERROR("bc_gitops: reconcile worker crashed: ~p", [Crash]),
     report(St#st{last = #{outcome => {error, Crash}}, previous = undefined,
                  last_at = erlang:system_time(millisecond)});
-finished(plan, {ok, _, Parsed}, #st{cache = Parsed} = St) ->
+finished1(plan, {ok, _, Parsed}, #st{cache = Parsed} = St) ->
     St;
-finished(plan, {ok, _, Parsed}, St) ->
+finished1(plan, {ok, _, Parsed}, St) ->
     %% The last plan was made from another parse.
     St#st{cache = Parsed, previous = undefined};
-finished(_Job, _Result, St) ->
+finished1({rollback, App}, {ok, #{to := Version}}, #st{pins = Pins} = St) ->
+    Running = case bc_gitops_history:last_change(App, St#st.history) of
+                  #{'after' := After} -> After;
+                  none -> undefined
+              end,
+    save_pins(St#st{pins = bc_gitops_pins:pin(App, Version, Running, rollback, git_spec(App, St),
+                                              Pins)});
+finished1(_Job, _Result, St) ->
+    St.
+
+%% `App''s spec in the last parse, if valid.
+-spec git_spec(atom(), #st{}) -> #app_spec{} | undefined.
+git_spec(App, #st{cache = #{specs := Specs}}) ->
+    case lists:keyfind(App, #app_spec.name, Specs) of
+        false -> undefined;
+        Spec -> Spec
+    end;
+git_spec(_App, _St) ->
+    undefined.
+
+-spec save_pins(#st{}) -> #st{}.
+save_pins(#st{config = #{repo_url := undefined}} = St) ->
+    St;
+save_pins(#st{config = Config, pins = Pins} = St) ->
+    case bc_gitops_pins:save(Config, Pins) of
+        ok -> ok;
+        {error, Why} -> ?LOG_WARNING("bc_gitops: cannot persist pins: ~p", [Why])
+    end,
     St.
 
 -spec reply(job(), term()) -> term().
@@ -553,10 +650,18 @@ status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
       spec_errors => case Cache of undefined -> []; #{errors := Es} -> Es end,
       spec_warnings => case Cache of undefined -> []; #{warnings := Ws} -> Ws end,
       blocked => maps:get(blocked, Last, []),
-      waiting => maps:get(waiting, Last, []),
+      %% A pin is a standing reason to wait, shown whether or not it held
+      %% an action back at the last reconcile.
+      waiting => waiting(maps:get(waiting, Last, []), St#st.pins),
+      pins => bc_gitops_pins:view(St#st.pins),
       app_errors => app_errors(St#st.failures, now(St)),
       repairs => repairs(St#st.repairs, now(St)),
       guests => bc_gitops_vm:guests()}.
+
+-spec waiting([{atom(), term()}], bc_gitops_pins:pins()) -> [{atom(), term()}].
+waiting(Waiting, Pins) ->
+    Waiting ++ [{App, {pinned, V}} || {App, #{version := V}} <- lists:keysort(1, maps:to_list(Pins)),
+                                      not lists:keymember(App, 1, Waiting)].
 
 -spec now(#st{}) -> integer().
 now(#st{config = #{clock := Clock}}) -> Clock:now_ms().

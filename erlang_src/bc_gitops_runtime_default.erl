@@ -32,7 +32,7 @@
 %%% of its own ({@link bc_gitops_vm}): it is built here as any other, then
 %%% every step that touches the running app (start, reconfigure, the hot
 %%% upgrade and its undo, the state read by `get_current_state/0') runs in
-%%% the guest over `erpc', with the same code ({@link bc_gitops_code}). A
+%%% the guest over `erpc', with the same code ({@link bc_gitops_lifecycle}). A
 %%% restart there is a fresh guest. An app whose guest died is reported
 %%% `failed' (stopped when only the app stopped in a live guest), so the
 %%% reconciler heals it as any drift; removing the app stops its guest. A
@@ -161,7 +161,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
            dir = OldDir} = Entry, Dir, Ebins) ->
     Direction = bc_gitops_hot:direction(OldV, V),
-    case at(Entry, bc_gitops_code, hot_upgrade,
+    case at(Entry, bc_gitops_lifecycle, hot_upgrade,
             [App, Ebins, OldPaths, {Direction, binary_to_list(OldV)}, {OldEnv, Env}]) of
         {ok, Info, Paths} ->
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
@@ -184,7 +184,7 @@ hot_failure({error, Why, _Undo}) -> Why.
                reverted | not_reverted) -> {error, term()}.
 keep_old(Spec, #entry{state = Old, paths = OldPaths, dir = OldDir} = Entry, Dir, Ebins, Why,
          Undo) ->
-    _ = at(Entry, bc_gitops_code, drop_paths, [[P || P <- Ebins, not lists:member(P, OldPaths)]]),
+    _ = at(Entry, bc_gitops_lifecycle, drop_paths, [[P || P <- Ebins, not lists:member(P, OldPaths)]]),
     ok = case Dir of
              OldDir -> ok;
              _ -> delete_build(Dir)
@@ -242,7 +242,7 @@ running(#entry{state = #app_state{name = App}} = Entry) ->
 reconfigure(#app_spec{name = App, env = Env}) ->
     case lookup(App) of
         {ok, #entry{state = #app_state{env = OldEnv} = State} = Entry} ->
-            case at(Entry, bc_gitops_code, reconfigure, [App, OldEnv, Env]) of
+            case at(Entry, bc_gitops_lifecycle, reconfigure, [App, OldEnv, Env]) of
                 ok ->
                     New = State#app_state{env = Env},
                     true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
@@ -271,7 +271,7 @@ get_current_state() ->
 probe(Entries) ->
     Asked = [{App, case bc_gitops_vm:lookup(App) of
                        {up, Node} when Node =:= N ->
-                           {ask, erpc:send_request(Node, bc_gitops_code, probe,
+                           {ask, erpc:send_request(Node, bc_gitops_lifecycle, probe,
                                                    [App, maps:keys(Env)])};
                        _ ->
                            failed
@@ -291,7 +291,7 @@ probe(Entries) ->
                         failed ->
                             failed
                     end} || {App, Ask} <- Asked],
-    Here = [{App, bc_gitops_code:probe(App, maps:keys(Env))}
+    Here = [{App, bc_gitops_lifecycle:probe(App, maps:keys(Env))}
             || #entry{state = #app_state{name = App, node = undefined, env = Env}} <- Entries],
     maps:from_list(Here ++ Guests).
 
@@ -318,7 +318,7 @@ guest_call(Node, M, F, A) ->
 %% Stops the app of `Entry' where it runs: its guest is stopped with it.
 -spec stop_app(#entry{}) -> ok.
 stop_app(#entry{state = #app_state{name = App, node = undefined}, paths = Paths}) ->
-    bc_gitops_code:stop(App, Paths);
+    bc_gitops_lifecycle:stop(App, Paths);
 stop_app(#entry{state = #app_state{name = App}}) ->
     bc_gitops_vm:stop(App).
 
@@ -340,9 +340,9 @@ start(#app_spec{name = App, version = V, env = Env, depends_on = Deps, isolation
                                 env = Env, depends_on = Deps, isolation = Isolation,
                                 vm_config = VmConfig, node = Node},
             Entry0 = #entry{state = State0, dir = Dir},
-            case at(Entry0, bc_gitops_code, start, [App, Ebins, Env]) of
+            case at(Entry0, bc_gitops_lifecycle, start, [App, Ebins, Env]) of
                 {ok, Paths} ->
-                    Top = at(Entry0, bc_gitops_code, top_pid, [App]),
+                    Top = at(Entry0, bc_gitops_lifecycle, top_pid, [App]),
                     State = State0#app_state{pid = case is_pid(Top) of
                                                        true -> Top;
                                                        false -> undefined

@@ -1,10 +1,14 @@
 %%% @doc Reads the app specs of a gitops checkout.
 %%%
-%%% Specs live in `<Root>/<AppsDir>/<app>/app.config' (Erlang terms, as
-%%% `file:consult/1' reads them) or `app.json'. Parsing and validation run in
-%%% the Rust NIF on a dirty IO scheduler. One broken spec never hides the
-%%% others: every valid spec comes back together with every error and
-%%% warning, each naming the file, the line (term files) and the field.
+%%% Specs live in `<Root>/<AppsDir>/<app>/', in exactly one of `app.config'
+%%% (Erlang terms, as `file:consult/1' reads them), `app.json', `app.yaml'
+%%% or `app.yml' (YAML 1.2, one document, core schema; aliases, other tags
+%%% and `.inf'/`.nan' are refused, never expanded). JSON and YAML strings
+%%% become binaries, `true', `false' and `null' atoms. Parsing and
+%%% validation run in the Rust NIF on a dirty IO scheduler. One broken spec
+%%% never hides the others: every valid spec comes back together with every
+%%% error and warning, each naming the file, the line (term and YAML files)
+%%% and the field.
 %%%
 %%% Atoms are created only for specs that pass validation, so a repository
 %%% full of junk cannot grow the atom table.

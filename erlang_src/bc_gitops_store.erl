@@ -8,12 +8,14 @@
 %%% Writes are atomic (a temporary file, fsync, then rename), and the file
 %%% carries its length and a CRC-32 of its contents: a torn or corrupt file is detected,
 %%% logged as a warning and ignored. It never stops the application from
-%%% starting.
+%%% starting. The history and the pins beside it ({@link bc_gitops_history},
+%%% {@link bc_gitops_pins}) are written and read the same way, through
+%%% {@link write/2} and {@link read/1}.
 -module(bc_gitops_store).
 
 -include_lib("kernel/include/logger.hrl").
 
--export([load/1, save/2]).
+-export([load/1, save/2, write/2, read/1]).
 
 -export_type([stored/0]).
 
@@ -33,29 +35,46 @@
 %% be trusted (then with a warning).
 -spec load(file:filename()) -> stored().
 load(File) ->
-    case file:read_file(File) of
-        {ok, Bin} ->
-            case decode(Bin) of
-                {ok, Stored} ->
-                    Stored;
-                {error, Why} ->
-                    ?LOG_WARNING("bc_gitops: ignoring state file ~ts: ~p", [File, Why]),
-                    empty()
-            end;
-        {error, enoent} ->
+    case read(File) of
+        {ok, #{last_commit := _, apps := Apps} = Stored} when is_map(Apps) ->
+            Stored;
+        {ok, _} ->
+            ?LOG_WARNING("bc_gitops: ignoring state file ~ts: ~p", [File, unknown_format]),
             empty();
-        {error, Why} ->
-            ?LOG_WARNING("bc_gitops: cannot read state file ~ts: ~p", [File, Why]),
+        none ->
+            empty();
+        {error, _} ->
             empty()
     end.
 
 %% @doc Writes `Stored' atomically.
 -spec save(file:filename(), stored()) -> ok | {error, term()}.
 save(File, Stored) ->
-    Payload = term_to_binary({?FORMAT, Stored}),
+    write(File, Stored).
+
+%% @doc Writes any term to `File' atomically, framed with its length and a
+%% CRC-32.
+-spec write(file:filename(), term()) -> ok | {error, term()}.
+write(File, Term) ->
+    Payload = term_to_binary({?FORMAT, Term}),
     Bin = <<?MAGIC, (byte_size(Payload)):64, (erlang:crc32(Payload)):32, Payload/binary>>,
     Tmp = File ++ ".tmp",
     maybe_write(filelib:ensure_dir(File), Tmp, Bin, File).
+
+%% @doc The term {@link write/2} wrote to `File'; `none' when there is no
+%% file; `{error, Why}' (logged as a warning) when it cannot be trusted.
+-spec read(file:filename()) -> {ok, term()} | none | {error, term()}.
+read(File) ->
+    Result = case file:read_file(File) of
+                 {ok, Bin} -> decode(Bin);
+                 {error, enoent} -> none;
+                 {error, _} = Error -> Error
+             end,
+    case Result of
+        {error, Why} -> ?LOG_WARNING("bc_gitops: ignoring ~ts: ~p", [File, Why]);
+        _ -> ok
+    end,
+    Result.
 
 -spec maybe_write(ok | {error, term()}, file:filename(), binary(), file:filename()) ->
     ok | {error, term()}.
@@ -75,7 +94,7 @@ maybe_write(ok, Tmp, Bin, File) ->
 maybe_write({error, _} = Error, _, _, _) ->
     Error.
 
--spec decode(binary()) -> {ok, stored()} | {error, term()}.
+-spec decode(binary()) -> {ok, term()} | {error, term()}.
 decode(<<?MAGIC, Size:64, Crc:32, Payload:Size/binary>>) ->
     case erlang:crc32(Payload) of
         Crc ->
@@ -83,8 +102,8 @@ decode(<<?MAGIC, Size:64, Crc:32, Payload:Size/binary>>) ->
             %% passed validation when written, and may not exist yet after a
             %% restart. The file is ours; the checksum guards against tearing.
             try binary_to_term(Payload) of
-                {?FORMAT, #{last_commit := _, apps := Apps} = Stored} when is_map(Apps) ->
-                    {ok, Stored};
+                {?FORMAT, Term} ->
+                    {ok, Term};
                 _ ->
                     {error, unknown_format}
             catch

@@ -24,7 +24,7 @@
 %%%     host's is set over the control connection once it has booted, so
 %%%     the cookie never shows on a command line.</li>
 %%% <li>bc_gitops's own ebin is on the guest's code path (`-pa'): the
-%%%     lifecycle and hot upgrade steps ({@link bc_gitops_code},
+%%%     lifecycle and hot upgrade steps ({@link bc_gitops_lifecycle},
 %%%     {@link bc_gitops_hot}) run there over `erpc'. The NIF is not
 %%%     loaded in a guest.</li>
 %%% <li>A crash dump goes to `Dir/<node>.erl_crash.dump', written for at

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the Erlang term parser for a while: ./fuzz/run.sh [SECONDS] [TARGET]
+# Fuzzes a spec parser for a while: ./fuzz/run.sh [SECONDS] [TARGET]
+# TARGET is term_parse (the default) or yaml_parse.
 #
 # Installs cargo-fuzz when it is missing. cargo-fuzz needs nightly Rust;
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain use the nightly flags it
@@ -18,18 +19,50 @@ fi
 
 corpus="$here/corpus/$target"
 mkdir -p "$corpus"
-# Seed the corpus with a few real terms so the fuzzer starts from syntax.
-seed="$corpus/seed-config"
-if [ ! -e "$seed" ]; then
-    cat >"$seed" <<'TERMS'
+# Seed the corpus with a few real inputs so the fuzzer starts from syntax.
+dict=()
+case "$target" in
+term_parse)
+    [ -e "$corpus/seed-config" ] || cat >"$corpus/seed-config" <<'TERMS'
 %% A typical spec file.
 #{name => my_app, version => "1.0.0", port => 8080,
   env => [{key, <<"value">>}, {list, [1, 2.5e-3, $a, 'Quoted atom']}],
   bin => <<1:4, 16#F:4, "é"/utf8, 1.5:32/float-little>>,
   deep => {[a | b], #{-1 => 16#ff_ff, "k" => {}}}}.
 TERMS
-fi
-
+    ;;
+yaml_parse)
+    dict=(-dict="$here/yaml.dict")
+    [ -e "$corpus/seed-spec" ] || cat >"$corpus/seed-spec" <<'YAML'
+# A typical spec file.
+name: my_app
+version: "1.0.0"
+source: {type: git, url: 'https://h.test/a.git', ref: v1}
+env:
+  port: 8080
+  ratio: -2.5e-3
+  list: [1, 0x1F, 0o17, ~, true, "tab\t", 'it''s']
+  text: |
+    two
+    lines
+  folded: >-
+    one
+    line
+depends_on:
+  - base
+YAML
+    [ -e "$corpus/seed-refused" ] || cat >"$corpus/seed-refused" <<'YAML'
+%TAG !e! tag:example.test,2000:
+--- !!map
+? [complex, key]
+: &anchor !!str value
+alias: *anchor
+tagged: !e!thing {a: !!int "1", b: !!float 2, c: !!null "", d: .inf}
+...
+--- second
+YAML
+    ;;
+esac
 cd "$here/.."
 RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir "$here" "$target" "$corpus" -- \
-    -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048
+    ${dict[@]+"${dict[@]}"} -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048

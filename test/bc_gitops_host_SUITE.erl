@@ -144,6 +144,18 @@ relx_release(Config) ->
                                          " || L <- binary:split(Maps, <<\"\\n\">>, [global]),\n"
                                          "    binary:match(L, <<\"bc_gitops_nif\">>) =/= nomatch]"))),
 
+    %% The release carries the bc_gitops command in bc_gitops's priv: it
+    %% reaches the node by its name and cookie, as bin/host does.
+    Cli = filename:join([Rel, "lib", "bc_gitops-" ++ app_key(vsn), "priv", "bc_gitops"]),
+    NodeName = atom_to_list(Eval("node()")),
+    CliStatus = must(run(Config, Cli, ["--node", NodeName, "--cookie", Cookie, "status"], [], 60000)),
+    ?assertMatch({match, _}, re:run(CliStatus, "^hs_hello +1\\.1\\.0 +1\\.1\\.0 +running +healthy",
+                                    [multiline])),
+    CliHistory = must(run(Config, Cli, ["--node", NodeName, "--cookie", Cookie, "history"], [],
+                          60000)),
+    ?assertMatch({match, _}, re:run(CliHistory, "hs_hello +upgrade +1\\.0\\.0 +1\\.1\\.0 +ok +hot",
+                                    [multiline])),
+
     %% `bin/host stop' ends the node: the foreground process exits with 0.
     must(run(Config, Bin, ["stop"], [], 60000)),
     receive

@@ -7,9 +7,10 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
--export([commits_drive_the_plan/1, broken_commit_keeps_running_app/1]).
+-export([commits_drive_the_plan/1, broken_commit_keeps_running_app/1,
+         mixed_formats_drive_the_plan/1]).
 
-all() -> [commits_drive_the_plan, broken_commit_keeps_running_app].
+all() -> [commits_drive_the_plan, broken_commit_keeps_running_app, mixed_formats_drive_the_plan].
 
 init_per_testcase(_Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_git"),
@@ -80,6 +81,66 @@ broken_commit_keeps_running_app(Config) ->
     {ok, #{actions := Actions, blocked := Blocked}} = bc_gitops_plan:plan(V2, Running, Invalid),
     ?assertMatch([{upgrade, #app_spec{name = mail}, <<"1.0.0">>}], Actions),
     ?assertEqual([{db, invalid_spec}, {web, {invalid_dependency, db}}], Blocked).
+
+%% Term, JSON and YAML specs side by side in one repository plan as one; a
+%% YAML commit upgrades its app, and a YAML spec that breaks holds its app
+%% and names its line.
+mixed_formats_drive_the_plan(Config) ->
+    Origin = ?config(origin, Config),
+    Clone = ?config(clone, Config),
+    spec(Origin, "db", "1.0.0", [], "#{pool => 5}"),
+    write(Origin, "apps/mail/app.json",
+          "{\"name\": \"mail\", \"version\": \"1.0.0\", \"source\": {\"type\": \"hex\"}}\n"),
+    write(Origin, "apps/web/app.yaml", web_yaml("1.0.0")),
+    commit(Origin, "v1"),
+    git(filename:dirname(Clone), ["clone", "-q", Origin, Clone]),
+
+    {ok, #{specs := V1, errors := [], warnings := []}} = bc_gitops_specs:parse_dir(Clone, "apps"),
+    ?assertMatch([#app_spec{name = db}, #app_spec{name = mail},
+                  #app_spec{name = web, version = <<"1.0.0">>, depends_on = [db],
+                            env = #{port := 8080, hosts := [<<"a">>, <<"b">>]},
+                            source = #source_spec{type = git, ref = <<"main">>}}], V1),
+    {ok, #{actions := A1, blocked := []}} = bc_gitops_plan:plan(V1, [], []),
+    Order = [S#app_spec.name || {deploy, S} <- A1],
+    ?assertEqual([db, mail, web], lists:sort(Order)),
+    ?assert(index(db, Order) < index(web, Order)),
+    Running = [#app_state{name = S#app_spec.name, version = S#app_spec.version,
+                          status = running, env = S#app_spec.env,
+                          depends_on = S#app_spec.depends_on} || S <- V1],
+
+    write(Origin, "apps/web/app.yaml", web_yaml("1.1.0")),
+    commit(Origin, "web 1.1.0"),
+    git(Clone, ["pull", "-q", "--ff-only"]),
+    {ok, #{specs := V2, errors := []}} = bc_gitops_specs:parse_dir(Clone, "apps"),
+    ?assertMatch({ok, #{actions := [{upgrade, #app_spec{name = web, version = <<"1.1.0">>},
+                                     <<"1.0.0">>}]}},
+                 bc_gitops_plan:plan(V2, Running, [])),
+
+    %% Line 4 is indented under a scalar: not YAML.
+    write(Origin, "apps/web/app.yaml", "name: web\nversion: \"1.2.0\"\nsource: {type: hex}\n  env: {}\n"),
+    commit(Origin, "break web"),
+    git(Clone, ["pull", "-q", "--ff-only"]),
+    {ok, #{specs := V3, errors := [Error]}} = bc_gitops_specs:parse_dir(Clone, "apps"),
+    ?assertMatch(#{app := <<"web">>, kind := syntax, line := 4,
+                   file := <<"apps/web/app.yaml">>}, Error),
+    ?assertEqual({ok, #{actions => [], blocked => [{web, invalid_spec}]}},
+                 bc_gitops_plan:plan(V3, Running, [<<"web">>])).
+
+web_yaml(Version) ->
+    ["# the web front end\n"
+     "name: web\n"
+     "version: \"", Version, "\"\n"
+     "source:\n"
+     "  type: git\n"
+     "  url: file:///srv/web.git\n"
+     "  ref: main\n"
+     "env:\n"
+     "  port: 8080\n"
+     "  hosts: [a, b]\n"
+     "depends_on:\n"
+     "  - db\n"].
+
+index(X, List) -> length(lists:takewhile(fun(Y) -> Y =/= X end, List)).
 
 %% Helpers
 

@@ -85,7 +85,7 @@ guest_command_line(Config) ->
     Hmax = integer_to_list(256 * 1024 * 1024 div 4 div erlang:system_info(wordsize)),
     ?assertMatch(["-hidden", "-setcookie", _, "-pa", _, "+S", "2:2", "+hmax", Hmax, "+hmaxk", "true",
                   "+A", "4"], Args),
-    ?assertEqual(filename:dirname(code:which(bc_gitops_code)), lists:nth(5, Args)),
+    ?assertEqual(filename:dirname(code:which(bc_gitops_lifecycle)), lists:nth(5, Args)),
     ?assertEqual(bc_gitops_vm_command:dump_file(Dir, Name ++ "@" ++ Host),
                  proplists:get_value("ERL_CRASH_DUMP", Env)),
     %% Without limits: the emulator itself, the app's name as the prefix.
@@ -93,7 +93,7 @@ guest_command_line(Config) ->
         bc_gitops_vm_command:peer_options(plain, undefined, Dir),
     ?assertEqual(lists:last(ExecArgs), Erlexec),
     {ok, Local, _} = peer:start(#{connection => standard_io,
-                                  args => ["-pa", filename:dirname(code:which(bc_gitops_code))]}),
+                                  args => ["-pa", filename:dirname(code:which(bc_gitops_lifecycle))]}),
     try
         ?assertMatch({error, {not_distributed, _}},
                      peer:call(Local, bc_gitops_vm_command, peer_options, [plain, undefined, Dir]))

@@ -3,7 +3,7 @@
 //! - [`term`]: the Erlang term model, and [`term_parse`] / [`term_print`] to
 //!   read and write it in the syntax `file:consult/1` accepts;
 //! - [`spec`]: the typed application spec, its discovery, parsing (Erlang
-//!   terms and JSON) and validation;
+//!   terms, JSON and YAML) and validation;
 //! - [`plan`]: the diff of desired against current state, as ordered actions;
 //! - [`archive`]: tar archives listed and unpacked, with bounds.
 //!

@@ -9,8 +9,9 @@
 //! as Latin-1, as Erlang does.
 //!
 //! Deliberate limits, so that hostile input cannot hurt the caller: nesting
-//! deeper than [`MAX_DEPTH`] and binaries over [`MAX_BINARY_BYTES`] in all are
-//! errors, where Erlang would go on. Bitstrings that are not a whole number
+//! deeper than [`MAX_DEPTH`], binaries over [`MAX_BINARY_BYTES`] in all and
+//! integers of more than [`MAX_INT_DIGITS`] digits are errors, where Erlang
+//! would go on. Bitstrings that are not a whole number
 //! of bytes are errors too, because [`Term`] cannot hold them.
 
 use crate::term::{Spanned, Term};
@@ -26,6 +27,22 @@ pub const MAX_DEPTH: usize = 100;
 /// The total size of all binaries built while parsing one input. A tiny
 /// segment such as `<<0:4294967295/unit:256>>` asks for gigabytes.
 pub const MAX_BINARY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The most digits an integer may have. Reading a number in a base that is
+/// not a power of two takes time quadratic in its digits: a megabyte of
+/// them takes seconds. Python limits its `int()` to the same 4300 digits
+/// for the same reason.
+pub const MAX_INT_DIGITS: usize = 4300;
+
+/// `digits` in `radix` as an integer, unless there are more than
+/// [`MAX_INT_DIGITS`] of them (`Err` with the message) or they are not
+/// digits (`Ok(None)`).
+pub fn bounded_int(digits: &str, radix: u32) -> std::result::Result<Option<BigInt>, String> {
+    if digits.len() > MAX_INT_DIGITS {
+        return Err(format!("an integer has more than {MAX_INT_DIGITS} digits"));
+    }
+    Ok(BigInt::parse_bytes(digits.as_bytes(), radix))
+}
 
 /// The longest atom Erlang can make.
 const MAX_ATOM_CHARS: usize = 255;
@@ -527,7 +544,8 @@ impl Lexer {
                 self.bump();
                 self.float(digits, line)
             }
-            _ => BigInt::parse_bytes(digits.as_bytes(), 10)
+            _ => bounded_int(&digits, 10)
+                .map_err(|message| ParseError::new(line, message))?
                 .map(Tok::Int)
                 .ok_or_else(|| ParseError::new(line, format!("bad integer {digits}"))),
         }
@@ -565,7 +583,8 @@ impl Lexer {
             let message = format!("missing digits after '{base}#'");
             return Err(ParseError::new(line, message));
         }
-        BigInt::parse_bytes(digits.as_bytes(), base)
+        bounded_int(&digits, base)
+            .map_err(|message| ParseError::new(line, message))?
             .map(Tok::Int)
             .ok_or_else(|| ParseError::new(line, format!("bad integer {base}#{digits}")))
     }

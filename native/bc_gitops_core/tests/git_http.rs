@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bc_gitops_core::git::{sync, Auth, GitError, SyncOptions};
 use support::{
-    ca_and_leaf, ca_and_leaf_for, isolate, lighttpd, read, self_signed, status, HttpSetup, Upstream,
+    ca_and_leaf, ca_and_leaf_for, https_self_signed, isolate, lighttpd, read, self_signed, status,
+    HttpSetup, Upstream,
 };
 
 fn options(url: String, dest: &Path, auth: Auth) -> SyncOptions {
@@ -53,15 +54,7 @@ fn https_self_signed_needs_the_ca_file() {
     isolate();
     let up = Upstream::new();
     let conf = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(conf.path(), "server");
-    let server = lighttpd(
-        up.dir.path(),
-        conf.path(),
-        &HttpSetup {
-            tls: Some((&cert, &key)),
-            ..HttpSetup::default()
-        },
-    );
+    let (server, cert) = https_self_signed(up.dir.path(), conf.path());
     let url = format!("https://localhost:{}/git/upstream.git", server.port);
 
     let untrusted = up.dir.path().join("untrusted");

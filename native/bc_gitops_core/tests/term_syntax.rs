@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bc_gitops_core::term::{Spanned, Term};
-use bc_gitops_core::term_parse::{parse_terms, ParseError, MAX_DEPTH};
+use bc_gitops_core::term_parse::{parse_terms, ParseError, MAX_DEPTH, MAX_INT_DIGITS};
 use num_bigint::BigInt;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -541,6 +541,28 @@ fn nesting_is_limited() {
         let src = opener.repeat(100_000);
         assert!(err(&src).message.contains("nested too deeply"), "{opener}");
     }
+}
+
+#[test]
+fn integer_digits_are_limited() {
+    let most = "9".repeat(MAX_INT_DIGITS);
+    assert!(matches!(one(&format!("{most}.")), Term::BigInt(_)));
+    assert!(matches!(
+        one(&format!("36#{}.", "z".repeat(MAX_INT_DIGITS))),
+        Term::BigInt(_)
+    ));
+    // A megabyte of digits would take seconds to convert: refused at once.
+    let start = std::time::Instant::now();
+    for src in [
+        format!("\n{most}9."),
+        format!("\n7#{}.", "6".repeat(1_000_000)),
+        format!("\n{}.", "1".repeat(1_000_000)),
+    ] {
+        let e = err(&src);
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("more than 4300 digits"), "{e}");
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
 }
 
 #[test]

@@ -84,4 +84,10 @@ fn consult<'a>(env: Env<'a>, bytes: rustler::Binary<'a>) -> Term<'a> {
     (atoms::ok(), out).encode(env)
 }
 
-rustler::init!("bc_gitops_nif");
+/// Sets libgit2's process-wide timeouts (the defaults of
+/// `bc_gitops_core::git::Timeouts`) before any sync can start.
+fn load(_env: Env, _load_info: Term) -> bool {
+    bc_gitops_core::git::configure(bc_gitops_core::git::Timeouts::default()).is_ok()
+}
+
+rustler::init!("bc_gitops_nif", load = load);

@@ -122,37 +122,43 @@ fn disk_full_or(
     }
 }
 
-/// What the network layer observed besides libgit2's own error, which is
-/// often a bare "early EOF" once we cut a connection.
+/// What the callbacks observed besides libgit2's own error, which is often
+/// a bare "user cancelled" or "early EOF" once a callback stopped it.
 #[derive(Debug, Default)]
 pub(crate) struct NetFacts {
-    /// The deadline passed and the transfer was cancelled.
+    /// The deadline passed and a callback cancelled the operation.
     pub timed_out: bool,
     /// The credentials callback ran out of things to offer.
     pub auth_exhausted: Option<String>,
-    /// Our certificate/host-key check rejected the server.
+    /// Our SSH host-key check rejected the server.
     pub identity_rejected: Option<String>,
-    /// The relay could not reach the real server.
-    pub upstream_error: Option<String>,
+    /// The operation lasted at least libgit2's server timeout.
+    pub outlasted_server_timeout: bool,
 }
 
-/// Maps a libgit2 failure of a network operation (ls-remote or fetch).
+/// Maps a libgit2 failure of a network operation (ls-remote or fetch) that
+/// ran for `elapsed`.
 pub(crate) fn net_error(
     err: &git2::Error,
     facts: &NetFacts,
     url: &str,
-    timeout: Duration,
+    elapsed: Duration,
     local_path: &Path,
     redactor: &Redactor,
 ) -> GitError {
     use git2::{ErrorClass as Class, ErrorCode as Code};
     let url = redactor.redact(url);
     let message = redactor.redact(err.message());
-    if facts.timed_out || err.code() == Code::Timeout {
-        return GitError::Timeout {
-            url,
-            after: timeout,
-        };
+    // libgit2's own connect and server timeouts say so in the code (a plain
+    // socket) or in the message (ssh, a connect). Under TLS only the errno
+    // of the non-blocking socket, EAGAIN, is left, and it is also left by
+    // other failures: a timeout then only if it lasted long enough.
+    let libgit2_timeout = err.code() == Code::Timeout
+        || message.to_ascii_lowercase().contains("timed out")
+        || (facts.outlasted_server_timeout && message.contains("Resource temporarily unavailable"));
+    if facts.timed_out || libgit2_timeout {
+        let after = Duration::from_millis(elapsed.as_millis().try_into().unwrap_or(u64::MAX));
+        return GitError::Timeout { url, after };
     }
     if let Some(why) = &facts.identity_rejected {
         let message = redactor.redact(why);
@@ -162,23 +168,32 @@ pub(crate) fn net_error(
         let message = redactor.redact(why);
         return GitError::Auth { url, message };
     }
-    if let Some(why) = &facts.upstream_error {
-        let message = redactor.redact(why);
-        return GitError::Unreachable { url, message };
-    }
     if says_disk_full(&message) {
         let path = local_path.to_path_buf();
         return GitError::DiskFull { path, message };
     }
+    // libgit2 1.9.7 loses the reason when a certificate has subjectAltNames
+    // but none of the host's kind (DNS name, IP address): its common-name
+    // fallback reads past the names and fails as an "early EOF", which
+    // OpenSSL 3 reports in no other case. The certificate was refused.
+    if err.class() == Class::Ssl && message.contains("received early EOF") {
+        let message = "the server's certificate does not name this host (its \
+                       subjectAltNames have no entry for it)"
+            .to_string();
+        return GitError::Certificate { url, message };
+    }
+    // libgit2's verdict on the chain or the host name of a TLS server.
+    let untrusted = err.code() == Code::Certificate
+        || (err.class() == Class::Ssl && message.contains("certificate"));
+    if untrusted {
+        let message = format!(
+            "{message} (the server's certificate is not trusted, or not for this host name: \
+             set ca_file to the CA, or the server's own self-signed certificate, that signs it)"
+        );
+        return GitError::Certificate { url, message };
+    }
     match (err.code(), err.class()) {
         (Code::Auth, _) => GitError::Auth { url, message },
-        (Code::Certificate, _) => {
-            let message = format!(
-                "{message} (the server certificate is not trusted: set ca_file to the CA, \
-                 or the server's own certificate, that signs it)"
-            );
-            GitError::Certificate { url, message }
-        }
         // Writing what was received failed locally (permissions, a lock
         // held by another process): the previous checkout is kept.
         (Code::Locked, _) | (_, Class::Filesystem) => {

@@ -1,15 +1,20 @@
 //! SSH host key verification against OpenSSH known_hosts files.
 //!
 //! Done here rather than left to libgit2 because libgit2 only reads
-//! `~/.ssh/known_hosts` and sees the relay's address instead of the real host
-//! (see `relay`). Supports plain and hashed (`|1|salt|hash`) host names,
-//! `[host]:port` entries, `*`/`?` wildcards, `!` negation and `@revoked`;
-//! `@cert-authority` lines are skipped (host certificates are not supported).
+//! `~/.ssh/known_hosts`, while the `ssh_known_hosts` option names another
+//! file and the system's `/etc/ssh/ssh_known_hosts` counts too. Supports
+//! plain and hashed (`|1|salt|hash`) host names, `[host]:port` entries,
+//! `*`/`?` wildcards, `!` negation and `@revoked`; `@cert-authority` lines
+//! are skipped (host certificates are not supported).
 
 use std::fs;
 use std::path::PathBuf;
 
-use super::encoding::{base64_decode, base64_encode, hmac_sha1, sha256};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
 
 /// The host key policy of one operation.
 #[derive(Debug, Clone)]
@@ -92,10 +97,7 @@ pub(crate) fn key_type(blob: &[u8]) -> String {
 
 /// The OpenSSH-style `SHA256:...` fingerprint of a key blob.
 fn fingerprint(key: &[u8]) -> String {
-    format!(
-        "SHA256:{}",
-        base64_encode(&sha256(key)).trim_end_matches('=')
-    )
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(key)))
 }
 
 fn parse_line(line: &str) -> Option<Entry<'_>> {
@@ -114,7 +116,7 @@ fn parse_line(line: &str) -> Option<Entry<'_>> {
         first = words.next()?;
     }
     let key_type = words.next()?;
-    let key = base64_decode(words.next()?)?;
+    let key = STANDARD.decode(words.next()?).ok()?;
     Some(Entry {
         revoked,
         patterns: first,
@@ -148,10 +150,14 @@ fn hashed_matches(hashed: &str, name: &str) -> bool {
     let Some((salt, hash)) = hashed.split_once('|') else {
         return false;
     };
-    match (base64_decode(salt), base64_decode(hash)) {
-        (Some(salt), Some(hash)) => hmac_sha1(&salt, name.as_bytes()).as_slice() == hash.as_slice(),
-        _ => false,
-    }
+    let (Ok(salt), Ok(hash)) = (STANDARD.decode(salt), STANDARD.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
 }
 
 /// `*` and `?` wildcards, as in OpenSSH host patterns.
@@ -192,10 +198,22 @@ mod tests {
         ));
         assert!(host_matches("[127.0.0.1]:2222", "[127.0.0.1]:2222"));
         assert!(!host_matches("127.0.0.1", "[127.0.0.1]:2222"));
-        // A hashed entry for "localhost", as `ssh-keygen -H` writes it.
-        let salt = base64_encode(b"0123456789abcdefghij");
-        let hash = base64_encode(&hmac_sha1(b"0123456789abcdefghij", b"localhost"));
-        assert!(host_matches(&format!("|1|{salt}|{hash}"), "localhost"));
-        assert!(!host_matches(&format!("|1|{salt}|{hash}"), "otherhost"));
+        // A hashed entry for "localhost", written by `ssh-keygen -H`.
+        let hashed = "|1|/p/RYZrGrnA5DnCJvreKUdvdBZU=|SCrFV5pW/JX90RwecFAivUv9+38=";
+        assert!(host_matches(hashed, "localhost"));
+        assert!(!host_matches(hashed, "otherhost"));
+    }
+
+    #[test]
+    fn fingerprint_and_key_type_match_ssh_keygen() {
+        // `ssh-keygen -lf` of this ed25519 public key.
+        let blob = STANDARD
+            .decode("AAAAC3NzaC1lZDI1NTE5AAAAIFlkby3nTXRnTIFMVF5FEf0K9zYNKKbGhl535OhiBQS4")
+            .unwrap_or_default();
+        assert_eq!(
+            fingerprint(&blob),
+            "SHA256:dKy62VPLXJyGIO1D764TZnlnOCfh1Zvs7npEP26wrvg"
+        );
+        assert_eq!(key_type(&blob), "ssh-ed25519");
     }
 }

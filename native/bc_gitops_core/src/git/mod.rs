@@ -23,20 +23,27 @@
 //!   in place, usable, until then (and stays if the re-clone fails). Stale
 //!   `*.lock` files are removed first: the checkout belongs to this module, and
 //!   calls for one path are serialized within the process.
-//! - **Bounded time.** Each network step (listing the remote's refs plus the
-//!   fetch; a healing re-clone gets its own budget) is cut after
-//!   [`SyncOptions::timeout`], even when the server accepted the connection
-//!   and never answers (see the `relay` module for how).
+//! - **Bounded time, as far as libgit2 allows.** Each network step (listing
+//!   the remote's refs, the fetch; a healing re-clone gets its own budget) is
+//!   cancelled by the first libgit2 callback (progress, credentials,
+//!   certificate) after [`SyncOptions::timeout`]. A server that stops
+//!   answering calls none: libgit2 itself gives up on it after
+//!   [`Timeouts::server`] of silence (and on a connect after
+//!   [`Timeouts::connect`]), process-wide settings (see [`configure`]). Not
+//!   bounded: the name lookup (the system resolver's own timeouts apply),
+//!   and a server that keeps sending a little before the pack starts.
 //! - **No leaked secrets.** URLs are redacted ([`redact_url`]) and every message
 //!   has the configured user name, token and passphrase masked; `Debug` of the
 //!   options masks them too.
 //!
 //! Remotes: a local path or `file://`, `git://`, `http://`, `https://`,
 //! `ssh://user@host:port/path`, scp-like `user@host:path` and
-//! `[user@host:port]:path`. HTTPS needs the `openssl` command at run time
-//! (see the `tls` module). Not supported: submodules, shallow clones, proxies
-//! from git config or the environment, following a redirect to another host,
-//! SSH host certificates.
+//! `[user@host:port]:path`. HTTPS certificates are verified by libgit2
+//! (OpenSSL) against the system store plus every `ca_file` a sync of this
+//! process named ([`Auth::ca_file`]). Not supported: submodules, shallow
+//! clones, proxies from git config or the environment, SSH host
+//! certificates. A redirect is followed on the first request only (as git
+//! does), and credentials are never offered to another host.
 //!
 //! Cost: a sync whose ref has not moved, on a checkout nobody touched since
 //! the last sync, lists the remote's refs and stats each path of the
@@ -46,16 +53,14 @@
 //! as every sync of a moved ref does.
 
 mod auth;
-mod encoding;
 mod error;
 mod hostkey;
+mod libgit2_opts;
 mod net;
 mod redact;
-mod relay;
 mod repo;
 mod snapshot;
 mod sync;
-mod tls;
 mod url;
 
 use std::fmt;
@@ -63,6 +68,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::GitError;
+pub use libgit2_opts::{configure, Timeouts};
 pub use redact::redact_url;
 
 /// Which ref of the remote to check out.
@@ -136,8 +142,10 @@ pub struct Auth {
     pub username: Option<String>,
     /// Password or access token for HTTPS.
     pub token: Option<String>,
-    /// Extra PEM CA (or the server's own certificate) trusted for HTTPS, for
-    /// this sync only, on top of the system store; see the `tls` module.
+    /// A PEM file of CA certificates (or a server's own self-signed
+    /// certificate) to trust for HTTPS besides the system store. libgit2
+    /// keeps trusted certificates process-wide: once a sync has named this
+    /// file, it is trusted for every HTTPS remote of the process.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -183,7 +191,8 @@ pub struct SyncOptions {
     pub git_ref: GitRef,
     /// The checkout directory.
     pub local_path: PathBuf,
-    /// Budget of each network step (default 60 s).
+    /// Budget of each network step (default 60 s), checked at each libgit2
+    /// callback (see the module doc).
     pub timeout: Duration,
     /// Credentials and identity checks.
     pub auth: Auth,
@@ -231,11 +240,4 @@ pub struct SyncOutcome {
 /// serialized.
 pub fn sync(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     sync::run(opts)
-}
-
-/// How many threads of the deadline relay are running in the process, for
-/// tests: none is left once [`sync`] has returned.
-#[doc(hidden)]
-pub fn live_relay_threads() -> usize {
-    relay::live_threads()
 }

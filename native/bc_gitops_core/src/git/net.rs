@@ -1,5 +1,6 @@
 //! The network side of a sync: list the remote's refs, fetch what is missing,
-//! all under one deadline, with our credential and identity checks.
+//! under one deadline as far as libgit2 lets a callback end an operation,
+//! with our credential and SSH host-key checks.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -11,11 +12,10 @@ use git2::{
 };
 
 use super::auth::Credentials;
-use super::error::{io_error, net_error, GitError, NetFacts};
+use super::error::{net_error, GitError, NetFacts};
 use super::hostkey::{key_type, HostKeyCheck};
-use super::redact::{redact_url, Redactor};
-use super::relay::{Mode, Relay};
-use super::tls::{Target, TlsCheck};
+use super::libgit2_opts::Timeouts;
+use super::redact::{percent_decode, redact_url, Redactor};
 use super::url::{RemoteUrl, Transport};
 use super::{Auth, GitRef};
 
@@ -25,8 +25,9 @@ pub(crate) struct Network<'a> {
     remote: RemoteUrl,
     auth: &'a Auth,
     timeout: Duration,
+    /// libgit2's own (process-wide) timeouts.
+    libgit2: Timeouts,
     redactor: &'a Redactor,
-    tls: TlsCheck,
     /// `None` when host key verification is off.
     host_keys: Option<HostKeyCheck>,
 }
@@ -36,6 +37,7 @@ impl<'a> Network<'a> {
         url: &'a str,
         auth: &'a Auth,
         timeout: Duration,
+        libgit2: Timeouts,
         redactor: &'a Redactor,
     ) -> Result<Self, GitError> {
         let remote = RemoteUrl::parse(url)?;
@@ -45,7 +47,7 @@ impl<'a> Network<'a> {
         let is_url = url.contains("://");
         let local = remote.local_dir().and_then(|dir| match is_url {
             false => Some(dir.to_string()),
-            true if dir.starts_with('/') => percent_decode(dir),
+            true if dir.starts_with('/') => Some(percent_decode(dir)),
             true => None,
         });
         if let Some(dir) = local {
@@ -56,10 +58,6 @@ impl<'a> Network<'a> {
                 });
             }
         }
-        let tls = match remote.transport {
-            Transport::Https => TlsCheck::new(auth.ca_file.as_deref())?,
-            _ => TlsCheck::default(),
-        };
         let host_keys = (auth.ssh_verify_host && remote.transport == Transport::Ssh).then(|| {
             let files = match &auth.ssh_known_hosts {
                 Some(file) => vec![file.clone()],
@@ -82,8 +80,8 @@ impl<'a> Network<'a> {
             remote,
             auth,
             timeout,
+            libgit2,
             redactor,
-            tls,
             host_keys,
         })
     }
@@ -109,7 +107,7 @@ impl<'a> Network<'a> {
             if repo.find_commit(oid).is_ok() {
                 return Ok(oid);
             }
-            let session = Session::start(self, repo, path)?;
+            let session = Session::start(self, repo, path);
             session.fetch(&[
                 "+refs/heads/*:refs/remotes/origin/*",
                 "+refs/tags/*:refs/tags/*",
@@ -119,7 +117,7 @@ impl<'a> Network<'a> {
                 .map(|c| c.id())
                 .map_err(|_| not_found());
         }
-        let session = Session::start(self, repo, path)?;
+        let session = Session::start(self, repo, path);
         let heads = session.list()?;
         let find = |name: String| {
             heads
@@ -170,14 +168,13 @@ impl<'a> Network<'a> {
     }
 }
 
-/// One network step: a relay (for network remotes) and the state the
-/// callbacks share, all under one deadline.
+/// One network step (a connection), and the state its callbacks share,
+/// under one deadline.
 struct Session<'n, 'r> {
     net: &'n Network<'n>,
     repo: &'r Repository,
     local_path: &'r Path,
-    relay: Option<Relay>,
-    transport_url: String,
+    started: Instant,
     deadline: Instant,
     facts: RefCell<NetFacts>,
     /// The repository's config, for git credential helpers.
@@ -185,46 +182,28 @@ struct Session<'n, 'r> {
 }
 
 impl<'n, 'r> Session<'n, 'r> {
-    fn start(
-        net: &'n Network<'n>,
-        repo: &'r Repository,
-        local_path: &'r Path,
-    ) -> Result<Self, GitError> {
-        let deadline = Instant::now() + net.timeout;
-        let relay = if net.remote.is_network() {
-            let mode = match net.remote.transport {
-                Transport::Https => Mode::Connect,
-                Transport::Http => Mode::HttpHost,
-                _ => Mode::Direct,
-            };
-            let relay = Relay::start(&net.remote.host, net.remote.port, mode, deadline)
-                .map_err(|e| io_error(&e, local_path, "starting the network relay"))?;
-            Some(relay)
-        } else {
-            None
-        };
-        let transport_url = match &relay {
-            Some(relay) => net.remote.relayed(net.url, relay.port()),
-            None => net.url.to_string(),
-        };
-        let config = repo.config().ok();
-        Ok(Session {
+    fn start(net: &'n Network<'n>, repo: &'r Repository, local_path: &'r Path) -> Self {
+        let started = Instant::now();
+        Session {
             net,
             repo,
             local_path,
-            relay,
-            transport_url,
-            deadline,
+            started,
+            deadline: started + net.timeout,
             facts: RefCell::new(NetFacts::default()),
-            config,
-        })
+            config: repo.config().ok(),
+        }
     }
 
     /// The refs the remote advertises, with their ids.
     fn list(&self) -> Result<Vec<(String, Oid)>, GitError> {
         let mut remote = self.anonymous_remote()?;
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks()), Some(self.proxy()))
+            .connect_auth(
+                Direction::Fetch,
+                Some(self.callbacks()),
+                Some(ProxyOptions::new()),
+            )
             .map_err(|e| self.error(&e))?;
         let heads = connection.list().map_err(|e| self.error(&e))?;
         Ok(heads
@@ -238,7 +217,7 @@ impl<'n, 'r> Session<'n, 'r> {
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(self.callbacks())
-            .proxy_options(self.proxy())
+            .proxy_options(ProxyOptions::new())
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         remote
@@ -246,37 +225,33 @@ impl<'n, 'r> Session<'n, 'r> {
             .map_err(|e| self.error(&e))
     }
 
-    /// A remote that is not saved in the config (the transport URL may point
-    /// at the relay).
+    /// A remote that is not saved in the config (whose `origin` URL is the
+    /// redacted one).
     fn anonymous_remote(&self) -> Result<git2::Remote<'r>, GitError> {
-        self.repo
-            .remote_anonymous(&self.transport_url)
-            .map_err(|e| {
-                GitError::InvalidInput(format!(
-                    "remote URL {}: {}",
-                    self.net.redactor.redact(self.net.url),
-                    self.net.redactor.redact(e.message())
-                ))
-            })
+        self.repo.remote_anonymous(self.net.url).map_err(|e| {
+            GitError::InvalidInput(format!(
+                "remote URL {}: {}",
+                self.net.redactor.redact(self.net.url),
+                self.net.redactor.redact(e.message())
+            ))
+        })
     }
 
-    /// Routes https through the relay as a `CONNECT` proxy; the other
-    /// transports connect to the relay's address (see `RemoteUrl::relayed`).
-    fn proxy(&self) -> ProxyOptions<'static> {
-        let mut proxy = ProxyOptions::new();
-        if let (Some(relay), Transport::Https) = (&self.relay, self.net.remote.transport) {
-            proxy.url(&format!("http://127.0.0.1:{}", relay.port()));
-        }
-        proxy
-    }
-
+    /// Every callback libgit2 makes during the step ends it once the
+    /// deadline has passed: that is the only way to stop a transfer that
+    /// is still receiving data (a silent server is libgit2's own timeout).
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut callbacks = RemoteCallbacks::new();
         // Fresh per connection: every connection may need the credentials.
         let mut credentials = Credentials::new(self.net.auth, self.net.url, self.config.as_ref());
-        callbacks.credentials(move |_url, url_user, allowed| {
+        callbacks.credentials(move |url, url_user, allowed| {
             if !self.before_deadline() {
                 return Err(git2::Error::from_str("timed out"));
+            }
+            if !self.same_host(url) {
+                let why = "the server redirected to another host; no credentials are sent there";
+                self.facts.borrow_mut().auth_exhausted = Some(why.to_string());
+                return Err(git2::Error::from_str(why));
             }
             let result = credentials.next(url_user, allowed);
             if let Some(why) = &credentials.exhausted {
@@ -290,7 +265,7 @@ impl<'n, 'r> Session<'n, 'r> {
         callbacks
     }
 
-    /// False (which cancels the transfer) once the deadline has passed.
+    /// False (which cancels the operation) once the deadline has passed.
     fn before_deadline(&self) -> bool {
         let in_time = Instant::now() < self.deadline;
         if !in_time {
@@ -299,79 +274,54 @@ impl<'n, 'r> Session<'n, 'r> {
         in_time
     }
 
+    /// Whether `url` (which libgit2 asks credentials for) is on the host of
+    /// the configured remote, and not where a redirect led.
+    fn same_host(&self, url: &str) -> bool {
+        let remote = &self.net.remote;
+        RemoteUrl::parse(url).map_or(true, |asked| {
+            asked.host.eq_ignore_ascii_case(&remote.host) && asked.port == remote.port
+        })
+    }
+
     /// SSH: the host key must be in known_hosts (unless verification is
-    /// off). TLS: see the `tls` module. The host libgit2 names is ignored:
-    /// for ssh it is the relay's; the URL's is used instead.
+    /// off). TLS: libgit2 has verified the chain and the host name against
+    /// the system store and the `ca_file`s (see `libgit2_opts`); its verdict
+    /// stands.
     fn check_identity(&self, cert: &Cert<'_>) -> Result<CertificateCheckStatus, git2::Error> {
-        if let Some(hostkey) = cert.as_hostkey() {
-            let Some(check) = &self.net.host_keys else {
-                return Ok(CertificateCheckStatus::CertificateOk);
-            };
-            let verdict = match hostkey.hostkey() {
-                Some(blob) => check.verify(blob, &key_type(blob)),
-                None => Err("the server's host key could not be read".to_string()),
-            };
-            return match verdict {
-                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
-                Err(why) => {
-                    let error = git2::Error::from_str(&why);
-                    self.facts.borrow_mut().identity_rejected = Some(why);
-                    Err(error)
-                }
-            };
+        if !self.before_deadline() {
+            return Err(git2::Error::from_str("timed out"));
         }
-        if let (Some(x509), Some(relay)) = (cert.as_x509(), &self.relay) {
-            let target = Target {
-                host: &self.net.remote.host,
-                port: self.net.remote.port,
-                proxy_port: relay.port(),
-                deadline: self.deadline,
-            };
-            if let Err(why) = self.net.tls.verify(x509.data(), &target) {
-                // Cut first, then let libgit2 go on: rejecting here would
-                // take libgit2's buggy error path (see the `tls` module).
-                relay.cut();
-                self.facts.borrow_mut().identity_rejected = Some(why);
-            }
+        let Some(hostkey) = cert.as_hostkey() else {
+            return Ok(CertificateCheckStatus::CertificatePassthrough);
+        };
+        let Some(check) = &self.net.host_keys else {
             return Ok(CertificateCheckStatus::CertificateOk);
+        };
+        let verdict = match hostkey.hostkey() {
+            Some(blob) => check.verify(blob, &key_type(blob)),
+            None => Err("the server's host key could not be read".to_string()),
+        };
+        match verdict {
+            Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+            Err(why) => {
+                let error = git2::Error::from_str(&why);
+                self.facts.borrow_mut().identity_rejected = Some(why);
+                Err(error)
+            }
         }
-        Ok(CertificateCheckStatus::CertificatePassthrough)
     }
 
     fn error(&self, err: &git2::Error) -> GitError {
         let mut facts = std::mem::take(&mut *self.facts.borrow_mut());
-        if let Some(relay) = &self.relay {
-            facts.timed_out |= relay.timed_out();
-            if facts.upstream_error.is_none() {
-                facts.upstream_error = relay.upstream_error();
-            }
-        }
+        let elapsed = self.started.elapsed();
+        facts.outlasted_server_timeout = elapsed >= self.net.libgit2.server;
         net_error(
             err,
             &facts,
             self.net.url,
-            self.net.timeout,
+            elapsed,
             self.local_path,
             self.net.redactor,
         )
     }
-}
-
-/// `%XX` escapes decoded, as in a `file://` URL's path; `None` when an
-/// escape is malformed or the result is not UTF-8.
-fn percent_decode(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = path.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }

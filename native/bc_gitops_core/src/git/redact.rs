@@ -2,6 +2,8 @@
 //! their user-info, and configured secrets are masked wherever libgit2 (or a
 //! server) echoed them back.
 
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 /// What a masked credential is replaced with.
 const MASK: &str = "***";
 
@@ -144,37 +146,23 @@ fn scp_password(url: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, password)| password)
 }
 
+/// Every byte but the unreserved characters of RFC 3986, as a URL may carry
+/// the secret.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for byte in s.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, ESCAPED).to_string()
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(value) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(value);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `%XX` escapes decoded, as in a URL's user-info or a `file://` path; a
+/// malformed escape is kept as written (as libgit2 does), bytes that are not
+/// UTF-8 become U+FFFD.
+pub(crate) fn percent_decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -200,6 +188,14 @@ mod tests {
             redact_url("https://a@b@host/x?q=1"),
             "https://***@host/x?q=1"
         );
+    }
+
+    #[test]
+    fn percent_escapes_round_trip() {
+        assert_eq!(percent_encode("a b/c~d"), "a%20b%2Fc~d");
+        assert_eq!(percent_decode("/srv/my%20repo.git"), "/srv/my repo.git");
+        // A malformed escape is kept as written, as libgit2 does.
+        assert_eq!(percent_decode("100%zz%2"), "100%zz%2");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use git2::{Oid, Reference, Repository};
 
 use super::error::{corrupt_error, io_error, local_error, GitError};
+use super::libgit2_opts;
 use super::net::Network;
 use super::redact::{redact_url, Redactor};
 use super::repo::{self, Slot};
@@ -18,6 +19,9 @@ use super::snapshot;
 use super::{GitRef, SyncOptions, SyncOutcome};
 
 pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
+    // First, and before the path lock: holds libgit2's settings still for
+    // the whole sync (a CA file added by another sync waits for the end).
+    let settings = libgit2_opts::enter(opts.auth.ca_file.as_deref())?;
     validate_ref(&opts.git_ref)?;
     let target = std::path::absolute(&opts.local_path)
         .map_err(|e| io_error(&e, &opts.local_path, "resolving the checkout path"))?;
@@ -25,7 +29,13 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     let auth = &opts.auth;
     let secrets = [&auth.token, &auth.username, &auth.ssh_passphrase];
     let redactor = Redactor::new(&opts.url, secrets.into_iter().flatten().map(String::as_str));
-    let net = Network::new(&opts.url, auth, opts.timeout, &redactor)?;
+    let net = Network::new(
+        &opts.url,
+        auth,
+        opts.timeout,
+        settings.timeouts(),
+        &redactor,
+    )?;
     let job = Job {
         opts,
         target: &target,

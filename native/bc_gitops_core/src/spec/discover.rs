@@ -2,7 +2,9 @@
 
 use super::json::parse_json;
 use super::model::*;
+use super::tree::ReadError;
 use super::validate::{Format, Validator};
+use super::yaml::parse_yaml;
 use crate::term_parse::{parse_terms_bytes, utf8_error_line};
 use std::fs;
 use std::io::{self, Read};
@@ -12,8 +14,9 @@ use std::path::{Component, Path, PathBuf};
 /// file is a mistake or an attack.
 pub const SPEC_FILE_MAX_BYTES: u64 = 1024 * 1024;
 
-const TERM_FILE: &str = "app.config";
-const JSON_FILE: &str = "app.json";
+/// The names a spec file may have, in the order diagnostics list them. An
+/// app directory holds exactly one of them.
+pub const SPEC_FILES: [&str; 4] = ["app.config", "app.json", "app.yaml", "app.yml"];
 
 /// Why a whole apps directory could not be read. Per-app problems are never
 /// this: they go into [`ParseOutput::errors`].
@@ -175,25 +178,26 @@ fn read_app(out: &mut ParseOutput, dir: &AppDir, rel: &str) {
         out.errors.push(error(ErrorKind::Symlink, message));
         return;
     }
-    let term_file = dir.path.join(TERM_FILE);
-    let json_file = dir.path.join(JSON_FILE);
-    let term_meta = fs::symlink_metadata(&term_file);
-    let json_meta = fs::symlink_metadata(&json_file);
-    let (file, path, meta, format) = match (term_meta, json_meta) {
-        (Ok(_), Ok(_)) => {
-            let message = format!("both {TERM_FILE} and {JSON_FILE} exist: keep one");
-            out.errors.push(error(ErrorKind::DuplicateSpec, message));
-            return;
-        }
-        (Ok(meta), Err(_)) => (TERM_FILE, term_file, meta, Format::Terms),
-        (Err(_), Ok(meta)) => (JSON_FILE, json_file, meta, Format::Json),
-        (Err(_), Err(_)) => {
-            let message = format!("no {TERM_FILE} or {JSON_FILE}: directory ignored");
-            let warning = diagnostic(app, rel, WarningKind::NoSpecFile, message);
-            out.warnings.push(warning);
-            return;
-        }
+    let mut found = SPEC_FILES.iter().filter_map(|&file| {
+        let path = dir.path.join(file);
+        fs::symlink_metadata(&path)
+            .ok()
+            .map(|meta| (file, path, meta))
+    });
+    let Some((file, path, meta)) = found.next() else {
+        let message = format!("no {}: directory ignored", listed(&SPEC_FILES, "or"));
+        let warning = diagnostic(app, rel, WarningKind::NoSpecFile, message);
+        out.warnings.push(warning);
+        return;
     };
+    let others: Vec<&str> = found.map(|(file, ..)| file).collect();
+    if !others.is_empty() {
+        let all: Vec<&str> = std::iter::once(file).chain(others).collect();
+        let message = format!("{} exist: keep one", listed(&all, "and"));
+        out.errors.push(error(ErrorKind::DuplicateSpec, message));
+        return;
+    }
+    let format = Format::of_file(file);
     let rel_file = format!("{rel}/{file}");
     match read_file(app, &path, &rel_file, format, Ok(meta)) {
         FileResult::Spec(spec, warnings) => {
@@ -204,6 +208,15 @@ fn read_app(out: &mut ParseOutput, dir: &AppDir, rel: &str) {
             out.errors.extend(errors);
             out.warnings.extend(warnings);
         }
+    }
+}
+
+/// `a, b and c`, with `and` or `or`.
+fn listed(names: &[&str], conjunction: &str) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} {conjunction} {last}", init.join(", ")),
     }
 }
 
@@ -227,9 +240,10 @@ pub enum FileResult {
 }
 
 /// Reads and validates one spec file. `app` is the directory name the spec
-/// must carry; `rel_file` is how the file is named in diagnostics.
-pub fn parse_file(app: &str, path: &Path, rel_file: &str, json: bool) -> FileResult {
-    let format = if json { Format::Json } else { Format::Terms };
+/// must carry; `rel_file` is how the file is named in diagnostics, and its
+/// extension says the format: `.json`, `.yaml` or `.yml`, else Erlang terms.
+pub fn parse_file(app: &str, path: &Path, rel_file: &str) -> FileResult {
+    let format = Format::of_file(rel_file);
     read_file(app, path, rel_file, format, fs::symlink_metadata(path))
 }
 
@@ -296,44 +310,45 @@ fn read_root(
             return None;
         }
     };
-    if v.format == Format::Terms {
-        // Read as file:consult/1 reads it: a `coding: latin-1` comment makes
-        // any byte a character; otherwise the parser wants UTF-8.
-        return match parse_terms_bytes(&bytes) {
-            Ok(mut terms) if terms.len() == 1 => terms.pop(),
-            Ok(terms) => {
-                let line = terms.get(1).map(|t| t.line);
-                let message = format!(
-                    "a spec file holds exactly one term (a map #{{...}} ending in '.'), found {}",
-                    terms.len()
-                );
-                whole_file(v, ErrorKind::NotAMap, line, message);
-                None
-            }
-            Err(e) => {
-                whole_file(v, ErrorKind::Syntax, Some(e.line), e.message);
-                None
-            }
-        };
-    }
-    let src = match String::from_utf8(bytes) {
-        Ok(src) => src,
-        Err(e) => {
-            let line = utf8_error_line(e.as_bytes(), &e.utf8_error());
-            whole_file(
-                v,
-                ErrorKind::Syntax,
-                Some(line),
-                "the file is not valid UTF-8".to_string(),
-            );
-            return None;
-        }
+    let read = match v.format {
+        Format::Terms => read_terms(&bytes),
+        Format::Json => utf8(&bytes).and_then(parse_json),
+        Format::Yaml => utf8(&bytes).and_then(parse_yaml),
     };
-    match parse_json(&src) {
+    match read {
         Ok(root) => Some(root),
-        Err((line, message)) => {
-            whole_file(v, ErrorKind::Syntax, Some(line), message);
+        Err(e) => {
+            whole_file(v, e.kind, e.line, e.message);
             None
         }
     }
+}
+
+/// The single term of a term file, read as `file:consult/1` reads it: a
+/// `coding: latin-1` comment makes any byte a character; otherwise the
+/// parser wants UTF-8.
+fn read_terms(bytes: &[u8]) -> Result<crate::term::Spanned, ReadError> {
+    let mut terms =
+        parse_terms_bytes(bytes).map_err(|e| ReadError::syntax(Some(e.line), e.message))?;
+    if terms.len() == 1 {
+        if let Some(term) = terms.pop() {
+            return Ok(term);
+        }
+    }
+    Err(ReadError {
+        kind: ErrorKind::NotAMap,
+        line: terms.get(1).map(|t| t.line),
+        message: format!(
+            "a spec file holds exactly one term (a map #{{...}} ending in '.'), found {}",
+            terms.len()
+        ),
+    })
+}
+
+/// The text of a JSON or YAML file, which must be UTF-8.
+fn utf8(bytes: &[u8]) -> Result<&str, ReadError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let line = utf8_error_line(bytes, &e);
+        ReadError::syntax(Some(line), "the file is not valid UTF-8")
+    })
 }

@@ -136,9 +136,12 @@ pub enum ErrorKind {
     Io,
     /// The file is larger than [`super::SPEC_FILE_MAX_BYTES`].
     TooLarge,
-    /// The file is not valid Erlang term syntax or JSON.
+    /// The file is not valid Erlang term syntax, JSON or YAML, or uses what
+    /// a reader refuses: nesting over 100 levels; in YAML, an alias, a tag
+    /// outside the core schema, `.inf` or `.nan`.
     Syntax,
-    /// The file holds something other than exactly one map.
+    /// The file holds something other than exactly one map (one term, one
+    /// YAML document).
     NotAMap,
     /// A required field is absent.
     MissingField,
@@ -148,7 +151,8 @@ pub enum ErrorKind {
     InvalidValue,
     /// `name` differs from the spec's directory name.
     NameMismatch,
-    /// A directory holds both `app.config` and `app.json`.
+    /// A directory holds more than one of `app.config`, `app.json`,
+    /// `app.yaml` and `app.yml`.
     DuplicateSpec,
     /// A spec file or app directory is a symbolic link.
     Symlink,
@@ -178,7 +182,8 @@ pub enum WarningKind {
     /// A key this version does not know: ignored, so that specs written for
     /// newer versions still load.
     UnknownKey,
-    /// An app directory without `app.config` or `app.json`.
+    /// An app directory without `app.config`, `app.json`, `app.yaml` or
+    /// `app.yml`.
     NoSpecFile,
     /// A dependency listed twice.
     DuplicateDependency,
@@ -208,7 +213,8 @@ pub struct Diagnostic<K> {
     pub app: String,
     /// The spec file (or directory), relative to the repository root.
     pub file: String,
-    /// 1-based line, for term files when known.
+    /// 1-based line, when known: term and YAML files give one for every
+    /// field, JSON only for a syntax error.
     pub line: Option<u32>,
     /// Dotted path of the field, e.g. `source.sha256`; empty for the file as
     /// a whole.

@@ -46,12 +46,35 @@ fn wide_atom(value: &Spanned) -> Option<&Spanned> {
     None
 }
 
-/// How the spec was written. JSON has no atoms, so there text stands for
-/// names and enum values, and env keys become atoms only once validated.
+/// How the spec was written. JSON and YAML have no atoms, so there text
+/// stands for names and enum values, and env keys become atoms only once
+/// validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {
     Terms,
     Json,
+    Yaml,
+}
+
+impl Format {
+    /// The format of a spec file, by its name's extension.
+    pub fn of_file(name: &str) -> Format {
+        if name.ends_with(".json") {
+            Format::Json
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            Format::Yaml
+        } else {
+            Format::Terms
+        }
+    }
+
+    /// What a map key is in this format, for messages.
+    fn key_kind(self) -> &'static str {
+        match self {
+            Format::Terms => "an atom key",
+            Format::Json | Format::Yaml => "a string key",
+        }
+    }
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -239,7 +262,11 @@ impl<'a> Validator<'a> {
         for (key, value) in entries {
             let Some(name) = self.key_text(key) else {
                 let field = if prefix.is_empty() { "(key)" } else { prefix };
-                let message = format!("keys must be atoms, found {}", key.term.kind_name());
+                let message = format!(
+                    "expected {}, found {}",
+                    self.format.key_kind(),
+                    key.term.kind_name()
+                );
                 self.error(Some(key), field, ErrorKind::WrongType, message);
                 continue;
             };
@@ -256,17 +283,18 @@ impl<'a> Validator<'a> {
         Some(fields)
     }
 
-    /// The text of a map key: an atom in term files, a string in JSON.
+    /// The text of a map key: an atom in term files, a string in JSON and
+    /// YAML.
     fn key_text<'t>(&self, key: &'t Spanned) -> Option<&'t str> {
         match (&key.term, self.format) {
             (Term::Atom(name), Format::Terms) => Some(name),
-            (Term::Binary(bytes), Format::Json) => std::str::from_utf8(bytes).ok(),
+            (Term::Binary(bytes), Format::Json | Format::Yaml) => std::str::from_utf8(bytes).ok(),
             _ => None,
         }
     }
 
     /// A name-like value: an atom in term files (text accepted too), a
-    /// string in JSON.
+    /// string in JSON and YAML.
     fn symbol(&mut self, at: &Spanned, field: &str, expected: &str) -> Option<String> {
         if let Term::Atom(name) = &at.term {
             return Some(name.clone());
@@ -567,11 +595,7 @@ impl<'a> Validator<'a> {
                     ok = false;
                 }
                 None => {
-                    let expected = match self.format {
-                        Format::Terms => "an atom key",
-                        Format::Json => "a string key",
-                    };
-                    self.wrong_type(key, "env", expected);
+                    self.wrong_type(key, "env", self.format.key_kind());
                     ok = false;
                 }
             }

@@ -462,6 +462,17 @@ pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// lighttpd serving the repositories under `root` over HTTPS with a fresh
+/// self-signed certificate for `localhost` (made in `dir`): (server, cert).
+pub fn https_self_signed(root: &Path, dir: &Path) -> (Server, PathBuf) {
+    let (cert, key) = self_signed(dir, "server");
+    let setup = HttpSetup {
+        tls: Some((&cert, &key)),
+        ..HttpSetup::default()
+    };
+    (lighttpd(root, dir, &setup), cert)
+}
+
 /// A CA and a leaf for `localhost` signed by it: (ca cert, leaf cert, leaf key).
 pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ca_and_leaf_for(dir, "DNS:localhost,IP:127.0.0.1")

@@ -1,4 +1,5 @@
-%%% @doc Code paths and application lifecycle for the default runtime.
+%%% @doc An app's lifecycle on this node for the default runtime: its code
+%%% paths, load, env, start, reconfigure and stop.
 %%%
 %%% A fetched build's ebin directories go to the FRONT of the code path, so
 %%% that the fetched version wins over an older copy on the node. The ebin
@@ -15,7 +16,7 @@
 %%% it in this node for an embedded app, and over `erpc' in the guest of an
 %%% `isolation => vm' app ({@link bc_gitops_vm}), where bc_gitops's ebin is
 %%% on the code path.
--module(bc_gitops_code).
+-module(bc_gitops_lifecycle).
 
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
 -export([hot_upgrade/5, probe/2, top_pid/1, drop_paths/1]).
