@@ -184,7 +184,8 @@ hot_failure({error, Why, _Undo}) -> Why.
                reverted | not_reverted) -> {error, term()}.
 keep_old(Spec, #entry{state = Old, paths = OldPaths, dir = OldDir} = Entry, Dir, Ebins, Why,
          Undo) ->
-    _ = at(Entry, bc_gitops_lifecycle, drop_paths, [[P || P <- Ebins, not lists:member(P, OldPaths)]]),
+    _ = at(Entry, bc_gitops_lifecycle, drop_paths,
+           [[P || P <- Ebins, not lists:member(P, OldPaths)]]),
     ok = case Dir of
              OldDir -> ok;
              _ -> delete_build(Dir)
@@ -267,7 +268,8 @@ get_current_state() ->
 %% The state now of the apps of `Entries': each in this node, or in its
 %% guest (all guests asked at once). A guest that died: `failed'; one
 %% that does not answer in time: `keep' (as last seen).
--spec probe([#entry{}]) -> #{atom() => {running, pid() | undefined, map()} | stopped | failed | keep}.
+-spec probe([#entry{}]) ->
+    #{atom() => {running, pid() | undefined, map()} | stopped | failed | keep}.
 probe(Entries) ->
     Asked = [{App, case bc_gitops_vm:lookup(App) of
                        {up, Node} when Node =:= N ->

@@ -14,15 +14,16 @@
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
--export([guest_command_line/1, guest_that_cannot_boot_fails_its_deploy/1, guest_app_runs/1, killed_guest_is_healed_with_backoff/1,
-         guest_over_memory_limit_dies/1, hot_upgrade_in_guest_keeps_process_and_state/1,
-         isolation_change_moves_the_app/1, guests_stop_with_bc_gitops/1,
-         guest_dies_with_a_killed_host/1]).
+-export([guest_command_line/1, guest_that_cannot_boot_fails_its_deploy/1, guest_app_runs/1,
+         killed_guest_is_healed_with_backoff/1, guest_over_memory_limit_dies/1,
+         hot_upgrade_in_guest_keeps_process_and_state/1, isolation_change_moves_the_app/1,
+         guests_stop_with_bc_gitops/1, guest_dies_with_a_killed_host/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
 
 all() ->
-    [guest_command_line, guest_that_cannot_boot_fails_its_deploy, guest_app_runs, killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
+    [guest_command_line, guest_that_cannot_boot_fails_its_deploy, guest_app_runs,
+     killed_guest_is_healed_with_backoff, guest_over_memory_limit_dies,
      hot_upgrade_in_guest_keeps_process_and_state, isolation_change_moves_the_app,
      guests_stop_with_bc_gitops, guest_dies_with_a_killed_host].
 
