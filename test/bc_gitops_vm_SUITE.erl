@@ -19,7 +19,9 @@
          hot_upgrade_in_guest_keeps_process_and_state/1, isolation_change_moves_the_app/1,
          guests_stop_with_bc_gitops/1, guest_dies_with_a_killed_host/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, advance_and_wait/1]).
+-import(bc_gitops_test_apps, [make_repo/2, commit_spec/5, start/2, attach_events/2,
+                              collect_events/0, wait_healthy/2, http_get/1, free_port/0]).
 
 all() ->
     [guest_command_line, guest_that_cannot_boot_fails_its_deploy, guest_app_runs,
@@ -107,7 +109,7 @@ guest_command_line(Config) ->
 %% is retried with backoff; nothing is left running.
 guest_that_cannot_boot_fails_its_deploy(Config) ->
     Repo = vm_app(Config, "vm_tiny", "1.0.0", counter_v1()),
-    spec(Config, "vm_tiny", "1.0.0", Repo,
+    commit_spec(Config, "vm_tiny", "1.0.0", Repo,
          ["isolation => vm, vm_config => #{memory_limit => 16},\n"
           "  env => #{port => ", integer_to_list(free_port()), "}"]),
     start(Config, #{reconcile_interval => 3600000, backoff_base => 60000}),
@@ -127,7 +129,7 @@ guest_that_cannot_boot_fails_its_deploy(Config) ->
 guest_app_runs(Config) ->
     Port = free_port(),
     Repo = vm_app(Config, "vm_web", "1.0.0", counter_v1()),
-    spec(Config, "vm_web", "1.0.0", Repo,
+    commit_spec(Config, "vm_web", "1.0.0", Repo,
          ["isolation => vm, vm_config => #{scheduler_limit => 1, memory_limit => 512,\n"
           "                                 node_prefix => <<\"vmweb\">>},\n"
           "  env => #{port => ", integer_to_list(Port), "},\n"
@@ -157,7 +159,7 @@ guest_app_runs(Config) ->
                  erpc:call(Node, erlang, system_info, [max_heap_size])),
 
     %% A new env is set in the guest, and its config_change/3 runs there.
-    spec(Config, "vm_web", "1.0.0", Repo,
+    commit_spec(Config, "vm_web", "1.0.0", Repo,
          ["isolation => vm, vm_config => #{scheduler_limit => 1, memory_limit => 512,\n"
           "                                 node_prefix => <<\"vmweb\">>},\n"
           "  env => #{port => ", integer_to_list(Port), ", greeting => <<\"hi\">>},\n"
@@ -185,11 +187,11 @@ guest_app_runs(Config) ->
 killed_guest_is_healed_with_backoff(Config) ->
     Port = free_port(),
     Repo = vm_app(Config, "vm_crash", "1.0.0", counter_v1()),
-    spec(Config, "vm_crash", "1.0.0", Repo,
+    commit_spec(Config, "vm_crash", "1.0.0", Repo,
          ["isolation => vm, env => #{port => ", integer_to_list(Port), "}"]),
     HostRepo = host_app(Config, "vm_host"),
-    spec(Config, "vm_host", "1.0.0", HostRepo, "env => #{}"),
-    events([[bc_gitops, drift, detected], [bc_gitops, vm, down]]),
+    commit_spec(Config, "vm_host", "1.0.0", HostRepo, "env => #{}"),
+    attach_events(<<"vm">>, [[bc_gitops, drift, detected], [bc_gitops, vm, down]]),
     start(Config, #{clock => bc_gitops_test_clock, reconcile_interval => 3600000,
                     backoff_base => 400, backoff_max => 60000}),
     Reconciler = whereis(bc_gitops_reconciler),
@@ -199,7 +201,7 @@ killed_guest_is_healed_with_backoff(Config) ->
     kill_guest(vm_crash),
     ?assertMatch({down, Node1, {exit_status, 137}}, bc_gitops_vm:lookup(vm_crash)),
     ?assertMatch([{_, [bc_gitops, vm, down], #{app := vm_crash, node := Node1,
-                                                reason := {exit_status, 137}}}], collect()),
+                                                reason := {exit_status, 137}}}], collect_events()),
     {ok, #app_state{status = failed, node = Node1}} = bc_gitops:get_app_status(vm_crash),
     ?assertEqual(Reconciler, whereis(bc_gitops_reconciler)),
     {ok, #app_state{status = running, pid = HostTop}} = bc_gitops:get_app_status(vm_host),
@@ -209,7 +211,7 @@ killed_guest_is_healed_with_backoff(Config) ->
     ?assertNotEqual(Node1, Node2),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
     ?assertMatch([{_, [bc_gitops, drift, detected], #{app := vm_crash, status := failed,
-                                                      healed := true}}], collect()),
+                                                      healed := true}}], collect_events()),
 
     %% Down again right after its repair: the next repair backs off.
     kill_guest(vm_crash),
@@ -233,7 +235,7 @@ killed_guest_is_healed_with_backoff(Config) ->
 guest_over_memory_limit_dies(Config) ->
     Port = free_port(),
     Repo = vm_app(Config, "vm_mem", "1.0.0", counter_v1()),
-    spec(Config, "vm_mem", "1.0.0", Repo,
+    commit_spec(Config, "vm_mem", "1.0.0", Repo,
          ["isolation => vm, vm_config => #{memory_limit => 256},\n"
           "  env => #{port => ", integer_to_list(Port), "}"]),
     start(Config, #{reconcile_interval => 3600000}),
@@ -269,18 +271,18 @@ hot_upgrade_in_guest_keeps_process_and_state(Config) ->
     Port = free_port(),
     Repo = vm_app(Config, "vm_hot", "1.0.0", counter_v1()),
     Extra = ["isolation => vm, env => #{port => ", integer_to_list(Port), "}"],
-    spec(Config, "vm_hot", "1.0.0", Repo, Extra),
+    commit_spec(Config, "vm_hot", "1.0.0", Repo, Extra),
     start(Config, #{reconcile_interval => 3600000}),
     {ok, #app_state{node = Node, pid = Top}} = bc_gitops:get_app_status(vm_hot),
     Counter = erpc:call(Node, erlang, whereis, [vm_hot_counter]),
     [1, 2, 3] = [erpc:call(Node, gen_server, call, [vm_hot_counter, bump]) || _ <- [1, 2, 3]],
-    events([[bc_gitops, upgrade, stop]]),
+    attach_events(<<"vm">>, [[bc_gitops, upgrade, stop]]),
 
     vm_app_files(Repo, "vm_hot", "2.0.0", counter_v2()),
     _ = commit(Repo, "v2"),
-    spec(Config, "vm_hot", "2.0.0", Repo, Extra),
+    commit_spec(Config, "vm_hot", "2.0.0", Repo, Extra),
     ok = bc_gitops:reconcile(),
-    [{_, _, #{path := hot, result := ok, modules := Modules}}] = collect(),
+    [{_, _, #{path := hot, result := ok, modules := Modules}}] = collect_events(),
     ?assert(lists:member(vm_hot_counter, Modules)),
     {ok, #app_state{version = <<"2.0.0">>, node = Node, pid = Top}} =
         bc_gitops:get_app_status(vm_hot),
@@ -297,20 +299,20 @@ isolation_change_moves_the_app(Config) ->
     Port = free_port(),
     Repo = vm_app(Config, "vm_move", "1.0.0", counter_v1()),
     Env = ["env => #{port => ", integer_to_list(Port), "}"],
-    spec(Config, "vm_move", "1.0.0", Repo, Env),
-    events([[bc_gitops, upgrade, stop]]),
+    commit_spec(Config, "vm_move", "1.0.0", Repo, Env),
+    attach_events(<<"vm">>, [[bc_gitops, upgrade, stop]]),
     start(Config, #{reconcile_interval => 3600000}),
     {ok, #app_state{node = undefined, isolation = embedded}} = bc_gitops:get_app_status(vm_move),
     ?assert(lists:keymember(vm_move, 1, application:which_applications())),
 
-    spec(Config, "vm_move", "1.0.0", Repo, ["isolation => vm, ", Env]),
+    commit_spec(Config, "vm_move", "1.0.0", Repo, ["isolation => vm, ", Env]),
     ok = bc_gitops:reconcile(),
     {ok, #app_state{node = Node1, isolation = vm}} = bc_gitops:get_app_status(vm_move),
     ?assert(is_atom(Node1) andalso Node1 =/= undefined),
     ?assertNot(lists:keymember(vm_move, 1, application:which_applications())),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
 
-    spec(Config, "vm_move", "1.0.0", Repo,
+    commit_spec(Config, "vm_move", "1.0.0", Repo,
          ["isolation => vm, vm_config => #{scheduler_limit => 1}, ", Env]),
     ok = bc_gitops:reconcile(),
     {ok, #app_state{node = Node2, vm_config = #{scheduler_limit := 1}}} =
@@ -319,7 +321,7 @@ isolation_change_moves_the_app(Config) ->
     ?assertEqual(1, erpc:call(Node2, erlang, system_info, [schedulers_online])),
     ?assertEqual(pang, net_adm:ping(Node1)),
 
-    spec(Config, "vm_move", "1.0.0", Repo, Env),
+    commit_spec(Config, "vm_move", "1.0.0", Repo, Env),
     ok = bc_gitops:reconcile(),
     {ok, #app_state{node = undefined, isolation = embedded}} = bc_gitops:get_app_status(vm_move),
     ?assert(lists:keymember(vm_move, 1, application:which_applications())),
@@ -327,18 +329,21 @@ isolation_change_moves_the_app(Config) ->
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
     ?assertMatch([{_, _, #{from_version := <<"1.0.0">>, to_version := <<"1.0.0">>,
                            path := restart, not_hot := moved, result := ok}},
-                  _, _], collect()).
+                  _, _], collect_events()).
 
-%% Stopping bc_gitops stops its guests.
+%% Stopping bc_gitops stops its guests: disconnected when it returns,
+%% their OS processes gone within 5 s.
 guests_stop_with_bc_gitops(Config) ->
     Repo = vm_app(Config, "vm_stop", "1.0.0", counter_v1()),
-    spec(Config, "vm_stop", "1.0.0", Repo,
+    commit_spec(Config, "vm_stop", "1.0.0", Repo,
          ["isolation => vm, env => #{port => ", integer_to_list(free_port()), "}"]),
     start(Config, #{reconcile_interval => 3600000}),
     {ok, #app_state{node = Node}} = bc_gitops:get_app_status(vm_stop),
     #{vm_stop := #{os_pid := OsPid}} = bc_gitops_vm:guests(),
     ok = application:stop(bc_gitops),
-    ?assertNot(os_alive(OsPid)),
+    %% Its node is gone when stop returns; its OS process a moment later.
+    ?assertNot(lists:member(Node, nodes(connected))),
+    ok = wait_os_gone(OsPid, 50),
     ?assertEqual(pang, net_adm:ping(Node)).
 
 %% A host killed outright (SIGKILL: nothing of it runs any more) takes
@@ -419,53 +424,11 @@ wait_os_gone(OsPid, N) ->
         false -> ok
     end.
 
-wait_healthy(App, 0) ->
-    ct:fail({not_healthy, bc_gitops:get_app_status(App)});
-wait_healthy(App, N) ->
-    case bc_gitops:get_app_status(App) of
-        {ok, #app_state{health = healthy}} -> ok;
-        _ -> timer:sleep(100), wait_healthy(App, N - 1)
-    end.
-
-events(Names) ->
-    Self = self(),
-    ok = telemetry:attach_many(<<"vm">>, Names,
-                               fun(E, _, Meta, _) ->
-                                       Self ! {event, erlang:monotonic_time(millisecond), E, Meta}
-                               end, none).
-
-collect() ->
-    receive {event, T, E, M} -> [{T, E, M} | collect()]
-    after 0 -> []
-    end.
-
-start(Config, Extra) ->
-    {ok, _} = bc_gitops:start_reconciler(
-                maps:merge(#{repo_url => ?config(gitops, Config),
-                             local_path => filename:join(?config(dir, Config), "state")}, Extra)),
-    wait_reconciled(60000).
-
-spec(Config, App, Version, Repo, Extra) ->
-    write_file(filename:join([?config(gitops, Config), "apps", App, "app.config"]),
-               ["#{name => ", App, ", version => <<\"", Version, "\">>,\n",
-                "  source => #{type => git, url => <<\"", Repo, "\">>, ref => <<\"main\">>},\n",
-                "  ", Extra, "}.\n"]),
-    _ = commit(?config(gitops, Config), "spec " ++ App ++ " " ++ Version).
-
-%% A repository with a Makefile build.
-repo(Config, App) ->
-    Repo = filename:join(?config(dir, Config), App),
-    ok = bc_gitops_test_util:init_repo(Repo),
-    write_file(filename:join(Repo, "Makefile"),
-               ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
-                "\tcp src/", App, ".app.src ebin/", App, ".app\n"]),
-    Repo.
-
 %% An app for guests, committed: a web server on its env port answering
 %% its version, a counter (`Counter' gives the source of its state
 %% handling), a custom health check and memory hogs.
 vm_app(Config, App, Vsn, Counter) ->
-    Repo = repo(Config, App),
+    Repo = make_repo(Config, App),
     vm_app_files(Repo, App, Vsn, Counter),
     _ = commit(Repo, Vsn),
     Repo.
@@ -526,7 +489,7 @@ counter_v2() ->
 
 %% A plain app that runs in this node.
 host_app(Config, App) ->
-    Repo = repo(Config, App),
+    Repo = make_repo(Config, App),
     W = fun(Name, Text) -> write_file(filename:join([Repo, "src", Name]), Text) end,
     W(App ++ ".app.src", ["{application, ", App, ", [{vsn, \"1.0.0\"}, {mod, {", App, "_app, []}},\n"
                           " {applications, [kernel, stdlib]}, {env, []}]}.\n"]),
@@ -536,15 +499,3 @@ host_app(Config, App) ->
                           "init([]) -> {ok, {#{}, []}}.\n"]),
     _ = commit(Repo, "v1"),
     Repo.
-
-http_get(Port) ->
-    Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",
-    {ok, {{_, Code, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 5000}],
-                                                   [{body_format, binary}]),
-    {Code, Body}.
-
-free_port() ->
-    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(S),
-    ok = gen_tcp:close(S),
-    Port.
