@@ -21,20 +21,10 @@ all() ->
      app_that_keeps_dying_backs_off, stopped_by_hand_comes_back].
 
 init_per_testcase(_Case, Config) ->
-    ok = bc_gitops_test_clock:start(),
-    Dir = bc_gitops_test_util:tmp_dir("ct_recovery"),
-    Gitops = filename:join(Dir, "gitops"),
-    ok = bc_gitops_test_util:init_repo(Gitops),
-    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
-    {ok, _} = application:ensure_all_started(bc_gitops),
-    [{dir, Dir}, {gitops, Gitops} | Config].
+    bc_gitops_test_apps:init_case("ct_recovery", Config).
 
 end_per_testcase(_Case, Config) ->
-    _ = [telemetry:detach(Id) || Id <- [<<"recovery">>]],
-    {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
-    _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
-    ok = application:stop(bc_gitops),
-    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+    bc_gitops_test_apps:end_case(<<"recovery">>, Config).
 
 %% v1 answers 200 on its port; v2 answers 500, so its http check fails:
 %% within health_grace it is rolled back (hot, the same listener), v1

@@ -7,8 +7,35 @@
 
 -include("bc_gitops.hrl").
 
--export([make_repo/2, commit_spec/5, start/2, attach_events/2, collect_events/0,
+-export([init_case/2, end_case/2, make_repo/2, commit_spec/5, start/2, attach_events/2, collect_events/0,
          wait_healthy/2, http_get/1, free_port/0]).
+
+%% A case's start: the test clock reset, a fresh directory (`dir') with an
+%% empty gitops repository (`gitops'), bc_gitops started without a
+%% reconciler.
+init_case(Prefix, Config) ->
+    ok = bc_gitops_test_clock:start(),
+    Dir = bc_gitops_test_util:tmp_dir(Prefix),
+    Gitops = filename:join(Dir, "gitops"),
+    ok = bc_gitops_test_util:init_repo(Gitops),
+    bc_gitops_test_util:write_file(filename:join([Gitops, "apps", ".keep"]), ""),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    [{dir, Dir}, {gitops, Gitops} | Config].
+
+%% A case's end: the events handler `Id' detached, every app the default
+%% runtime runs removed, bc_gitops stopped (if the case did not), the
+%% directory deleted.
+end_case(Id, Config) ->
+    _ = telemetry:detach(Id),
+    case whereis(bc_gitops_sup) of
+        undefined ->
+            ok;
+        _ ->
+            {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
+            _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
+            ok = application:stop(bc_gitops)
+    end,
+    bc_gitops_test_util:rm_rf(proplists:get_value(dir, Config)).
 
 %% A new git repository `Dir/App' whose Makefile compiles src/*.erl into
 %% ebin/ and copies src/App.app.src as its .app.

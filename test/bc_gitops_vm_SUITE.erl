@@ -48,25 +48,10 @@ end_per_suite(Config) ->
     ok.
 
 init_per_testcase(_Case, Config) ->
-    ok = bc_gitops_test_clock:start(),
-    Dir = bc_gitops_test_util:tmp_dir("ct_vm"),
-    Gitops = filename:join(Dir, "gitops"),
-    ok = bc_gitops_test_util:init_repo(Gitops),
-    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
-    {ok, _} = application:ensure_all_started(bc_gitops),
-    [{dir, Dir}, {gitops, Gitops} | Config].
+    bc_gitops_test_apps:init_case("ct_vm", Config).
 
 end_per_testcase(_Case, Config) ->
-    _ = [telemetry:detach(Id) || Id <- [<<"vm">>]],
-    case whereis(bc_gitops_sup) of
-        undefined ->
-            ok;
-        _ ->
-            {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
-            _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
-            ok = application:stop(bc_gitops)
-    end,
-    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+    bc_gitops_test_apps:end_case(<<"vm">>, Config).
 
 %% The command line of a guest: prlimit --data of memory_limit in front of
 %% this node's own emulator; +S, +hmax (a quarter of the limit, in words),
