@@ -16,7 +16,7 @@ main(Args) ->
            {"hot", fun hot_rows/2}, {"latency", fun latency_rows/2},
            {"memory", fun memory_rows/2}, {"gates", fun gate_rows/2},
            {"cluster", fun cluster_rows/2}, {"validate", fun validate_rows/2},
-           {"webhook", fun webhook_rows/2}],
+           {"webhook", fun webhook_rows/2}, {"vm", fun vm_rows/2}],
     Chosen = case Args -- ["smoke"] of
                  [] -> All;
                  Names -> [S || {Name, _} = S <- All, lists:member(Name, Names)]
@@ -532,6 +532,122 @@ peer_rss(Ebin, Setup) ->
     after
         peer:stop(Peer)
     end.
+
+%% (9) Isolated-VM apps: the same app (a tcp listener, a tcp health
+%% check) deployed by the default runtime embedded and in a guest, in a
+%% fresh named peer node (the host): the time from the deploy call to
+%% healthy, first with fetch and build, then again from its build (what a
+%% heal does: the app stopped, deployed again); and the host's RSS with the
+%% embedded app only, then with the guest app too, and the guest's own.
+vm_rows(Dir, Smoke) ->
+    Runs = case Smoke of true -> 2; false -> 10 end,
+    Ebin = filename:dirname(code:which(bc_gitops)),
+    {ok, Host, _} = peer:start(#{name => "bench_vm_host_" ++ os:getpid(), host => "127.0.0.1",
+                                 longnames => true, connection => standard_io,
+                                 args => ["-pa", Ebin, "-kernel", "logger_level", "error"],
+                                 wait_boot => 60000}),
+    try
+        Call = fun(M, F, A) -> peer:call(Host, M, F, A, 600000) end,
+        ok = Call(application, load, [bc_gitops]),
+        ok = Call(application, set_env, [bc_gitops, local_path, filename:join(Dir, "vm_host")]),
+        {ok, _} = Call(application, ensure_all_started, [bc_gitops]),
+        HostPid = Call(os, getpid, []),
+        Specs = [vm_spec(Dir, Name, Isolation) || {Name, Isolation} <- [{"bvm_emb", embedded},
+                                                                           {"bvm_vm", vm}]],
+        [{First, _}, {FirstVm, _}] = [vm_deploy(Call, S) || S <- Specs],
+        Again = [[vm_redeploy(Call, S) || S <- Specs] || _ <- lists:seq(1, Runs)],
+        Emb = lists:sort([E || [E, _] <- Again]),
+        Vm = lists:sort([V || [_, V] <- Again]),
+        %% Memory: without a guest (the embedded app only), then with it.
+        ok = Call(bc_gitops_runtime_default, remove, [bvm_vm]),
+        Without = settled_rss(Call, HostPid),
+        WithoutErl = Call(erlang, memory, [total]),
+        {_, GuestPid} = vm_deploy(Call, lists:last(Specs)),
+        With = settled_rss(Call, HostPid),
+        WithErl = Call(erlang, memory, [total]),
+        Guest = rss_kb(GuestPid),
+        ok = Call(application, stop, [bc_gitops]),
+        [{"deploy to healthy, fetch + build: embedded / in a guest",
+          io_lib:format("~s / ~s", [fmt(First), fmt(FirstVm)])},
+         {io_lib:format("deploy to healthy from its build, ~p runs: embedded", [Runs]),
+          pct(Emb, 50), pct(Emb, 99), undefined},
+         {io_lib:format("deploy to healthy from its build, ~p runs: in a guest", [Runs]),
+          pct(Vm, 50), pct(Vm, 99), pct(Emb, 50)},
+         {"host RSS with one guest / without; the guest's own RSS",
+          io_lib:format("~p MiB / ~p MiB (~s KiB); guest ~p MiB",
+                        [With div 1024, Without div 1024, signed(With - Without),
+                         Guest div 1024])},
+         {"host erlang:memory(total) with one guest / without",
+          io_lib:format("~.1f MiB / ~.1f MiB (~s KiB)",
+                        [WithErl / 1048576, WithoutErl / 1048576,
+                         signed((WithErl - WithoutErl) div 1024)])}]
+    after
+        catch peer:stop(Host)
+    end.
+
+%% The spec of an app `Name' (a repository of its own, built with make):
+%% one gen_server listening on a free port, checked by tcp.
+vm_spec(Dir, Name, Isolation) ->
+    Repo = filename:join(Dir, Name),
+    Port = free_port(),
+    Files = [{"Makefile", ["all:\n\tmkdir -p ebin\n\terlc -o ebin src/*.erl\n"
+                           "\tcp src/", Name, ".app.src ebin/", Name, ".app\n"]},
+             {"src/" ++ Name ++ ".app.src",
+              ["{application, ", Name, ", [{vsn, \"1.0.0\"}, {mod, {", Name, "_app, []}},\n"
+               " {applications, [kernel, stdlib]}, {env, []}]}.\n"]},
+             {"src/" ++ Name ++ "_app.erl",
+              ["-module(", Name, "_app).\n-behaviour(application).\n-behaviour(supervisor).\n"
+               "-export([start/2, stop/1, init/1, listen/0]).\n"
+               "start(_, _) -> supervisor:start_link(?MODULE, []).\nstop(_) -> ok.\n"
+               "init([]) -> {ok, {#{}, [#{id => l, start => {?MODULE, listen, []}}]}}.\n"
+               "listen() -> {ok, proc_lib:spawn_link(fun() ->\n"
+               "    {ok, L} = gen_tcp:listen(element(2, application:get_env(", Name, ", port)),\n"
+               "                             [{ip, {127, 0, 0, 1}}, {reuseaddr, true}]),\n"
+               "    accept(L) end)}.\n"
+               "accept(L) -> {ok, S} = gen_tcp:accept(L), gen_tcp:close(S), accept(L).\n"]}],
+    [ok = write_file(filename:join(Repo, F), iolist_to_binary(T)) || {F, T} <- Files],
+    ok = git(Repo, ["init", "-q", "-b", "main"]),
+    ok = git(Repo, ["add", "-A"]),
+    ok = git(Repo, ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "v1"]),
+    #app_spec{name = list_to_atom(Name), version = <<"1.0.0">>,
+              source = #source_spec{type = git, url = list_to_binary(Repo), ref = <<"main">>},
+              env = #{port => Port}, health = #health_spec{type = tcp, port = Port},
+              isolation = Isolation}.
+
+%% Deploys `Spec' in the host; the time to healthy (its port answers), and
+%% its guest's OS pid (undefined when embedded).
+vm_deploy(Call, #app_spec{name = App, health = #health_spec{port = Port}} = Spec) ->
+    T0 = erlang:monotonic_time(microsecond),
+    {ok, #app_state{}} = Call(bc_gitops_runtime_default, deploy, [Spec]),
+    ok = wait_for_port(Port, 1000),
+    Took = erlang:monotonic_time(microsecond) - T0,
+    {Took, case Call(bc_gitops_vm, guests, []) of
+               #{App := #{os_pid := OsPid}} -> OsPid;
+               _ -> undefined
+           end}.
+
+%% The app stopped (its guest with it), then deployed again from its build.
+vm_redeploy(Call, #app_spec{name = App, isolation = Isolation} = Spec) ->
+    ok = case Isolation of
+             embedded -> Call(application, stop, [App]);
+             vm -> Call(bc_gitops_vm, stop, [App])
+         end,
+    element(1, vm_deploy(Call, Spec)).
+
+signed(N) when N >= 0 -> "+" ++ integer_to_list(N);
+signed(N) -> integer_to_list(N).
+
+settled_rss(Call, OsPid) ->
+    _ = [Call(erlang, garbage_collect, [P]) || P <- Call(erlang, processes, [])],
+    timer:sleep(500),
+    rss_kb(OsPid).
+
+%% VmRSS of an OS process, in KiB.
+rss_kb(OsPid) ->
+    {ok, Status} = file:read_file("/proc/" ++ OsPid ++ "/status"),
+    [Kb] = [binary_to_integer(string:trim(string:trim(V), trailing, " kB"))
+            || <<"VmRSS:", V/binary>> <- binary:split(Status, <<"\n">>, [global])],
+    Kb.
 
 samples(Runs, Fun) ->
     _ = Fun(),

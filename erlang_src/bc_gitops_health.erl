@@ -7,8 +7,12 @@
 %%%     any 2xx is healthy;</li>
 %%% <li>`tcp': a connect to 127.0.0.1:Port succeeds;</li>
 %%% <li>`custom': `Module:check(App)' returns `ok'; `{error, Reason}', any
-%%%     other value, a crash or a timeout is unhealthy.</li>
+%%%     other value, a crash or a timeout is unhealthy. It runs where the
+%%%     app runs: in its guest (over `erpc') for an `isolation => vm' app,
+%%%     and a guest that is down is `{unhealthy, {guest_down, Why}}'.</li>
 %%% </ul>
+%%% A guest is on this host: `http' and `tcp' reach its ports on 127.0.0.1
+%%% as any app's.
 %%% Each check emits `[bc_gitops, health, check]' with `latency' (native
 %%% time units) and metadata `app', `type', `result' (`healthy' or
 %%% `unhealthy') and `reason'.
@@ -64,10 +68,15 @@ probe(_App, #health_spec{type = tcp, port = Port, timeout = Timeout}) ->
         {ok, Socket} -> ok = gen_tcp:close(Socket), healthy;
         {error, Why} -> {unhealthy, Why}
     end;
-probe(App, #health_spec{type = custom, module = Module}) ->
-    case Module:check(App) of
+probe(App, #health_spec{type = custom, module = Module, timeout = Timeout}) ->
+    Result = case bc_gitops_vm:lookup(App) of
+                 none -> Module:check(App);
+                 {up, Node} -> erpc:call(Node, Module, check, [App], Timeout);
+                 {down, _Node, Why} -> {error, {guest_down, Why}}
+             end,
+    case Result of
         ok -> healthy;
-        {error, Why} -> {unhealthy, Why};
+        {error, Reason} -> {unhealthy, Reason};
         Other -> {unhealthy, {bad_return, Other}}
     end.
 

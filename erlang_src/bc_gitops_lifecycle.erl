@@ -13,9 +13,15 @@
 %%% `bin/<rel> foreground' and `daemon' do) nothing is loaded on demand:
 %%% every module of the added ebins that is not loaded yet is loaded
 %%% before the app starts, as a boot script would have done.
+%%%
+%%% Everything here acts on the node it runs in: the default runtime calls
+%%% it in this node for an embedded app, and over `erpc' in the guest of an
+%%% `isolation => vm' app ({@link bc_gitops_vm}), where bc_gitops's ebin is
+%%% on the code path.
 -module(bc_gitops_lifecycle).
 
 -export([start/3, stop/2, reconfigure/3, restore_env/3, app_of_ebin/1]).
+-export([hot_upgrade/5, probe/2, top_pid/1, drop_paths/1]).
 
 %% @doc Adds `Ebins' to the front of the code path (but those of apps
 %% already running), loads `App', sets `Env' and starts it with its
@@ -164,6 +170,67 @@ restore_env(App, OldEnv, Env) ->
         {error, Why} ->
             logger:warning("bc_gitops: config_change of ~p after upgrade: ~p", [App, Why])
     end.
+
+%% @doc The hot upgrade of the running `App' to the build in `Ebins'
+%% ({@link bc_gitops_hot}), and what follows it on this node: the old
+%% version's paths dropped, the spec's env put back and `config_change/3'
+%% told. `OldVsn' is `{Direction, RunningVsn}'. Returns the info of the
+%% upgrade and the paths the app holds from now on.
+-spec hot_upgrade(atom(), [file:filename()], [file:filename()], {up | down, string()},
+                  {map(), map()}) ->
+    {ok, bc_gitops_hot:info(), [file:filename()]} | bc_gitops_hot:failure().
+hot_upgrade(App, Ebins, OldPaths, OldVsn, {OldEnv, Env}) ->
+    Before = code:get_path(),
+    %% An ebin already on the code path (a running Elixir's) has nothing to
+    %% change, and each of its modules not loaded yet would count as new.
+    New = [E || E <- Ebins, not lists:member(E, Before)],
+    case bc_gitops_hot:upgrade(App, top_pid(App), New, OldVsn) of
+        {ok, Info} ->
+            ok = drop_paths([P || P <- OldPaths, not lists:member(P, Ebins)]),
+            %% The paths the app holds from now on: its own, and those the
+            %% upgrade added; not one the node had of itself (a running
+            %% Elixir's), which removing the app must leave alone.
+            Paths = [E || E <- Ebins, lists:member(E, OldPaths ++ New)],
+            %% The application controller re-read the .app file: put the
+            %% spec's env back, and tell the app what changed.
+            ok = restore_env(App, OldEnv, Env),
+            {ok, Info, Paths};
+        Failure ->
+            Failure
+    end.
+
+%% @doc Whether `App' runs, its top supervisor and the values of the env
+%% keys `Keys' as they are now (a value changed or unset by hand shows as
+%% a difference, and the plan reconfigures it back).
+-spec probe(atom(), [atom()]) -> {running, pid() | undefined, map()} | stopped.
+probe(App, Keys) ->
+    case lists:keymember(App, 1, application:which_applications()) of
+        true ->
+            {running, top_pid(App),
+             maps:from_list([{K, V} || K <- Keys, {ok, V} <- [application:get_env(App, K)]])};
+        false ->
+            stopped
+    end.
+
+%% @doc The top supervisor of the running `App'.
+-spec top_pid(atom()) -> pid() | undefined.
+top_pid(App) ->
+    case application_controller:get_master(App) of
+        Master when is_pid(Master) ->
+            try application_master:get_child(Master) of
+                {Pid, _Mod} when is_pid(Pid) -> Pid;
+                _ -> undefined
+            catch _:_ -> undefined
+            end;
+        _ ->
+            undefined
+    end.
+
+%% @doc Drops `Paths' from the code path.
+-spec drop_paths([file:filename()]) -> ok.
+drop_paths(Paths) ->
+    _ = [code:del_path(P) || P <- Paths],
+    ok.
 
 %% @doc The application an ebin directory belongs to: from its `.app'
 %% file's name; `undefined' when it has none.

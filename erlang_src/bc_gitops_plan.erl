@@ -11,7 +11,10 @@
 %%% <li>then in dependency order (an app after everything it depends on,
 %%%     ties by name): `{deploy, Spec}' for an app not running;
 %%%     `{upgrade, Spec, FromVersion}' when the version differs (downgrades
-%%%     too); `{redeploy, Spec, stopped | failed}' when the version matches
+%%%     too), or from its own version when the app runs where its spec no
+%%%     longer says (`isolation' or `vm_config' differ from those the
+%%%     runtime reports; a runtime that reports `isolation = undefined' is
+%%%     never asked to move an app); `{redeploy, Spec, stopped | failed}' when the version matches
 %%%     but the app stopped or failed (drift); `{reconfigure, Spec}' when only
 %%%     the env differs (compared with `=:=', but for encrypted values: see
 %%%     {@link plan/4}).</li>

@@ -667,7 +667,8 @@ status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
       pins => bc_gitops_pins:view(St#st.pins),
       app_errors => app_errors(St#st.failures, now(St)),
       in_progress => bc_gitops_progress:list(),
-      repairs => repairs(St#st.repairs, now(St))}.
+      repairs => repairs(St#st.repairs, now(St)),
+      guests => bc_gitops_vm:guests()}.
 
 -spec waiting([{atom(), term()}], bc_gitops_pins:pins()) -> [{atom(), term()}].
 waiting(Waiting, Pins) ->

@@ -27,6 +27,18 @@
 %%% generation, older ones are deleted): a rollback, after a failed health
 %%% check, goes back to exactly the code that ran, without fetching or
 %%% building, even when the old spec's ref has moved since.
+%%%
+%%% An app whose spec says `isolation => vm' runs in a guest, a BEAM node
+%%% of its own ({@link bc_gitops_vm}): it is built here as any other, then
+%%% every step that touches the running app (start, reconfigure, the hot
+%%% upgrade and its undo, the state read by `get_current_state/0') runs in
+%%% the guest over `erpc', with the same code ({@link bc_gitops_lifecycle}). A
+%%% restart there is a fresh guest. An app whose guest died is reported
+%%% `failed' (stopped when only the app stopped in a live guest), so the
+%%% reconciler heals it as any drift; removing the app stops its guest. A
+%%% change of `isolation' or `vm_config' moves the app: stopped where it
+%%% ran, started in its new place, and, if it does not start there,
+%%% started again where it ran.
 -module(bc_gitops_runtime_default).
 
 -behaviour(bc_gitops_runtime).
@@ -39,6 +51,11 @@
 
 -define(TABLE, bc_gitops_runtime_default_apps).
 -define(BUILT, ".bc_gitops_built").
+%% A lifecycle step in a guest (a start, a hot upgrade) may be slow.
+-define(GUEST_CALL_TIMEOUT, 300000).
+%% Reading an app's state in its guest; a guest that does not answer in
+%% time is reported as it was last seen.
+-define(GUEST_PROBE_TIMEOUT, 5000).
 
 %% What the runtime remembers of an app it started.
 %% `sealed': keyed digests of the live values of its encrypted env keys
@@ -55,16 +72,29 @@ table() -> ?TABLE.
 deploy(#app_spec{name = App} = Spec) ->
     case prepare(Spec) of
         {ok, Dir, Ebins} ->
+            ok = leave_old_place(Spec),
             ok = bc_gitops_progress:phase(App, starting),
             start(Spec, Dir, Ebins);
-        {error, _} = Error -> Error
+        {error, _} = Error ->
+            Error
+    end.
+
+%% A redeploy of an app that ran in a guest (dead or alive), or that moves
+%% out of this node, first stops it where it was; one that stays in this
+%% node is started again where it is.
+-spec leave_old_place(#app_spec{}) -> ok.
+leave_old_place(#app_spec{name = App, isolation = Isolation}) ->
+    case lookup(App) of
+        {ok, #entry{state = #app_state{node = undefined}}} when Isolation =:= embedded -> ok;
+        {ok, Entry} -> stop_app(Entry);
+        error -> ok
     end.
 
 %% @doc Stops the app, unloads its code, and deletes its builds.
 -spec remove(atom()) -> ok.
 remove(App) ->
     case lookup(App) of
-        {ok, #entry{paths = Paths}} -> ok = bc_gitops_lifecycle:stop(App, Paths);
+        {ok, Entry} -> ok = stop_app(Entry);
         error -> ok
     end,
     ets:delete(?TABLE, App),
@@ -97,19 +127,36 @@ upgrade(#app_spec{name = App} = Spec, _From) ->
             ok = bc_gitops_progress:phase(App, starting),
             with_path(start(Spec, Dir, Ebins), #{path => restart});
         {{ok, Entry}, {ok, Dir, Ebins}} ->
-            ok = bc_gitops_progress:phase(App, upgrading),
-            case running(App) andalso hot(Spec, Entry, Dir, Ebins) of
-                {ok, _, _} = Hot ->
-                    Hot;
-                {error, {code_change, _} = Why, Undo} ->
-                    case upward(Entry, Spec) of
-                        true -> keep_old(Spec, Entry, Dir, Ebins, Why, Undo);
-                        false -> restart(Spec, Entry, Dir, Ebins, Why)
-                    end;
-                Other ->
-                    restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
+            case moved(Entry, Spec) of
+                true ->
+                    ok = bc_gitops_progress:phase(App, starting),
+                    restart(Spec, Entry, Dir, Ebins, moved);
+                false ->
+                    ok = bc_gitops_progress:phase(App, upgrading),
+                    hot_or_restart(Spec, Entry, Dir, Ebins)
             end
     end.
+
+-spec hot_or_restart(#app_spec{}, #entry{}, file:filename(), [file:filename()]) ->
+    {ok, #app_state{}, map()} | {error, term()}.
+hot_or_restart(Spec, Entry, Dir, Ebins) ->
+    case running(Entry) andalso hot(Spec, Entry, Dir, Ebins) of
+        {ok, _, _} = Hot ->
+            Hot;
+        {error, {code_change, _} = Why, Undo} ->
+            case upward(Entry, Spec) of
+                true -> keep_old(Spec, Entry, Dir, Ebins, Why, Undo);
+                false -> restart(Spec, Entry, Dir, Ebins, Why)
+            end;
+        Other ->
+            restart(Spec, Entry, Dir, Ebins, hot_failure(Other))
+    end.
+
+%% Whether `Spec' says the app runs elsewhere than where it does.
+-spec moved(#entry{}, #app_spec{}) -> boolean().
+moved(#entry{state = #app_state{isolation = I, vm_config = C}},
+      #app_spec{isolation = I, vm_config = C}) -> false;
+moved(_Entry, _Spec) -> true.
 
 %% Whether `Spec' moves the app of `Entry' up (not a downgrade).
 -spec upward(#entry{}, #app_spec{}) -> boolean().
@@ -120,25 +167,14 @@ upward(#entry{state = #app_state{version = From}}, #app_spec{version = To}) ->
     {ok, #app_state{}, map()} | bc_gitops_hot:failure().
 hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
     #entry{state = #app_state{version = OldV, env = OldEnv} = Old, paths = OldPaths,
-           dir = OldDir}, Dir, Ebins) ->
+           dir = OldDir} = Entry, Dir, Ebins) ->
     Direction = bc_gitops_hot:direction(OldV, V),
-    Before = code:get_path(),
-    %% An ebin already on the code path (a running Elixir's) has nothing to
-    %% change, and each of its modules not loaded yet would count as new.
-    New = [E || E <- Ebins, not lists:member(E, Before)],
-    case bc_gitops_hot:upgrade(App, top_pid(App), New, {Direction, binary_to_list(OldV)}) of
-        {ok, Info} ->
-            _ = [code:del_path(P) || P <- OldPaths, not lists:member(P, Ebins)],
-            %% The paths the app holds from now on: its own, and those the
-            %% upgrade added; not one the node had of itself (a running
-            %% Elixir's), which removing the app must leave alone.
-            Paths = [E || E <- Ebins, lists:member(E, OldPaths ++ New)],
-            %% The application controller re-read the .app file: put the
-            %% spec's env back, and tell the app what changed.
-            ok = bc_gitops_lifecycle:restore_env(App, OldEnv, Env),
+    case at(Entry, bc_gitops_lifecycle, hot_upgrade,
+            [App, Ebins, OldPaths, {Direction, binary_to_list(OldV)}, {OldEnv, Env}]) of
+        {ok, Info, Paths} ->
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir,
-                                                   sealed = bc_gitops_secrets:fingerprint(App, Env)}}),
+            New = #entry{state = State, paths = Paths, dir = Dir},
+            true = ets:insert(?TABLE, {App, New#entry{sealed = sealed(New, Env)}}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
@@ -155,9 +191,10 @@ hot_failure({error, Why, _Undo}) -> Why.
 %% it is restarted from its own build.
 -spec keep_old(#app_spec{}, #entry{}, file:filename(), [file:filename()], term(),
                reverted | not_reverted) -> {error, term()}.
-keep_old(#app_spec{name = App} = Spec,
-         #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, Why, Undo) ->
-    _ = [code:del_path(P) || P <- Ebins, not lists:member(P, OldPaths)],
+keep_old(Spec, #entry{state = Old, paths = OldPaths, dir = OldDir} = Entry, Dir, Ebins, Why,
+         Undo) ->
+    _ = at(Entry, bc_gitops_lifecycle, drop_paths,
+           [[P || P <- Ebins, not lists:member(P, OldPaths)]]),
     ok = case Dir of
              OldDir -> ok;
              _ -> delete_build(Dir)
@@ -167,15 +204,18 @@ keep_old(#app_spec{name = App} = Spec,
         reverted ->
             {error, {rolled_back, Failed}};
         not_reverted ->
-            ok = bc_gitops_lifecycle:stop(App, OldPaths),
+            ok = stop_app(Entry),
             start_old(Spec, Old, OldDir, OldPaths, Failed)
     end.
 
-%% Starts the version that ran before, after `Why' stopped the new one.
+%% Starts the version that ran before, where it ran, after `Why' stopped
+%% the new one.
 -spec start_old(#app_spec{}, #app_state{}, file:filename(), [file:filename()], term()) ->
     {error, term()}.
-start_old(Spec, #app_state{version = V, env = Env}, OldDir, OldPaths, Why) ->
-    case start(Spec#app_spec{version = V, env = Env}, OldDir, OldPaths) of
+start_old(Spec, #app_state{version = V, env = Env, isolation = Isolation, vm_config = VmConfig},
+          OldDir, OldPaths, Why) ->
+    Old = Spec#app_spec{version = V, env = Env, isolation = Isolation, vm_config = VmConfig},
+    case start(Old, OldDir, OldPaths) of
         {ok, _} -> {error, {rolled_back, Why}};
         {error, Again} -> {error, {rollback_failed, Why, Again}}
     end.
@@ -183,8 +223,8 @@ start_old(Spec, #app_state{version = V, env = Env}, OldDir, OldPaths, Why) ->
 -spec restart(#app_spec{}, #entry{}, file:filename(), [file:filename()], term()) ->
     {ok, #app_state{}, map()} | {error, term()}.
 restart(#app_spec{name = App} = Spec,
-        #entry{state = Old, paths = OldPaths, dir = OldDir}, Dir, Ebins, NotHot) ->
-    ok = bc_gitops_lifecycle:stop(App, OldPaths),
+        #entry{state = Old, paths = OldPaths, dir = OldDir} = Entry, Dir, Ebins, NotHot) ->
+    ok = stop_app(Entry),
     case start(Spec, Dir, Ebins) of
         {ok, State} ->
             ok = keep_builds(App, [OldDir, Dir]),
@@ -198,9 +238,13 @@ restart(#app_spec{name = App} = Spec,
 with_path({ok, State}, Info) -> {ok, State, Info};
 with_path(Error, _Info) -> Error.
 
--spec running(atom()) -> boolean().
-running(App) ->
-    lists:keymember(App, 1, application:which_applications()).
+%% Whether the app of `Entry' runs (in its guest, if it has one).
+-spec running(#entry{}) -> boolean().
+running(#entry{state = #app_state{name = App}} = Entry) ->
+    case probe([Entry]) of
+        #{App := {running, _, _}} -> true;
+        _ -> false
+    end.
 
 %% @doc Applies a changed env to the running app and calls its
 %% `config_change/3'.
@@ -208,10 +252,10 @@ running(App) ->
 reconfigure(#app_spec{name = App, env = Env}) ->
     case lookup(App) of
         {ok, #entry{state = #app_state{env = OldEnv} = State} = Entry} ->
-            case bc_gitops_lifecycle:reconfigure(App, OldEnv, Env) of
+            case at(Entry, bc_gitops_lifecycle, reconfigure, [App, OldEnv, Env]) of
                 ok ->
                     New = State#app_state{env = Env},
-                    Sealed = bc_gitops_secrets:fingerprint(App, Env),
+                    Sealed = sealed(Entry, Env),
                     true = ets:insert(?TABLE, {App, Entry#entry{state = New, sealed = Sealed}}),
                     {ok, New};
                 {error, _} = Error ->
@@ -224,33 +268,130 @@ reconfigure(#app_spec{name = App, env = Env}) ->
 %% @doc Every app this runtime started, with its status read now.
 -spec get_current_state() -> {ok, #{atom() => #app_state{}}}.
 get_current_state() ->
-    Running = [A || {A, _, _} <- application:which_applications()],
-    {ok, maps:from_list(
-           [{App, refresh(State, Sealed, lists:member(App, Running))}
-            || {App, #entry{state = State, sealed = Sealed}} <- ets:tab2list(?TABLE)])}.
+    Entries = [Entry || {_, Entry} <- ets:tab2list(?TABLE)],
+    Probed = probe(Entries),
+    {ok, maps:from_list([{App, refresh(State, Sealed, maps:get(App, Probed, keep))}
+                         || #entry{state = #app_state{name = App} = State, sealed = Sealed}
+                                <- Entries])}.
 
 %%% Internals
 
--spec refresh(#app_state{}, #{atom() => binary()}, boolean()) -> #app_state{}.
-refresh(#app_state{name = App, env = Env} = S, Sealed, true) ->
-    %% The env as it is now, for the keys the spec set: a value changed or
-    %% unset by hand shows as a difference, and the plan reconfigures it back.
-    %% An encrypted value is shown encrypted, or as `{age, changed}'.
-    Actual = bc_gitops_secrets:observed(App, Env, Sealed),
-    S#app_state{status = running, pid = top_pid(App), env = Actual};
-refresh(S, _Sealed, false) -> S#app_state{status = stopped, pid = undefined}.
+%% The state now of the apps of `Entries': each in this node, or in its
+%% guest (all guests asked at once). A guest that died: `failed'; one
+%% that does not answer in time: `keep' (as last seen).
+-spec probe([#entry{}]) ->
+    #{atom() => {running, pid() | undefined, map()} | stopped | failed | keep}.
+probe(Entries) ->
+    Asked = [{App, case bc_gitops_vm:lookup(App) of
+                       {up, Node} when Node =:= N ->
+                           {ask, erpc:send_request(Node, bc_gitops_lifecycle, probe,
+                                                   [App, maps:keys(Env)])};
+                       _ ->
+                           failed
+                   end}
+             || #entry{state = #app_state{name = App, node = N, env = Env}} <- Entries,
+                N =/= undefined],
+    Deadline = erlang:monotonic_time(millisecond) + ?GUEST_PROBE_TIMEOUT,
+    Guests = [{App, case Ask of
+                        {ask, Req} ->
+                            Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+                            try erpc:receive_response(Req, Left) of
+                                Probed -> Probed
+                            catch
+                                error:{erpc, timeout} -> keep;
+                                _:_ -> failed
+                            end;
+                        failed ->
+                            failed
+                    end} || {App, Ask} <- Asked],
+    Here = [{App, bc_gitops_lifecycle:probe(App, maps:keys(Env))}
+            || #entry{state = #app_state{name = App, node = undefined, env = Env}} <- Entries],
+    maps:from_list(Here ++ Guests).
+
+%% The env reported is the live value of each key the spec set: a value
+%% changed or unset by hand shows as a difference, and the plan
+%% reconfigures it back. An encrypted value is reported encrypted, or as
+%% `{age, changed}' (bc_gitops_secrets:observed/3), never as it is live.
+-spec refresh(#app_state{}, #{atom() => binary()},
+              {running, pid() | undefined, map()} | stopped | failed | keep) -> #app_state{}.
+refresh(#app_state{env = Env} = S, Sealed, {running, Pid, Live}) ->
+    S#app_state{status = running, pid = Pid, env = bc_gitops_secrets:observed(Env, Live, Sealed)};
+refresh(S, _Sealed, stopped) -> S#app_state{status = stopped, pid = undefined};
+refresh(S, _Sealed, failed) -> S#app_state{status = failed, pid = undefined};
+refresh(S, _Sealed, keep) -> S.
+
+%% Keyed digests of the live values of the encrypted keys of `Env', read
+%% where the app of `Entry' runs right after they were set.
+-spec sealed(#entry{}, map()) -> #{atom() => binary()}.
+sealed(#entry{state = #app_state{name = App}} = Entry, Env) ->
+    case bc_gitops_secrets:encrypted_keys(Env) of
+        [] ->
+            #{};
+        Keys ->
+            case at(Entry, bc_gitops_lifecycle, probe, [App, Keys]) of
+                {running, _, Live} -> bc_gitops_secrets:fingerprint(Env, Live);
+                _ -> #{}
+            end
+    end.
+
+%% Runs `M:F(A)' where the app of `Entry' runs: here, or in its guest. A
+%% guest has no age identity: the encrypted env values in `A' are
+%% decrypted here, sent over distribution, and scrubbed out of what comes
+%% back (bc_gitops_secrets:with_revealed/3).
+-spec at(#entry{}, module(), atom(), [term()]) -> term().
+at(#entry{state = #app_state{node = undefined}}, M, F, A) ->
+    apply(M, F, A);
+at(#entry{state = #app_state{name = App, node = Node}}, M, F, A) ->
+    bc_gitops_secrets:with_revealed(App, A, fun(Plain) -> guest_call(Node, M, F, Plain) end).
+
+%% A call in a guest; a guest lost meanwhile is an error of the step,
+%% not a crash of the runtime.
+-spec guest_call(node(), module(), atom(), [term()]) -> term().
+guest_call(Node, M, F, A) ->
+    try erpc:call(Node, M, F, A, ?GUEST_CALL_TIMEOUT)
+    catch error:{erpc, Why} -> {error, {guest_lost, Node, Why}}
+    end.
+
+%% Stops the app of `Entry' where it runs: its guest is stopped with it.
+-spec stop_app(#entry{}) -> ok.
+stop_app(#entry{state = #app_state{name = App, node = undefined}, paths = Paths}) ->
+    bc_gitops_lifecycle:stop(App, Paths);
+stop_app(#entry{state = #app_state{name = App}}) ->
+    bc_gitops_vm:stop(App).
+
+%% Where the app of `Spec' is to run: `undefined' for this node, or a new
+%% guest's node.
+-spec place(#app_spec{}) -> {ok, node() | undefined} | {error, term()}.
+place(#app_spec{isolation = embedded}) ->
+    {ok, undefined};
+place(#app_spec{name = App, isolation = vm, vm_config = VmConfig}) ->
+    bc_gitops_vm:start(App, VmConfig, filename:join(workspace(), ".vm")).
 
 -spec start(#app_spec{}, file:filename(), [file:filename()]) ->
     {ok, #app_state{}} | {error, term()}.
-start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebins) ->
-    case bc_gitops_lifecycle:start(App, Ebins, Env) of
-        {ok, Paths} ->
-            State = #app_state{name = App, version = V, status = running, path = Dir,
-                               pid = top_pid(App), started_at = erlang:system_time(millisecond),
-                               env = Env, depends_on = Deps},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir,
-                                                   sealed = bc_gitops_secrets:fingerprint(App, Env)}}),
-            {ok, State};
+start(#app_spec{name = App, version = V, env = Env, depends_on = Deps, isolation = Isolation,
+             vm_config = VmConfig} = Spec, Dir, Ebins) ->
+    case place(Spec) of
+        {ok, Node} ->
+            State0 = #app_state{name = App, version = V, status = running, path = Dir,
+                                env = Env, depends_on = Deps, isolation = Isolation,
+                                vm_config = VmConfig, node = Node},
+            Entry0 = #entry{state = State0, dir = Dir},
+            case at(Entry0, bc_gitops_lifecycle, start, [App, Ebins, Env]) of
+                {ok, Paths} ->
+                    Top = at(Entry0, bc_gitops_lifecycle, top_pid, [App]),
+                    State = State0#app_state{pid = case is_pid(Top) of
+                                                       true -> Top;
+                                                       false -> undefined
+                                                   end,
+                                             started_at = erlang:system_time(millisecond)},
+                    Entry = Entry0#entry{state = State, paths = Paths},
+                    true = ets:insert(?TABLE, {App, Entry#entry{sealed = sealed(Entry, Env)}}),
+                    {ok, State};
+                {error, _} = Error ->
+                    _ = [bc_gitops_vm:stop(App) || Node =/= undefined],
+                    Error
+            end;
         {error, _} = Error ->
             Error
     end.
@@ -375,19 +516,6 @@ lookup(App) ->
     case ets:lookup(?TABLE, App) of
         [{App, Entry}] -> {ok, Entry};
         [] -> error
-    end.
-
--spec top_pid(atom()) -> pid() | undefined.
-top_pid(App) ->
-    case application_controller:get_master(App) of
-        Master when is_pid(Master) ->
-            try application_master:get_child(Master) of
-                {Pid, _Mod} when is_pid(Pid) -> Pid;
-                _ -> undefined
-            catch _:_ -> undefined
-            end;
-        _ ->
-            undefined
     end.
 
 -spec config() -> bc_gitops_config:config().

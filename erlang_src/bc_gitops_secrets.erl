@@ -30,8 +30,8 @@
 
 -include("bc_gitops.hrl").
 
--export([reveal/2, with_env/3, check/1, fingerprint/2, observed/3, scrub/2, mask/1,
-         format_status/1]).
+-export([reveal/2, with_env/3, with_revealed/3, encrypted_keys/1, check/1, fingerprint/2,
+         observed/3, scrub/2, mask/1, format_status/1]).
 
 -export_type([error/0]).
 
@@ -75,18 +75,22 @@ reveal(App, Env) ->
 -spec with_env(atom(), map(), fun((map()) -> Result)) -> Result | {error, error()}.
 with_env(App, Env, Fun) ->
     case reveal(App, Env) of
-        {ok, Env} ->
-            Fun(Env);
-        {ok, Plain} ->
-            Secrets = [maps:get(K, Plain) || K <- encrypted_keys(Env)],
-            try Fun(Plain) of
-                Result -> scrub(Result, Secrets)
-            catch
-                Class:Reason:Stack ->
-                    erlang:raise(Class, scrub(Reason, Secrets), scrub(Stack, Secrets))
-            end;
-        {error, _} = Error ->
-            Error
+        {ok, Env} -> Fun(Env);
+        {ok, Plain} -> scrubbed(Fun, Plain, [maps:get(K, Plain) || K <- encrypted_keys(Env)]);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Runs `Fun' with `Args' in which every env map (a map with encrypted
+%% values, at any depth of lists and tuples) is decrypted, and scrubs what
+%% it returns or raises as {@link with_env/3} does. For a call into a node
+%% that has no age identity: an `isolation => vm' app's guest.
+-spec with_revealed(atom(), [term()], fun(([term()]) -> Result)) -> Result | {error, error()}.
+with_revealed(App, Args, Fun) ->
+    try reveal_in(App, Args, []) of
+        {Args, []} -> Fun(Args);
+        {Plain, Secrets} -> scrubbed(Fun, Plain, Secrets)
+    catch
+        throw:{?MODULE, Error} -> Error
     end.
 
 %% @doc Whether `Armored' is a well-formed armored age file encrypted to
@@ -96,31 +100,30 @@ with_env(App, Env, Fun) ->
 check(Armored) when is_binary(Armored) ->
     bc_gitops_nif:age_check(Armored).
 
-%% @doc Keyed digests of the live values of `App''s encrypted env keys, taken
-%% right after they were set.
--spec fingerprint(atom(), map()) -> #{atom() => binary()}.
-fingerprint(App, Env) ->
-    maps:from_list([{K, digest(V)} || K <- encrypted_keys(Env),
-                                      {ok, V} <- [application:get_env(App, K)]]).
+%% @doc Keyed digests of the live values (`Live', as the app has them right
+%% after they were set) of the encrypted keys of `Env'.
+-spec fingerprint(map(), map()) -> #{atom() => binary()}.
+fingerprint(Env, Live) ->
+    maps:from_list([{K, digest(V)} || K <- encrypted_keys(Env), #{K := V} <- [Live]]).
 
-%% @doc The env of `App' as a runtime reports it: the live value of each key
-%% of `Env' (a key unset on the node is left out); an encrypted key is
+%% @doc The env as a runtime reports it: the live value (in `Live') of each
+%% key of `Env' (a key unset on the node is left out); an encrypted key is
 %% reported as its spec value while its live value is the one set, else as
 %% `{age, changed}'.
--spec observed(atom(), map(), #{atom() => binary()}) -> map().
-observed(App, Env, Prints) ->
+-spec observed(map(), map(), #{atom() => binary()}) -> map().
+observed(Env, Live, Prints) ->
     maps:from_list(
       [{K, case V of
                {age, A} when is_binary(A) ->
                    %% Never the live value: it is the plaintext.
-                   case maps:find(K, Prints) =:= {ok, digest(Live)} of
+                   case maps:find(K, Prints) =:= {ok, digest(Value)} of
                        true -> V;
                        false -> {age, changed}
                    end;
                _ ->
-                   Live
+                   Value
            end}
-       || {K, V} <- maps:to_list(Env), {ok, Live} <- [application:get_env(App, K)]]).
+       || {K, V} <- maps:to_list(Env), #{K := Value} <- [Live]]).
 
 %% @doc `Term' with every occurrence of a value of `Secrets' replaced by
 %% `'*secret*'': equal subterms, and text (binaries, strings) holding one.
@@ -148,6 +151,39 @@ format_status(Status) ->
 
 %%% Internals
 
+-spec scrubbed(fun((A) -> Result), A, [term()]) -> Result.
+scrubbed(Fun, Plain, Secrets) ->
+    try Fun(Plain) of
+        Result -> scrub(Result, Secrets)
+    catch
+        Class:Reason:Stack ->
+            erlang:raise(Class, scrub(Reason, Secrets), scrub(Stack, Secrets))
+    end.
+
+%% `Term' with each map that holds encrypted values decrypted, and the
+%% decrypted values (added to `Acc'); throws the first error.
+-spec reveal_in(atom(), T, [term()]) -> {T, [term()]}.
+reveal_in(App, Map, Acc) when is_map(Map) ->
+    case encrypted_keys(Map) of
+        [] ->
+            {Map, Acc};
+        Keys ->
+            case reveal(App, Map) of
+                {ok, Plain} -> {Plain, [maps:get(K, Plain) || K <- Keys] ++ Acc};
+                {error, _} = Error -> throw({?MODULE, Error})
+            end
+    end;
+reveal_in(App, [H | T], Acc) ->
+    {H1, Acc1} = reveal_in(App, H, Acc),
+    {T1, Acc2} = reveal_in(App, T, Acc1),
+    {[H1 | T1], Acc2};
+reveal_in(App, Tuple, Acc) when is_tuple(Tuple) ->
+    {List, Acc1} = reveal_in(App, tuple_to_list(Tuple), Acc),
+    {list_to_tuple(List), Acc1};
+reveal_in(_App, Other, Acc) ->
+    {Other, Acc}.
+
+%% @doc The keys of `Env' whose values are encrypted, in order.
 -spec encrypted_keys(map()) -> [atom()].
 encrypted_keys(Env) ->
     lists:sort([K || {K, {age, A}} <- maps:to_list(Env), is_binary(A)]).

@@ -1,5 +1,6 @@
-%%% @doc The top supervisor: it holds the health monitor and the
-%%% reconciler, started from the application env at boot or from
+%%% @doc The top supervisor: it holds the guests of `isolation => vm' apps
+%%% ({@link bc_gitops_vm}: started first, so stopped last, after the
+%%% reconciler), the health monitor and the reconciler, started from the application env at boot or from
 %%% {@link bc_gitops:start_reconciler/1}; in cluster mode also the node's
 %%% part in the cluster ({@link bc_gitops_cluster}), after the reconciler,
 %%% then the HTTP face when configured: the listener ({@link bc_gitops_http})
@@ -73,9 +74,14 @@ init(Config) ->
     Health = #{id => bc_gitops_health_monitor,
                start => {bc_gitops_health_monitor, start_link, []},
                modules => [bc_gitops_health_monitor]},
+    Guests = #{id => bc_gitops_vm,
+               start => {bc_gitops_vm, start_link, []},
+               %% Time to stop every guest, side by side.
+               shutdown => 30000,
+               modules => [bc_gitops_vm]},
     case Config of
-        none -> {ok, {flags(), [Health]}};
-        _ -> {ok, {flags(), [Health, child(Config) | extra_children(Config)]}}
+        none -> {ok, {flags(), [Guests, Health]}};
+        _ -> {ok, {flags(), [Guests, Health, child(Config) | extra_children(Config)]}}
     end.
 
 -spec flags() -> supervisor:sup_flags().

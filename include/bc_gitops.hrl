@@ -50,7 +50,14 @@
     placement = all :: all | [binary()],
     %% Cluster mode: batches of at most max_parallel members (the cluster's
     %% default), and a pause in ms after each batch (0).
-    rollout :: #{max_parallel => pos_integer(), pause => non_neg_integer()} | undefined
+    rollout :: #{max_parallel => pos_integer(), pause => non_neg_integer()} | undefined,
+    %% embedded: in this node; vm: in a BEAM node of its own (a guest),
+    %% started, watched and stopped by bc_gitops (bc_gitops_vm).
+    isolation = embedded :: embedded | vm,
+    %% isolation vm: the keys the spec gives (absent ones take defaults):
+    %% memory_limit (MiB), scheduler_limit (+S), node_prefix, extra_args.
+    vm_config :: #{memory_limit => pos_integer(), scheduler_limit => pos_integer(),
+                   node_prefix => binary(), extra_args => [binary()]} | undefined
 }).
 
 %% One application as it is on this node.
@@ -66,7 +73,14 @@
     started_at :: integer() | undefined,
     health = unknown :: healthy | unhealthy | unknown,
     env = #{} :: #{atom() => term()},
-    depends_on = [] :: [atom()]
+    depends_on = [] :: [atom()],
+    %% Where it runs, as the spec said when it was started (isolation and
+    %% vm_config of #app_spec{}). `undefined': the runtime does not say, and
+    %% the plan never moves the app.
+    isolation :: embedded | vm | undefined,
+    vm_config :: map() | undefined,
+    %% isolation vm: the guest node it runs in; undefined in this node.
+    node :: node() | undefined
 }).
 
 -endif.

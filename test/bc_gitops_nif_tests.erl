@@ -30,7 +30,9 @@ record_layout(Root) ->
         "  health => #{type => custom, module => full_health, path => <<\"/h\">>, port => 9,\n"
         "              interval => 1000, timeout => 200},\n"
         "  depends_on => [base_app, other_app],\n"
-        "  placement => [<<\"web*@*\">>, \"edge@h\"], rollout => #{max_parallel => 2, pause => 100}}.\n"]),
+        "  placement => [<<\"web*@*\">>, \"edge@h\"], rollout => #{max_parallel => 2, pause => 100},\n"
+        "  isolation => vm, vm_config => #{memory_limit => 256, scheduler_limit => 2,\n"
+        "                                  node_prefix => full_vm, extra_args => [\"+A\", <<\"4\">>]}}.\n"]),
     write_spec(Root, "rel", [
         "#{name => rel, version => \"0.1\", source => #{type => release,\n"
         "  url => \"https://example.test/rel.tar.gz\",\n"
@@ -43,7 +45,10 @@ record_layout(Root) ->
                            env = #{port := 8080, mode := fast},
                            depends_on = [base_app, other_app],
                            placement = [<<"web*@*">>, <<"edge@h">>],
-                           rollout = #{max_parallel := 2, pause := 100}}, Full),
+                           rollout = #{max_parallel := 2, pause := 100},
+                           isolation = vm}, Full),
+    ?assertEqual(#{memory_limit => 256, scheduler_limit => 2, node_prefix => <<"full_vm">>,
+                   extra_args => [<<"+A">>, <<"4">>]}, Full#app_spec.vm_config),
     ?assertEqual(#source_spec{type = git, url = <<"https://example.test/full.git">>,
                               ref = <<"v2.1.0">>, sha256 = undefined, build = mix},
                  Full#app_spec.source),
@@ -53,7 +58,8 @@ record_layout(Root) ->
     %% Strings are accepted for text fields; sha256 is normalised to lowercase.
     ?assertMatch(#app_spec{name = rel, version = <<"0.1">>, description = undefined,
                            health = undefined, env = #{}, depends_on = [], placement = all,
-                           rollout = undefined}, Rel),
+                           rollout = undefined, isolation = embedded,
+                           vm_config = undefined}, Rel),
     ?assertEqual(#source_spec{type = release, url = <<"https://example.test/rel.tar.gz">>,
                               sha256 = list_to_binary(lists:duplicate(64, $a))},
                  Rel#app_spec.source).

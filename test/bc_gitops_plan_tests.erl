@@ -46,6 +46,26 @@ env_compared_exactly_test() ->
                             [state(a, <<"1">>, running, #{n => 1})], []),
     ?assertEqual([{reconfigure, a}], names(Actions)).
 
+%% An app that runs where its spec no longer says (isolation or vm_config,
+%% compared exactly) is moved by an upgrade from its own version; one
+%% from a runtime that does not say where it runs (isolation undefined)
+%% is left where it is.
+isolation_change_moves_the_app_test() ->
+    Vm = fun(Name, Config) -> (spec(Name, <<"1">>))#app_spec{isolation = vm, vm_config = Config} end,
+    At = fun(Name, Isolation, Config) ->
+                 (state(Name, <<"1">>))#app_state{isolation = Isolation, vm_config = Config}
+         end,
+    Desired = [Vm(into_vm, undefined), Vm(more_memory, #{memory_limit => 256}),
+               Vm(same, #{memory_limit => 128}), Vm(unsaid, undefined),
+               spec(out_of_vm, <<"1">>)],
+    Current = [At(into_vm, embedded, undefined), At(more_memory, vm, #{memory_limit => 128}),
+               At(same, vm, #{memory_limit => 128}), At(unsaid, undefined, undefined),
+               At(out_of_vm, vm, undefined)],
+    {ok, #{actions := Actions}} = bc_gitops_plan:plan(Desired, Current, []),
+    ?assertEqual([{upgrade, into_vm}, {upgrade, more_memory}, {upgrade, out_of_vm}],
+                 names(Actions)),
+    ?assert(lists:member({upgrade, Vm(more_memory, #{memory_limit => 256}), <<"1">>}, Actions)).
+
 blocked_apps_test() ->
     Desired = [spec(a, <<"1">>, [b], #{}), spec(b, <<"1">>, [a], #{}),
                spec(c, <<"1">>, [ghost], #{}), spec(d, <<"1">>, [broken], #{}),

@@ -12,28 +12,20 @@
 -export([unhealthy_upgrade_keeps_old_version_serving/1, crash_on_start_backs_off/1,
          app_that_keeps_dying_backs_off/1, stopped_by_hand_comes_back/1]).
 
--import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, advance_and_wait/1]).
--import(bc_gitops_test_apps, [free_port/0, http_get/1, plain_app/3]).
+-import(bc_gitops_test_util, [commit/2, write_file/2, advance_and_wait/1]).
+-import(bc_gitops_test_apps, [make_repo/2, commit_spec/5, start/2, attach_events/2,
+                              collect_events/0, wait_healthy/2, http_get/1, free_port/0,
+                              plain_app/3]).
 
 all() ->
     [unhealthy_upgrade_keeps_old_version_serving, crash_on_start_backs_off,
      app_that_keeps_dying_backs_off, stopped_by_hand_comes_back].
 
 init_per_testcase(_Case, Config) ->
-    ok = bc_gitops_test_clock:start(),
-    Dir = bc_gitops_test_util:tmp_dir("ct_recovery"),
-    Gitops = filename:join(Dir, "gitops"),
-    ok = bc_gitops_test_util:init_repo(Gitops),
-    write_file(filename:join([Gitops, "apps", ".keep"]), ""),
-    {ok, _} = application:ensure_all_started(bc_gitops),
-    [{dir, Dir}, {gitops, Gitops} | Config].
+    bc_gitops_test_apps:init_case("ct_recovery", Config).
 
 end_per_testcase(_Case, Config) ->
-    _ = [telemetry:detach(Id) || Id <- [<<"recovery">>]],
-    {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
-    _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
-    ok = application:stop(bc_gitops),
-    bc_gitops_test_util:rm_rf(?config(dir, Config)).
+    bc_gitops_test_apps:end_case(<<"recovery">>, Config).
 
 %% v1 answers 200 on its port; v2 answers 500, so its http check fails:
 %% within health_grace it is rolled back (hot, the same listener), v1
@@ -41,22 +33,22 @@ end_per_testcase(_Case, Config) ->
 %% alone.
 unhealthy_upgrade_keeps_old_version_serving(Config) ->
     Port = free_port(),
-    Repo = app_repo(Config, "rt_web"),
+    Repo = make_repo(Config, "rt_web"),
     web_app(Repo, "1.0.0", "200 OK"),
     _ = commit(Repo, "v1"),
     Health = ["health => #{type => http, port => ", integer_to_list(Port),
               ", path => <<\"/health\">>, interval => 100, timeout => 1000}"],
     Env = ["env => #{port => ", integer_to_list(Port), "}"],
-    spec(Config, "rt_web", "1.0.0", Repo, [Health, ", ", Env]),
+    commit_spec(Config, "rt_web", "1.0.0", Repo, [Health, ", ", Env]),
     start(Config, #{health_grace => 1500, reconcile_interval => 200, backoff_base => 60000}),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
     ok = bc_gitops:suspend(),
     Listener = whereis(rt_web_srv),
-    events([[bc_gitops, upgrade, stop], [bc_gitops, rollback, stop]]),
+    attach_events(<<"recovery">>, [[bc_gitops, upgrade, stop], [bc_gitops, rollback, stop]]),
 
     web_app(Repo, "2.0.0", "500 Internal Server Error"),
     _ = commit(Repo, "v2 answers 500"),
-    spec(Config, "rt_web", "2.0.0", Repo, [Health, ", ", Env]),
+    commit_spec(Config, "rt_web", "2.0.0", Repo, [Health, ", ", Env]),
     ?assertMatch({error, {out_of_sync, #{failed := [{rt_web, {rolled_back, _}}]}}},
                  bc_gitops:reconcile()),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
@@ -70,12 +62,12 @@ unhealthy_upgrade_keeps_old_version_serving(Config) ->
     [{[bc_gitops, upgrade, stop], #{to_version := <<"2.0.0">>, path := hot}},
      {[bc_gitops, upgrade, stop], #{to_version := <<"1.0.0">>, path := hot}},
      {[bc_gitops, rollback, stop], #{from_version := <<"2.0.0">>, to_version := <<"1.0.0">>}}] =
-        [{E, M} || {_, E, M} <- collect()],
+        [{E, M} || {_, E, M} <- collect_events()],
 
     %% The timer's reconciles (every 200 ms) do not try 2.0.0 again.
     ok = bc_gitops:resume(),
     timer:sleep(1000),
-    ?assertEqual([], collect()),
+    ?assertEqual([], collect_events()),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)).
 
 %% An app whose start fails: each attempt is reported, and the time
@@ -83,14 +75,17 @@ unhealthy_upgrade_keeps_old_version_serving(Config) ->
 %% (backoff_base 400 ms; the interval, an hour, never comes): each retry
 %% comes from the retry timer when the backoff runs out.
 crash_on_start_backs_off(Config) ->
-    Repo = app_repo(Config, "rt_nostart"),
+    Repo = make_repo(Config, "rt_nostart"),
     plain_app(Repo, "rt_nostart", "start(_, _) -> {error, refuses_to_start}.\n"),
     _ = commit(Repo, "v1"),
-    spec(Config, "rt_nostart", "1.0.0", Repo, "env => #{}"),
-    events([[bc_gitops, deploy, stop]]),
+    commit_spec(Config, "rt_nostart", "1.0.0", Repo, "env => #{}"),
+    attach_events(<<"recovery">>, [[bc_gitops, deploy, stop]]),
     start(Config, #{clock => bc_gitops_test_clock, reconcile_interval => 3600000,
                     backoff_base => 400, backoff_max => 60000}),
-    Failed = fun() -> [M || {_, _, #{app := rt_nostart, result := {error, _}} = M} <- collect()] end,
+    Failed = fun() ->
+                     [M || {_, _, #{app := rt_nostart, result := {error, _}} = M}
+                               <- collect_events()]
+             end,
     ?assertMatch([_], Failed()),
     %% Attempt k+1 comes exactly 400 * 2^(k-1) ms after attempt k.
     lists:foreach(
@@ -113,14 +108,16 @@ crash_on_start_backs_off(Config) ->
 %% restarts back off (400, 800, 1600 ms of the test clock) instead of
 %% following the 100 ms reconciles.
 app_that_keeps_dying_backs_off(Config) ->
-    Repo = app_repo(Config, "rt_die"),
+    Repo = make_repo(Config, "rt_die"),
     plain_app(Repo, "rt_die", "start(_, _) -> rt_die_sup:start_link().\n"),
     _ = commit(Repo, "v1"),
-    spec(Config, "rt_die", "1.0.0", Repo, "env => #{}"),
-    events([[bc_gitops, deploy, stop]]),
+    commit_spec(Config, "rt_die", "1.0.0", Repo, "env => #{}"),
+    attach_events(<<"recovery">>, [[bc_gitops, deploy, stop]]),
     start(Config, #{clock => bc_gitops_test_clock, reconcile_interval => 100,
                     backoff_base => 400, backoff_max => 60000}),
-    Repaired = fun() -> [T || {T, _, #{app := rt_die, reason := stopped, result := ok}} <- collect()]
+    Repaired = fun() ->
+                       [T || {T, _, #{app := rt_die, reason := stopped, result := ok}}
+                                 <- collect_events()]
                end,
     [] = Repaired(),
     %% Each round: it dies; the reconciles every 100 ms find it down but
@@ -138,13 +135,13 @@ app_that_keeps_dying_backs_off(Config) ->
 %% An app stopped by hand is drift: the next reconcile starts it again and
 %% reports it. With self_heal => false it stays stopped, drift reported.
 stopped_by_hand_comes_back(Config) ->
-    Repo = app_repo(Config, "rt_still"),
+    Repo = make_repo(Config, "rt_still"),
     plain_app(Repo, "rt_still", "-export([init/1]).\n"
                                 "start(_, _) -> supervisor:start_link(rt_still_app, []).\n"
                                 "init([]) -> {ok, {#{}, []}}.\n"),
     _ = commit(Repo, "v1"),
-    spec(Config, "rt_still", "1.0.0", Repo, "env => #{}"),
-    events([[bc_gitops, drift, detected]]),
+    commit_spec(Config, "rt_still", "1.0.0", Repo, "env => #{}"),
+    attach_events(<<"recovery">>, [[bc_gitops, drift, detected]]),
     start(Config, #{reconcile_interval => 3600000}),
     {ok, #app_state{pid = Top}} = bc_gitops:get_app_status(rt_still),
     ok = application:stop(rt_still),
@@ -152,7 +149,8 @@ stopped_by_hand_comes_back(Config) ->
     ?assertMatch({_, _, "1.0.0"}, lists:keyfind(rt_still, 1, application:which_applications())),
     {ok, #app_state{status = running, pid = Again}} = bc_gitops:get_app_status(rt_still),
     ?assert(is_pid(Again) andalso Again =/= Top),
-    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := true}}], collect()),
+    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := true}}],
+                 collect_events()),
 
     ok = bc_gitops:stop_reconciler(),
     start(Config, #{reconcile_interval => 3600000, self_heal => false}),
@@ -161,7 +159,8 @@ stopped_by_hand_comes_back(Config) ->
                  bc_gitops:reconcile()),
     ?assertEqual(false, lists:keyfind(rt_still, 1, application:which_applications())),
     ?assertMatch({ok, #app_state{status = stopped}}, bc_gitops:get_app_status(rt_still)),
-    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := false}} | _], collect()).
+    ?assertMatch([{_, _, #{app := rt_still, status := stopped, healed := false}} | _],
+                 collect_events()).
 
 %%% Helpers
 
@@ -184,41 +183,8 @@ wait_down(App, N) ->
         false -> ok
     end.
 
-wait_healthy(App, 0) ->
-    ct:fail({not_healthy, bc_gitops:get_app_status(App)});
-wait_healthy(App, N) ->
-    case bc_gitops:get_app_status(App) of
-        {ok, #app_state{health = healthy}} -> ok;
-        _ -> timer:sleep(100), wait_healthy(App, N - 1)
-    end.
-
 gaps([A, B | Rest]) -> [B - A | gaps([B | Rest])];
 gaps(_) -> [].
-
-%% Telemetry events, with the time they came at, sent to this process.
-events(Names) ->
-    Self = self(),
-    ok = telemetry:attach_many(<<"recovery">>, Names,
-                               fun(E, _, Meta, _) ->
-                                       Self ! {event, erlang:monotonic_time(millisecond), E, Meta}
-                               end, none).
-
-collect() ->
-    receive {event, T, E, M} -> [{T, E, M} | collect()]
-    after 0 -> []
-    end.
-
-start(Config, Extra) ->
-    {ok, _} = bc_gitops:start_reconciler(
-                maps:merge(#{repo_url => ?config(gitops, Config),
-                             local_path => filename:join(?config(dir, Config), "state")}, Extra)),
-    wait_reconciled(20000).
-
-app_repo(Config, App) ->
-    bc_gitops_test_apps:app_repo(?config(dir, Config), App).
-
-spec(Config, App, Version, Repo, Extra) ->
-    bc_gitops_test_apps:spec(?config(gitops, Config), App, Version, Repo, Extra).
 
 web_app(Repo, Vsn, Status) ->
     bc_gitops_test_apps:web_app(Repo, "rt_web", Vsn, Status).

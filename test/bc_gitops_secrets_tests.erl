@@ -23,7 +23,8 @@ secrets_test_() ->
              [{"check without decrypting", fun() -> check(S) end},
               {"reveal: terms, bytes, errors", fun() -> reveal(S) end},
               {"plan compares plaintexts", fun() -> plan(S) end},
-              {"with_env scrubs what comes back", fun() -> with_env(S) end}]
+              {"with_env scrubs what comes back", fun() -> with_env(S) end},
+              {"with_revealed decrypts each env map", fun() -> with_revealed(S) end}]
      end}.
 
 check(#{enc := Enc}) ->
@@ -97,6 +98,24 @@ with_env(#{enc := Enc, key := Key}) ->
         application:unset_env(bc_gitops, age_identity)
     end.
 
+with_revealed(#{enc := Enc, key := Key}) ->
+    ok = application:set_env(bc_gitops, age_identity, Key),
+    try
+        Old = #{password => {age, Enc(<<"old-secret">>)}},
+        New = #{password => {age, Enc(<<"new-secret">>)}, port => 1},
+        Args = [app, ["ebin"], {Old, New}],
+        ?assertEqual({error, {seen, [app, ["ebin"], {#{password => '*secret*'},
+                                                     #{password => '*secret*', port => 1}}]}},
+                     bc_gitops_secrets:with_revealed(
+                       app, Args,
+                       fun([app, ["ebin"], {#{password := <<"old-secret">>},
+                                            #{password := <<"new-secret">>, port := 1}}] = Plain) ->
+                               {error, {seen, Plain}}
+                       end))
+    after
+        application:unset_env(bc_gitops, age_identity)
+    end.
+
 mask_test() ->
     State = {st, #{repo_url => <<"u">>, git_token => <<"t0ken">>, ssh_passphrase => "pp"},
              [#app_spec{name = a, env = #{p => {age, <<"-----BEGIN AGE ENCRYPTED FILE-----x">>}}}],
@@ -123,21 +142,28 @@ scrub_test() ->
     ?assertEqual([1, '*secret*' | tail], bc_gitops_secrets:scrub([1, {k, v} | tail], [{k, v}])).
 
 observed_test() ->
-    App = bc_gitops_secrets_observed,
     Sealed = {age, <<"-----BEGIN AGE ENCRYPTED FILE-----x">>},
-    ok = application:set_env(App, password, <<"hunter2">>),
-    ok = application:set_env(App, port, 1),
-    try
-        Env = #{password => Sealed, port => 1, unset => 2},
-        Prints = bc_gitops_secrets:fingerprint(App, Env),
-        ?assertEqual([password], maps:keys(Prints)),
-        ?assertEqual(#{password => Sealed, port => 1}, bc_gitops_secrets:observed(App, Env, Prints)),
-        %% Changed by hand: seen, not shown. Without a digest: never shown.
-        ok = application:set_env(App, password, <<"by hand">>),
-        ?assertEqual(#{password => {age, changed}, port => 1},
-                     bc_gitops_secrets:observed(App, Env, Prints)),
-        ?assertEqual(#{password => {age, changed}, port => 1},
-                     bc_gitops_secrets:observed(App, Env, #{}))
-    after
-        [application:unset_env(App, K) || K <- [password, port]]
-    end.
+    Env = #{password => Sealed, port => 1, unset => 2},
+    Live = #{password => <<"hunter2">>, port => 1},
+    Prints = bc_gitops_secrets:fingerprint(Env, Live),
+    ?assertEqual([password], maps:keys(Prints)),
+    ?assertEqual(#{password => Sealed, port => 1}, bc_gitops_secrets:observed(Env, Live, Prints)),
+    %% Changed by hand: seen, not shown. Without a digest: never shown.
+    ByHand = Live#{password => <<"by hand">>},
+    ?assertEqual(#{password => {age, changed}, port => 1},
+                 bc_gitops_secrets:observed(Env, ByHand, Prints)),
+    ?assertEqual(#{password => {age, changed}, port => 1},
+                 bc_gitops_secrets:observed(Env, Live, #{})).
+
+%% A guest gets its env decrypted by the host: every env map in the
+%% arguments, at any depth; what comes back is scrubbed of the plaintexts.
+with_revealed_without_secrets_test() ->
+    Args = [app, #{port => 1}, {#{a => 1}, #{b => 2}}],
+    ?assertEqual({ran, Args}, bc_gitops_secrets:with_revealed(app, Args, fun(A) -> {ran, A} end)).
+
+with_revealed_error_names_the_key_test() ->
+    %% No age_identity in this node's configuration: the first encrypted
+    %% key is named, the call is not made.
+    Args = [app, {#{}, #{password => {age, <<"-----BEGIN AGE ENCRYPTED FILE-----x">>}}}],
+    ?assertMatch({error, {secret, #{app := app, key := password, kind := identity}}},
+                 bc_gitops_secrets:with_revealed(app, Args, fun(_) -> error(called) end)).

@@ -1,11 +1,42 @@
-%%% Small OTP apps the tests build from git with make, and the gitops
-%%% specs that ask for them: shared by the suites that run real apps
-%%% (recovery, HTTP face).
+%%% Helpers of the Common Test suites that deploy real apps from git
+%%% (recovery, vm, the HTTP face): small OTP apps in repositories built with
+%%% make, specs committed to a gitops repository (`{gitops, Dir}' in the CT
+%%% config, beside `{dir, Dir}'), the reconciler started on it, telemetry
+%%% events collected, http and health waited for.
 -module(bc_gitops_test_apps).
 
--export([gitops/1, app_repo/2, app_repo/3, spec/5, plain_app/3, web_app/4, http_get/1, free_port/0]).
+-include("bc_gitops.hrl").
+
+-export([gitops/1, app_repo/2, app_repo/3, spec/5, plain_app/3, web_app/4]).
+-export([init_case/2, end_case/2, make_repo/2, commit_spec/5, start/2, attach_events/2,
+         collect_events/0, wait_healthy/2, http_get/1, free_port/0]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
+
+%% A case's start: the test clock reset, a fresh directory (`dir') with an
+%% empty gitops repository (`gitops'), bc_gitops started without a
+%% reconciler.
+init_case(Prefix, Config) ->
+    ok = bc_gitops_test_clock:start(),
+    Dir = bc_gitops_test_util:tmp_dir(Prefix),
+    Gitops = gitops(Dir),
+    {ok, _} = application:ensure_all_started(bc_gitops),
+    [{dir, Dir}, {gitops, Gitops} | Config].
+
+%% A case's end: the events handler `Id' detached, every app the default
+%% runtime runs removed, bc_gitops stopped (if the case did not), the
+%% directory deleted.
+end_case(Id, Config) ->
+    _ = telemetry:detach(Id),
+    case whereis(bc_gitops_sup) of
+        undefined ->
+            ok;
+        _ ->
+            {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
+            _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
+            ok = application:stop(bc_gitops)
+    end,
+    bc_gitops_test_util:rm_rf(proplists:get_value(dir, Config)).
 
 %% A gitops repository Dir/gitops with an empty apps/ (apps/.keep),
 %% committed.
@@ -81,14 +112,56 @@ web_app(Repo, App, Vsn, Status) ->
                          Mod("_srv"), "element(2, application:get_env(" ++ App ++ ", port))",
                          Vsn, Status)).
 
+%% app_repo/2 in the case's directory.
+make_repo(Config, App) ->
+    app_repo(proplists:get_value(dir, Config), App).
+
+%% spec/5 in the case's gitops repository.
+commit_spec(Config, App, Version, Repo, Extra) ->
+    _ = spec(proplists:get_value(gitops, Config), App, Version, Repo, Extra).
+
+%% Starts the reconciler on the gitops repository (state under Dir/state),
+%% with the options of Extra, and waits for its first reconcile to end.
+start(Config, Extra) ->
+    {ok, _} = bc_gitops:start_reconciler(
+                maps:merge(#{repo_url => proplists:get_value(gitops, Config),
+                             local_path => filename:join(proplists:get_value(dir, Config),
+                                                         "state")},
+                           Extra)),
+    bc_gitops_test_util:wait_reconciled(60000).
+
+%% Telemetry events `Names', with the time they came at, sent to this
+%% process (handler `Id': detach it at the end of the case).
+attach_events(Id, Names) ->
+    Self = self(),
+    ok = telemetry:attach_many(Id, Names,
+                               fun(E, _, Meta, _) ->
+                                       Self ! {event, erlang:monotonic_time(millisecond), E, Meta}
+                               end, none).
+
+%% The events received so far: [{Ms, Event, Metadata}].
+collect_events() ->
+    receive {event, T, E, M} -> [{T, E, M} | collect_events()]
+    after 0 -> []
+    end.
+
+%% Waits for get_app_status/1 to say App is healthy, N times 100 ms.
+wait_healthy(App, 0) ->
+    ct:fail({not_healthy, bc_gitops:get_app_status(App)});
+wait_healthy(App, N) ->
+    case bc_gitops:get_app_status(App) of
+        {ok, #app_state{health = healthy}} -> ok;
+        _ -> timer:sleep(100), wait_healthy(App, N - 1)
+    end.
+
 %% GET http://127.0.0.1:Port/: {Status, Body}.
 http_get(Port) ->
     Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/",
-    {ok, {{_, Code, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 3000}],
+    {ok, {{_, Code, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 5000}],
                                                    [{body_format, binary}]),
     {Code, Body}.
 
-%% A port nothing listens on now.
+%% A TCP port free on 127.0.0.1 now.
 free_port() ->
     {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
     {ok, Port} = inet:port(S),

@@ -16,8 +16,12 @@
 //!   [`Action::Deploy`] when not current, [`Action::Upgrade`] when the
 //!   version differs in either direction (env changes ride along),
 //!   [`Action::Redeploy`] when the version matches but the app is stopped or
-//!   failed (the desired env rides along), [`Action::Reconfigure`] when only
-//!   the env differs, and nothing when in sync. A status of
+//!   failed (the desired env rides along), [`Action::Upgrade`] from the same
+//!   version when the app runs where its spec no longer says (its
+//!   `isolation`, as the runtime reports it, differs: the runtime moves it),
+//!   [`Action::Reconfigure`] when only the env differs, and nothing when in
+//!   sync. A runtime that reports no isolation is never asked to move an
+//!   app. A status of
 //!   [`CurrentStatus::Other`] (starting, unknown...) is not treated as drift:
 //!   the planner does not heal what it cannot classify.
 //! - A name listed in `invalid` is invalid even if it also appears in
@@ -54,6 +58,8 @@ pub struct DesiredApp<'a, E> {
     pub version: &'a str,
     pub depends_on: &'a [String],
     pub env: E,
+    /// Where the app must run (its isolation and how), compared as `env` is.
+    pub isolation: E,
 }
 
 /// The state the runtime reports for a current app.
@@ -75,6 +81,8 @@ pub struct CurrentApp<'a, E> {
     pub status: CurrentStatus,
     /// From the last applied spec (may be empty); only orders removals.
     pub depends_on: &'a [String],
+    /// Where it runs, when the runtime says.
+    pub isolation: Option<E>,
 }
 
 /// The outcome of [`plan`]: actions to run in order, and held-back apps.
@@ -100,7 +108,9 @@ pub enum Action {
         desired: usize,
         status: CurrentStatus,
     },
-    /// The version differs (upgrade or downgrade); env changes ride along.
+    /// The version differs (upgrade or downgrade), or the app must move
+    /// (its isolation differs; `from_version` is then its own version); env
+    /// changes ride along.
     Upgrade {
         desired: usize,
         from_version: String,
@@ -618,10 +628,18 @@ fn action_for<E: PartialEq>(
             from_version: have.version.to_owned(),
         });
     }
+    let moved = have
+        .isolation
+        .as_ref()
+        .is_some_and(|isolation| *isolation != want.isolation);
     match have.status {
         CurrentStatus::Stopped | CurrentStatus::Failed => Some(Action::Redeploy {
             desired: index,
             status: have.status,
+        }),
+        CurrentStatus::Running | CurrentStatus::Other if moved => Some(Action::Upgrade {
+            desired: index,
+            from_version: have.version.to_owned(),
         }),
         CurrentStatus::Running | CurrentStatus::Other if have.env != want.env => {
             Some(Action::Reconfigure { desired: index })

@@ -15,6 +15,7 @@ struct Spec {
     version: String,
     deps: Vec<String>,
     env: u32,
+    isolation: u32,
 }
 
 /// Owned storage for a current app.
@@ -25,6 +26,7 @@ struct Run {
     env: u32,
     status: CurrentStatus,
     deps: Vec<String>,
+    isolation: Option<u32>,
 }
 
 fn strings(names: &[&str]) -> Vec<String> {
@@ -37,6 +39,7 @@ fn spec(name: &str, version: &str, deps: &[&str], env: u32) -> Spec {
         version: version.to_owned(),
         deps: strings(deps),
         env,
+        isolation: 0,
     }
 }
 
@@ -47,6 +50,7 @@ fn run(name: &str, version: &str, env: u32, status: CurrentStatus, deps: &[&str]
         env,
         status,
         deps: strings(deps),
+        isolation: None,
     }
 }
 
@@ -58,6 +62,7 @@ fn desired_of(specs: &[Spec]) -> Vec<DesiredApp<'_, u32>> {
             version: &s.version,
             depends_on: &s.deps,
             env: s.env,
+            isolation: s.isolation,
         })
         .collect()
 }
@@ -70,6 +75,7 @@ fn current_of(runs: &[Run]) -> Vec<CurrentApp<'_, u32>> {
             env: r.env,
             status: r.status,
             depends_on: &r.deps,
+            isolation: r.isolation,
         })
         .collect()
 }
@@ -191,6 +197,52 @@ fn other_status_with_a_new_env_is_reconfigured_not_redeployed() {
     let specs = [spec("a", "1.0", &[], 1)];
     let runs = [run("a", "1.0", 0, Other, &[])];
     assert_eq!(actions(&specs, &runs, &[]), ["reconfigure a"]);
+}
+
+/// An app that runs where its spec no longer says (isolation 0 here, 1
+/// wanted) is moved: an upgrade from its own version, env changes riding
+/// along; a stopped one is redeployed (in the new place); a runtime that
+/// does not report isolation is never asked to move an app.
+#[test]
+fn an_app_running_elsewhere_is_moved_by_an_upgrade() {
+    let wanted = |name: &str, env: u32| Spec {
+        isolation: 1,
+        ..spec(name, "1.0", &[], env)
+    };
+    let at = |name: &str, status: CurrentStatus, isolation: Option<u32>| Run {
+        isolation,
+        ..run(name, "1.0", 0, status, &[])
+    };
+    let specs = [
+        wanted("moved", 0),
+        wanted("moved_env", 1),
+        wanted("stopped", 0),
+        wanted("unsaid", 1),
+        wanted("there", 1),
+        Spec {
+            version: "2.0".to_owned(),
+            ..wanted("newer", 0)
+        },
+    ];
+    let runs = [
+        at("moved", Running, Some(0)),
+        at("moved_env", Other, Some(0)),
+        at("stopped", Stopped, Some(0)),
+        at("unsaid", Running, None),
+        at("there", Running, Some(1)),
+        at("newer", Running, Some(0)),
+    ];
+    assert_eq!(
+        actions(&specs, &runs, &[]),
+        [
+            "upgrade moved from 1.0",
+            "upgrade moved_env from 1.0",
+            "upgrade newer from 1.0",
+            "redeploy stopped Stopped",
+            "reconfigure there",
+            "reconfigure unsaid",
+        ]
+    );
 }
 
 #[test]
@@ -494,6 +546,7 @@ fn chain(n: usize) -> Vec<Spec> {
                 Vec::new()
             },
             env: 0,
+            isolation: 0,
         })
         .collect()
 }
@@ -530,6 +583,7 @@ fn a_ten_thousand_long_chain_does_not_overflow_the_stack() {
             env: 0,
             status: Running,
             deps: s.deps,
+            isolation: None,
         })
         .collect();
     let removes = actions(&[], &runs, &[]);
@@ -559,6 +613,7 @@ fn random_world(n: usize, seed: u64, acyclic: bool) -> (Vec<Spec>, Vec<Run>) {
                 .map(|_| dep_of(i))
                 .collect(),
             env: 0,
+            isolation: 0,
         })
         .collect();
     let mut runs = Vec::new();
@@ -570,6 +625,7 @@ fn random_world(n: usize, seed: u64, acyclic: bool) -> (Vec<Spec>, Vec<Run>) {
                 env: rng.below(2) as u32,
                 status: Running,
                 deps: vec![numbered(rng.below(n + n / 10))],
+                isolation: None,
             });
         }
     }
@@ -641,6 +697,7 @@ fn world_of(apps: &[ArbApp], leftovers: &[(u8, u8)]) -> (Vec<Spec>, Vec<Run>) {
             version: version.to_string(),
             deps,
             env: u32::from(env),
+            isolation: 0,
         });
         if let Some((version, env, status)) = current {
             runs.push(run(

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bc_gitops_core::spec::{
-    is_app_name, parse_dir, BuildTool, ErrorKind, HealthType, Placement, Rollout, SourceType,
-    WarningKind,
+    is_app_name, parse_dir, BuildTool, ErrorKind, HealthType, Isolation, Placement, Rollout,
+    SourceType, VmConfig, WarningKind,
 };
 use bc_gitops_core::term::Term;
 use std::fs;
@@ -344,6 +344,87 @@ const BROKEN: &[BrokenCase] = &[
         "rollout.pause",
     ),
     (
+        "iso_word",
+        "app.config",
+        "#{name => iso_word, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => container}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "isolation",
+    ),
+    (
+        "vm_mem_zero",
+        "app.config",
+        "#{name => vm_mem_zero, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm,\n vm_config => #{memory_limit => 0}}.\n",
+        ErrorKind::InvalidValue,
+        Some(3),
+        "vm_config.memory_limit",
+    ),
+    (
+        "vm_mem_huge",
+        "app.config",
+        "#{name => vm_mem_huge, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm, vm_config => #{memory_limit => 99999999999}}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "vm_config.memory_limit",
+    ),
+    (
+        "vm_sched",
+        "app.json",
+        "{\"name\": \"vm_sched\", \"version\": \"1\", \"source\": {\"type\": \"hex\"},\n\
+           \"isolation\": \"vm\", \"vm_config\": {\"scheduler_limit\": \"two\"}}",
+        ErrorKind::WrongType,
+        None,
+        "vm_config.scheduler_limit",
+    ),
+    (
+        "vm_sched_max",
+        "app.config",
+        "#{name => vm_sched_max, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm, vm_config => #{scheduler_limit => 1025}}.\n",
+        ErrorKind::InvalidValue,
+        Some(2),
+        "vm_config.scheduler_limit",
+    ),
+    (
+        "vm_prefix",
+        "app.config",
+        "#{name => vm_prefix, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm,\n vm_config => #{node_prefix => <<\"a@b\">>}}.\n",
+        ErrorKind::InvalidValue,
+        Some(3),
+        "vm_config.node_prefix",
+    ),
+    (
+        "vm_args_string",
+        "app.config",
+        "#{name => vm_args_string, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm, vm_config => #{extra_args => \"+A 4\"}}.\n",
+        ErrorKind::WrongType,
+        Some(2),
+        "vm_config.extra_args",
+    ),
+    (
+        "vm_args_item",
+        "app.config",
+        "#{name => vm_args_item, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm, vm_config => #{extra_args => [\"+A\",\n 4]}}.\n",
+        ErrorKind::WrongType,
+        Some(3),
+        "vm_config.extra_args[1]",
+    ),
+    (
+        "vm_config_list",
+        "app.config",
+        "#{name => vm_config_list, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm, vm_config => [{memory_limit, 64}]}.\n",
+        ErrorKind::WrongType,
+        Some(2),
+        "vm_config",
+    ),
+    (
         "json_mismatch",
         "app.json",
         "{\"name\": \"other\", \"version\": \"1\", \"source\": {\"type\": \"hex\"}}",
@@ -549,6 +630,78 @@ fn placement_and_rollout_are_typed() {
     );
     assert_eq!(by_name("plain").placement, Placement::All);
     assert_eq!(by_name("plain").rollout, None);
+}
+
+#[test]
+fn isolation_and_vm_config_are_typed() {
+    let root = tempfile::tempdir().unwrap();
+    write(
+        root.path(),
+        "apps/guest/app.config",
+        "#{name => guest, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => vm,\n\
+           vm_config => #{memory_limit => 256, scheduler_limit => 2,\n\
+                          node_prefix => <<\"guest-web\">>, extra_args => [\"+A\", <<\"4\">>],\n\
+                          swap => none}}.\n",
+    );
+    write(
+        root.path(),
+        "apps/jguest/app.json",
+        "{\"name\": \"jguest\", \"version\": \"1\", \"source\": {\"type\": \"hex\"},\n\
+          \"isolation\": \"vm\", \"vm_config\": {\"memory_limit\": 128, \"extra_args\": []}}",
+    );
+    write(
+        root.path(),
+        "apps/bare/app.config",
+        "#{name => bare, version => <<\"1\">>, source => #{type => hex}, isolation => vm}.\n",
+    );
+    write(
+        root.path(),
+        "apps/inside/app.config",
+        "#{name => inside, version => <<\"1\">>, source => #{type => hex},\n\
+           isolation => embedded,\n vm_config => #{memory_limit => 64}}.\n",
+    );
+    write(root.path(), "apps/plain/app.config", &minimal("plain"));
+    let out = parse_dir(root.path(), "apps").unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let by_name = |n: &str| out.specs.iter().find(|s| s.name == n).unwrap();
+    assert_eq!(by_name("guest").isolation, Isolation::Vm);
+    assert_eq!(
+        by_name("guest").vm_config,
+        Some(VmConfig {
+            memory_limit: Some(256),
+            scheduler_limit: Some(2),
+            node_prefix: Some("guest-web".to_string()),
+            extra_args: Some(vec!["+A".to_string(), "4".to_string()]),
+        })
+    );
+    assert_eq!(
+        by_name("jguest").vm_config,
+        Some(VmConfig {
+            memory_limit: Some(128),
+            extra_args: Some(vec![]),
+            ..VmConfig::default()
+        })
+    );
+    assert_eq!(by_name("bare").isolation, Isolation::Vm);
+    assert_eq!(by_name("bare").vm_config, None);
+    // vm_config without isolation => vm is dropped, with a warning.
+    assert_eq!(by_name("inside").isolation, Isolation::Embedded);
+    assert_eq!(by_name("inside").vm_config, None);
+    assert_eq!(by_name("plain").isolation, Isolation::Embedded);
+    let mut got: Vec<_> = out
+        .warnings
+        .iter()
+        .map(|w| (w.app.as_str(), w.kind, w.line, w.field.as_str()))
+        .collect();
+    got.sort_by_key(|w| (w.0, w.3));
+    assert_eq!(
+        got,
+        [
+            ("guest", WarningKind::UnknownKey, Some(5), "vm_config.swap"),
+            ("inside", WarningKind::UnusedField, Some(3), "vm_config"),
+        ]
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bc_gitops_core::spec::{
-    parse_dir, parse_file, parse_json, parse_yaml, AppSpec, ErrorKind, FileResult, WarningKind,
+    parse_dir, parse_file, parse_json, parse_yaml, AppSpec, ErrorKind, FileResult, Isolation,
+    VmConfig, WarningKind,
 };
 use bc_gitops_core::term::{Spanned, Term};
 use proptest::prelude::*;
@@ -139,6 +140,45 @@ fn one_spec_in_three_formats_is_one_model() {
     assert_eq!(terms.health.as_ref().unwrap().timeout_ms, 200);
 }
 
+/// `isolation` and `vm_config` read the same from the three formats.
+#[test]
+fn isolation_and_vm_config_in_three_formats() {
+    let terms = only_spec(
+        "app.config",
+        "#{name => web, version => <<\"1\">>, source => #{type => hex}, isolation => vm,\n\
+           vm_config => #{memory_limit => 256, scheduler_limit => 2, node_prefix => <<\"w\">>,\n\
+                          extra_args => [\"+A\", \"4\"]}}.\n",
+    );
+    let json = only_spec(
+        "app.json",
+        "{\"name\": \"web\", \"version\": \"1\", \"source\": {\"type\": \"hex\"},\n\
+          \"isolation\": \"vm\", \"vm_config\": {\"memory_limit\": 256, \"scheduler_limit\": 2,\n\
+          \"node_prefix\": \"w\", \"extra_args\": [\"+A\", \"4\"]}}",
+    );
+    let yaml = only_spec(
+        "app.yaml",
+        concat!(
+            "name: web\nversion: '1'\nsource: {type: hex}\nisolation: vm\nvm_config:\n",
+            "  memory_limit: 256\n  scheduler_limit: 2\n  node_prefix: w\n",
+            "  extra_args: [\"+A\", \"4\"]\n",
+        ),
+    );
+    assert_eq!(terms.isolation, Isolation::Vm);
+    assert_eq!(
+        terms.vm_config,
+        Some(VmConfig {
+            memory_limit: Some(256),
+            scheduler_limit: Some(2),
+            node_prefix: Some("w".to_string()),
+            extra_args: Some(vec!["+A".to_string(), "4".to_string()]),
+        })
+    );
+    for other in [json, yaml] {
+        assert_eq!(other.isolation, terms.isolation);
+        assert_eq!(other.vm_config, terms.vm_config);
+    }
+}
+
 /// (app dir, content, kind, line, field)
 type Case = (
     &'static str,
@@ -241,6 +281,20 @@ const BROKEN: &[Case] = &[
         ErrorKind::InvalidValue,
         Some(6),
         "env",
+    ),
+    (
+        "vm_mem_text",
+        "name: vm_mem_text\nversion: '1'\nsource: {type: hex}\nisolation: vm\nvm_config:\n  memory_limit: '512'\n",
+        ErrorKind::WrongType,
+        Some(6),
+        "vm_config.memory_limit",
+    ),
+    (
+        "vm_args_text",
+        "name: vm_args_text\nversion: '1'\nsource: {type: hex}\nisolation: vm\nvm_config: {extra_args: +A 4}\n",
+        ErrorKind::WrongType,
+        Some(5),
+        "vm_config.extra_args",
     ),
     (
         "mismatch",

@@ -48,6 +48,8 @@ pub fn plan<'a>(
             version: &s.version,
             depends_on: &s.depends_on.0,
             env: same(s.env),
+            // A tuple: compared exactly (only env maps hold secrets).
+            isolation: same(make_tuple(env, &[s.isolation, s.vm_config])),
         })
         .collect();
     let current_apps: Vec<CurrentApp<'_, SameEnv<'a, '_>>> = have
@@ -58,6 +60,8 @@ pub fn plan<'a>(
             env: same(s.env),
             status: status(s.status),
             depends_on: &s.depends_on.0,
+            isolation: (s.isolation != atoms::undefined().to_term(env))
+                .then(|| same(make_tuple(env, &[s.isolation, s.vm_config]))),
         })
         .collect();
     let invalid: Vec<&str> = invalid.iter().map(String::as_str).collect();

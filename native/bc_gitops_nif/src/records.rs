@@ -6,9 +6,9 @@
 //! test/bc_gitops_plan_tests.erl sets by record syntax every field that
 //! plan/3 reads.
 
-use crate::encode::{atom, term};
+use crate::encode::{atom, term, text};
 use bc_gitops_core::spec::{
-    AppSpec, BuildTool, Diagnostic, HealthType, Placement, Rollout, SourceType,
+    AppSpec, BuildTool, Diagnostic, HealthType, Isolation, Placement, Rollout, SourceType, VmConfig,
 };
 use rustler::{
     Atom, Decoder, Encoder, Env, ErlOption, Error, NifMap, NifRecord, NifResult, NifUnitEnum, Term,
@@ -29,6 +29,8 @@ pub struct AppSpecOut<'a, 's> {
     /// `all`, or the node-name patterns as binaries.
     placement: Term<'a>,
     rollout: ErlOption<Term<'a>>,
+    isolation: IsolationKind,
+    vm_config: ErlOption<Term<'a>>,
 }
 
 #[derive(NifRecord)]
@@ -72,6 +74,7 @@ macro_rules! unit_enum {
 unit_enum!(SourceKind from SourceType { Hex, Git, Release });
 unit_enum!(BuildKind from BuildTool { Rebar3, Mix, Make });
 unit_enum!(HealthKind from HealthType { Http, Tcp, Custom });
+unit_enum!(IsolationKind from Isolation { Embedded, Vm });
 
 impl<'a, 's> AppSpecOut<'a, 's> {
     pub fn new(env: Env<'a>, spec: &'s AppSpec) -> Self {
@@ -112,8 +115,34 @@ impl<'a, 's> AppSpecOut<'a, 's> {
                 Placement::Nodes(patterns) => patterns.encode(env),
             },
             rollout: spec.rollout.map(|r| rollout(env, r)).into(),
+            isolation: spec.isolation.into(),
+            vm_config: spec.vm_config.as_ref().map(|c| vm_config(env, c)).into(),
         }
     }
+}
+
+/// A map of the keys the spec gives (the runtime has defaults for the
+/// others); `extra_args` as binaries.
+fn vm_config<'a>(env: Env<'a>, c: &VmConfig) -> Term<'a> {
+    let pairs: Vec<(Term<'a>, Term<'a>)> = [
+        ("memory_limit", c.memory_limit.map(|m| m.encode(env))),
+        ("scheduler_limit", c.scheduler_limit.map(|s| s.encode(env))),
+        (
+            "node_prefix",
+            c.node_prefix.as_deref().map(|p| text(env, p)),
+        ),
+        (
+            "extra_args",
+            c.extra_args.as_ref().map(|args| {
+                let args: Vec<Term<'a>> = args.iter().map(|a| text(env, a)).collect();
+                args.encode(env)
+            }),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((atom(env, key), value?)))
+    .collect();
+    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
 }
 
 /// A map of the keys the spec gives: absent ones take the cluster's
@@ -166,9 +195,11 @@ pub struct AppSpecIn<'a> {
     pub depends_on: AtomTexts,
     _placement: Term<'a>,
     _rollout: Term<'a>,
+    pub isolation: Term<'a>,
+    pub vm_config: Term<'a>,
 }
 
-/// `#app_state{}`, the fields that plan/3 reads.
+/// `#app_state{}`, the fields that plan/3 reads (all but the guest node).
 #[derive(NifRecord)]
 #[rustler(decode)]
 #[tag = "app_state"]
@@ -182,6 +213,10 @@ pub struct AppStateIn<'a> {
     _health: Term<'a>,
     pub env: Term<'a>,
     pub depends_on: AtomTexts,
+    /// `undefined` when the runtime does not say where the app runs.
+    pub isolation: Term<'a>,
+    pub vm_config: Term<'a>,
+    _node: Term<'a>,
 }
 
 /// An atom, decoded as its text.

@@ -71,6 +71,38 @@ pub struct Rollout {
     pub pause_ms: Option<u64>,
 }
 
+/// Where an app runs: in the node that runs bc_gitops, or in a BEAM node
+/// of its own (a guest) that bc_gitops starts and watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Embedded,
+    Vm,
+}
+
+/// The guest of an `isolation => vm` app. Absent keys take the runtime's
+/// defaults (no memory limit, the emulator's schedulers, the app's name as
+/// the prefix, no extra arguments).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmConfig {
+    /// Megabytes (MiB).
+    pub memory_limit: Option<u64>,
+    /// Schedulers online (`+S N:N`).
+    pub scheduler_limit: Option<u64>,
+    /// The start of the guest's node name.
+    pub node_prefix: Option<String>,
+    /// `erl` arguments, appended after bc_gitops's own.
+    pub extra_args: Option<Vec<String>>,
+}
+
+/// The largest `memory_limit`, in MiB (16 TiB): more is a typo, and the
+/// byte count must fit the OS limit.
+pub const VM_MEMORY_LIMIT_MAX_MB: u64 = 16 * 1024 * 1024;
+/// The most schedulers a BEAM node can run.
+pub const VM_SCHEDULER_LIMIT_MAX: u64 = 1024;
+/// The longest `node_prefix`: the node name adds a unique suffix and the
+/// host to it, and must stay within an atom's 255 characters.
+pub const VM_NODE_PREFIX_MAX_BYTES: usize = 64;
+
 /// The longest node-name pattern: a node name is an atom of at most 255
 /// characters.
 pub const PLACEMENT_PATTERN_MAX_BYTES: usize = 255;
@@ -90,6 +122,9 @@ pub struct AppSpec {
     pub depends_on: Vec<String>,
     pub placement: Placement,
     pub rollout: Option<Rollout>,
+    pub isolation: Isolation,
+    /// Only with `isolation => vm` (else dropped, with a warning).
+    pub vm_config: Option<VmConfig>,
     /// The spec file, relative to the repository root.
     pub file: String,
 }

@@ -88,10 +88,18 @@ const TOP_KEYS: &[&str] = &[
     "depends_on",
     "placement",
     "rollout",
+    "isolation",
+    "vm_config",
 ];
 const SOURCE_KEYS: &[&str] = &["type", "url", "ref", "sha256", "build"];
 const HEALTH_KEYS: &[&str] = &["type", "port", "path", "module", "interval", "timeout"];
 const ROLLOUT_KEYS: &[&str] = &["max_parallel", "pause"];
+const VM_CONFIG_KEYS: &[&str] = &[
+    "memory_limit",
+    "scheduler_limit",
+    "node_prefix",
+    "extra_args",
+];
 
 /// Collects the diagnostics of one spec file.
 pub(super) struct Validator<'a> {
@@ -198,9 +206,26 @@ impl<'a> Validator<'a> {
             Some(at) => self.rollout(at).map(Some),
             None => Some(None),
         };
+        let isolation = match fields.get("isolation") {
+            Some(at) => self.one_of(
+                at,
+                "isolation",
+                &[("embedded", Isolation::Embedded), ("vm", Isolation::Vm)],
+            ),
+            None => Some(Isolation::Embedded),
+        };
+        let vm_config = match fields.get("vm_config") {
+            Some(at) => self.vm_config(at).map(Some),
+            None => Some(None),
+        };
+        if let (Some(Isolation::Embedded), Some(at)) = (isolation, fields.get("vm_config")) {
+            let message = "vm_config is used only with isolation => vm; it is ignored".to_string();
+            self.warn(at, "vm_config", WarningKind::UnusedField, message);
+        }
         if !self.errors.is_empty() {
             return None;
         }
+        let isolation = isolation?;
         Some(AppSpec {
             name: name?,
             version: version?,
@@ -211,6 +236,8 @@ impl<'a> Validator<'a> {
             depends_on: depends_on?,
             placement: placement?,
             rollout: rollout?,
+            isolation,
+            vm_config: vm_config?.filter(|_| isolation == Isolation::Vm),
             file: self.file.to_string(),
         })
     }
@@ -661,6 +688,101 @@ impl<'a> Validator<'a> {
             max_parallel,
             pause_ms,
         })
+    }
+
+    fn vm_config(&mut self, at: &Spanned) -> Option<VmConfig> {
+        let fields = self.fields(at, "vm_config", VM_CONFIG_KEYS)?;
+        let memory_limit = match fields.get("memory_limit") {
+            Some(m) => Some(self.bounded_int(
+                m,
+                "vm_config.memory_limit",
+                VM_MEMORY_LIMIT_MAX_MB,
+                "megabytes",
+            )?),
+            None => None,
+        };
+        let scheduler_limit = match fields.get("scheduler_limit") {
+            Some(s) => Some(self.bounded_int(
+                s,
+                "vm_config.scheduler_limit",
+                VM_SCHEDULER_LIMIT_MAX,
+                "schedulers",
+            )?),
+            None => None,
+        };
+        let node_prefix = match fields.get("node_prefix") {
+            Some(p) => Some(self.node_prefix(p)?),
+            None => None,
+        };
+        let extra_args = match fields.get("extra_args") {
+            Some(a) => Some(self.extra_args(a)?),
+            None => None,
+        };
+        Some(VmConfig {
+            memory_limit,
+            scheduler_limit,
+            node_prefix,
+            extra_args,
+        })
+    }
+
+    /// A positive integer of at most `max`.
+    fn bounded_int(&mut self, at: &Spanned, field: &str, max: u64, unit: &str) -> Option<u64> {
+        let n = self.positive_int(at, field)?;
+        if n > max {
+            self.invalid(at, field, format!("at most {max} {unit}, found {n}"));
+            return None;
+        }
+        Some(n)
+    }
+
+    /// The start of a node name: letters, digits, `_` and `-`.
+    fn node_prefix(&mut self, at: &Spanned) -> Option<String> {
+        const FIELD: &str = "vm_config.node_prefix";
+        let prefix = self.symbol(at, FIELD, "a binary or string")?;
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        if prefix.is_empty()
+            || prefix.len() > VM_NODE_PREFIX_MAX_BYTES
+            || !prefix.bytes().all(allowed)
+        {
+            let shown: String = prefix.chars().take(64).collect();
+            let message = format!(
+                "{shown:?} is not a node name prefix: 1 to {VM_NODE_PREFIX_MAX_BYTES} letters, digits, _ or -"
+            );
+            self.invalid(at, FIELD, message);
+            return None;
+        }
+        Some(prefix)
+    }
+
+    /// A list of `erl` arguments, each one a non-empty string.
+    fn extra_args(&mut self, at: &Spanned) -> Option<Vec<String>> {
+        const EXPECTED: &str = "a list of strings (one erl argument each)";
+        let items = match &at.term {
+            // A charlist is one string, not a list of arguments.
+            Term::List { items, tail: None } if at.term.as_text().is_none() || items.is_empty() => {
+                items
+            }
+            _ => {
+                self.wrong_type(at, "vm_config.extra_args", EXPECTED);
+                return None;
+            }
+        };
+        let mut args = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("vm_config.extra_args[{i}]");
+            match self.text(item, &field) {
+                Some(arg) if !arg.is_empty() && !arg.contains('\0') => args.push(arg),
+                Some(_) => {
+                    let message = "an argument is not empty and holds no NUL".to_string();
+                    self.invalid(item, &field, message);
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(args)
     }
 
     fn depends_on(&mut self, at: &Spanned, own_name: Option<&str>) -> Option<Vec<String>> {
