@@ -47,7 +47,7 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     match repo::inspect(&target, &opts.url) {
         Slot::Missing | Slot::Empty => {
             let commit = job.clone_and_install()?;
-            snapshot::record(&target, &git_dir, commit);
+            snapshot::record(&target, &git_dir, commit, opts.watch);
             Ok(outcome(commit, None, None))
         }
         Slot::Foreign(reason) => Err(GitError::NotARepository {
@@ -63,7 +63,7 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
             match job.update(&repository) {
                 Ok(Updated::Untouched(commit)) => Ok(outcome(commit, before, None)),
                 Ok(Updated::CheckedOut(commit)) => {
-                    snapshot::record(&target, &git_dir, commit);
+                    snapshot::record(&target, &git_dir, commit, opts.watch);
                     Ok(outcome(commit, before, None))
                 }
                 Err(e) if e.is_corrupt() => {
@@ -130,7 +130,7 @@ impl Job<'_> {
         repo::remove_stale_locks(git_dir);
         // Untouched since a sync that checked it: the objects are the ones
         // that passed that check, so it need not be read again.
-        let recorded = snapshot::unchanged(self.target, git_dir);
+        let recorded = snapshot::unchanged(self.target, git_dir, self.opts.watch);
         if recorded.is_none() {
             snapshot::discard(git_dir);
             repo::check_health(repository).map_err(corrupt)?;
@@ -170,7 +170,12 @@ impl Job<'_> {
     fn heal(&self, before: Option<Oid>, reason: String) -> Result<SyncOutcome, GitError> {
         let reason = self.redactor.redact(&reason);
         let commit = self.clone_and_install()?;
-        snapshot::record(self.target, &self.target.join(".git"), commit);
+        snapshot::record(
+            self.target,
+            &self.target.join(".git"),
+            commit,
+            self.opts.watch,
+        );
         Ok(outcome(commit, before, Some(reason)))
     }
 
