@@ -248,7 +248,9 @@ retry_unhealthy(Actions, Failures, #{specs := Specs}) ->
 -spec pull(bc_gitops_config:config()) -> bc_gitops_git:outcome().
 pull(Config) ->
     Start = erlang:monotonic_time(),
-    case bc_gitops_git:sync(bc_gitops_config:git_options(Config)) of
+    %% The gitops checkout is watched: a pull that finds the same commit
+    %% then does not stat each spec file (see bc_gitops_git).
+    case bc_gitops_git:sync((bc_gitops_config:git_options(Config))#{watch => true}) of
         {ok, #{commit := Commit, changed := Changed} = Out} ->
             bc_gitops_telemetry:execute(
               [bc_gitops, git, pull], #{duration => erlang:monotonic_time() - Start},
