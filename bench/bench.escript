@@ -222,7 +222,9 @@ bc_gitops_peers_compile(Root, Out) ->
     true = code:add_patha(Out),
     bc_gitops_peers:compile(Root, Out).
 
-%% A runtime that "runs" whatever it is asked to, in an ETS table.
+%% A runtime that "runs" whatever it is asked to, in an ETS table. Its
+%% state token (the optional callback) is a count of its changes, kept in
+%% the same table under a key that is not an app's.
 load_runtime(Dir) ->
     case code:is_loaded(bench_runtime) of
         {file, _} -> ok;
@@ -233,17 +235,21 @@ compile_runtime(Dir) ->
     Src = filename:join(Dir, "bench_runtime.erl"),
     ok = file:write_file(Src, [
         "-module(bench_runtime).\n",
-        "-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0, reset/0]).\n",
+        "-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0, state_token/0,\n",
+        "         reset/0]).\n",
         "-include(\"", hrl(), "\").\n",
         "t() -> case ets:whereis(?MODULE) of undefined -> ets:new(?MODULE, [named_table, public,\n",
         "        {heir, whereis(init), none}]); _ -> ?MODULE end.\n",
+        "changed() -> ets:update_counter(t(), {changes}, 1, {{changes}, 0}).\n",
         "deploy(#app_spec{name = N, version = V, env = E, depends_on = D}) ->\n",
         "    S = #app_state{name = N, version = V, status = running, env = E, depends_on = D},\n",
-        "    ets:insert(t(), {N, S}), {ok, S}.\n",
+        "    ets:insert(t(), {N, S}), changed(), {ok, S}.\n",
         "upgrade(S, _) -> deploy(S).\nreconfigure(S) -> deploy(S).\n",
-        "remove(N) -> ets:delete(t(), N), ok.\n",
-        "get_current_state() -> {ok, maps:from_list(ets:tab2list(t()))}.\n",
-        "reset() -> ets:delete_all_objects(t()), ok.\n"]),
+        "remove(N) -> ets:delete(t(), N), changed(), ok.\n",
+        "get_current_state() ->\n",
+        "    {ok, maps:from_list([A || {N, _} = A <- ets:tab2list(t()), is_atom(N)])}.\n",
+        "state_token() -> ets:lookup(t(), {changes}).\n",
+        "reset() -> ets:select_delete(t(), [{{'$1', '_'}, [{is_atom, '$1'}], [true]}]), changed(), ok.\n"]),
     {ok, bench_runtime, Bin} = compile:file(Src, [binary, report]),
     {module, bench_runtime} = code:load_binary(bench_runtime, Src, Bin),
     ok.
