@@ -34,7 +34,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).
+-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0, state_token/0]).
 -export([table/0]).
 
 -define(TABLE, bc_gitops_runtime_default_apps).
@@ -63,7 +63,7 @@ remove(App) ->
         {ok, #entry{paths = Paths}} -> ok = bc_gitops_code:stop(App, Paths);
         error -> ok
     end,
-    ets:delete(?TABLE, App),
+    ok = drop_entry(App),
     _ = file:del_dir_r(filename:join(workspace(), atom_to_list(App))),
     ok.
 
@@ -131,7 +131,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
             %% spec's env back, and tell the app what changed.
             ok = bc_gitops_code:restore_env(App, OldEnv, Env),
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
+            ok = put_entry(App, #entry{state = State, paths = Paths, dir = Dir}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
@@ -204,7 +204,7 @@ reconfigure(#app_spec{name = App, env = Env}) ->
             case bc_gitops_code:reconfigure(App, OldEnv, Env) of
                 ok ->
                     New = State#app_state{env = Env},
-                    true = ets:insert(?TABLE, {App, Entry#entry{state = New}}),
+                    ok = put_entry(App, Entry#entry{state = New}),
                     {ok, New};
                 {error, _} = Error ->
                     Error
@@ -221,14 +221,73 @@ get_current_state() ->
            [{App, refresh(State, lists:member(App, Running))}
             || {App, #entry{state = State}} <- ets:tab2list(?TABLE)])}.
 
+%% @doc The state token (see {@link bc_gitops_runtime}): how many changes
+%% this runtime has made, and the apps that are no longer as it left them,
+%% with their application master and env now: the process it started is
+%% gone (stopped, crashed, restarted by hand), or an env value it set was
+%% changed or unset by hand (`application:set_env/3'). One look at each
+%% app's process and env keys, and no call to any process, where
+%% `get_current_state/0' calls each app's master: still one look per app
+%% (an env set by hand leaves no other trace), but a cheap one.
+-spec state_token() -> {non_neg_integer(), [{atom(), pid() | undefined, map()}]}.
+state_token() ->
+    Recorded = ets:select(?TABLE, [{{'$1', #entry{state = #app_state{pid = '$2', env = '$3',
+                                                                     _ = '_'},
+                                                  _ = '_'}},
+                                    [], [{{'$1', '$2', '$3'}}]}]),
+    {changes(), [{App, application_controller:get_master(App), actual_env(App, Env)}
+                 || {App, Pid, Env} <- Recorded,
+                    not (up(App, Pid) andalso env_kept(App, Env))]}.
+
+%% Whether the app runs as it was started: the process it started lives
+%% (or, for an app without one, it runs).
+-spec up(atom(), pid() | undefined) -> boolean().
+up(_App, Pid) when is_pid(Pid) -> is_process_alive(Pid);
+up(App, undefined) -> is_pid(application_controller:get_master(App)).
+
+-spec env_kept(atom(), map()) -> boolean().
+env_kept(App, Env) ->
+    maps:fold(fun(K, V, Same) -> Same andalso application:get_env(App, K) =:= {ok, V} end,
+              true, Env).
+
+%% The env for the keys the spec set, as it is now: a key unset by hand is
+%% missing.
+-spec actual_env(atom(), map()) -> map().
+actual_env(App, Env) ->
+    maps:from_list([{K, V} || K <- maps:keys(Env), {ok, V} <- [application:get_env(App, K)]]).
+
 %%% Internals
+
+%% Every change of the table goes through these two: the state token
+%% counts them.
+-spec put_entry(atom(), #entry{}) -> ok.
+put_entry(App, Entry) ->
+    true = ets:insert(?TABLE, {App, Entry}),
+    changed().
+
+-spec drop_entry(atom()) -> ok.
+drop_entry(App) ->
+    true = ets:delete(?TABLE, App),
+    changed().
+
+%% The count of changes, beside the apps under a key no app has.
+-spec changed() -> ok.
+changed() ->
+    _ = ets:update_counter(?TABLE, {changes}, 1, {{changes}, 0}),
+    ok.
+
+-spec changes() -> non_neg_integer().
+changes() ->
+    case ets:lookup(?TABLE, {changes}) of
+        [{_, N}] -> N;
+        [] -> 0
+    end.
 
 -spec refresh(#app_state{}, boolean()) -> #app_state{}.
 refresh(#app_state{name = App, env = Env} = S, true) ->
     %% The env as it is now, for the keys the spec set: a value changed or
     %% unset by hand shows as a difference, and the plan reconfigures it back.
-    Actual = maps:from_list([{K, V} || K <- maps:keys(Env), {ok, V} <- [application:get_env(App, K)]]),
-    S#app_state{status = running, pid = top_pid(App), env = Actual};
+    S#app_state{status = running, pid = top_pid(App), env = actual_env(App, Env)};
 refresh(S, false) -> S#app_state{status = stopped, pid = undefined}.
 
 -spec start(#app_spec{}, file:filename(), [file:filename()]) ->
@@ -239,7 +298,7 @@ start(#app_spec{name = App, version = V, env = Env, depends_on = Deps}, Dir, Ebi
             State = #app_state{name = App, version = V, status = running, path = Dir,
                                pid = top_pid(App), started_at = erlang:system_time(millisecond),
                                env = Env, depends_on = Deps},
-            true = ets:insert(?TABLE, {App, #entry{state = State, paths = Paths, dir = Dir}}),
+            ok = put_entry(App, #entry{state = State, paths = Paths, dir = Dir}),
             {ok, State};
         {error, _} = Error ->
             Error
