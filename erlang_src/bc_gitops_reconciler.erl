@@ -59,6 +59,8 @@
     %% The last reconcile's plan and the state it was made from, when it
     %% applied nothing (see bc_gitops_pass).
     previous :: undefined | bc_gitops_pass:planned(),
+    %% The health monitor told the specs of the last parse.
+    watched :: pid() | undefined,
     failures = #{} :: #{atom() => bc_gitops_hold:failure()},
     history = bc_gitops_history:new() :: bc_gitops_history:history(),
     pins = #{} :: bc_gitops_pins:pins(),
@@ -427,15 +429,22 @@ maybe_start(St) ->
 %% wait for or gate, on a runtime that gave a state token: the worker gets
 %% the commit and the token, and fetches the parse and the last plan only
 %% if either moved (see bc_gitops_pass). Not in cluster mode, where the
-%% coordinator's assignment is the parse.
+%% coordinator's assignment is the parse; nor when the health monitor was
+%% restarted since it was told the specs.
 -spec steady(job(), #st{}) -> bc_gitops_pass:steady() | undefined.
 steady(reconcile, #st{member = undefined, cache = #{commit := Commit}, failures = Failures,
                       repairs = Repairs, gates = [], previous = #{token := Token},
-                      last = #{outcome := ok, waiting := []} = Last})
-  when map_size(Failures) =:= 0, map_size(Repairs) =:= 0, Token =/= undefined ->
-    Self = self(),
-    #{commit => Commit, token => Token, summary => bc_gitops_pass:summary(Last),
-      fetch => fun() -> gen_server:call(Self, {context, self()}, infinity) end};
+                      last = #{outcome := ok, waiting := []} = Last, watched = Monitor})
+  when map_size(Failures) =:= 0, map_size(Repairs) =:= 0, Token =/= undefined,
+       is_pid(Monitor) ->
+    case whereis(bc_gitops_health_monitor) of
+        Monitor ->
+            Self = self(),
+            #{commit => Commit, token => Token, summary => bc_gitops_pass:summary(Last),
+              fetch => fun() -> gen_server:call(Self, {context, self()}, infinity) end};
+        _ ->
+            undefined
+    end;
 steady(_Job, _St) ->
     undefined.
 
@@ -511,10 +520,12 @@ finished1(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures}
     case Outcome of
         ok ->
             Commit = maps:get(commit, Cache),
+            %% Taken first: a monitor restarted after it is told again.
+            Monitor = whereis(bc_gitops_health_monitor),
             ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache),
                                                 maps:from_list([{A, healthy}
                                                                 || A <- maps:get(healthy, R)])),
-            St2 = settle(R, St1),
+            St2 = settle(R, St1#st{watched = Monitor}),
             St2#st{last_commit = Commit,
                    saved = persist(R, St2#st.config, Commit, member_stored(St2), St2#st.saved)};
         {error, Why} ->

@@ -16,7 +16,7 @@
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
          failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
          steady_reconcile_still_sees_drift/1, steady_reconcile_keeps_the_parse_on_error/1,
-         without_a_token_the_state_is_read_each_time/1,
+         without_a_token_the_state_is_read_each_time/1, restarted_health_monitor_is_told_again/1,
          unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1,
          busy_app_is_left_alone/1, fixed_spec_is_applied_at_once/1,
          repair_backoff_follows_the_clock/1, health_waits_overlap/1,
@@ -32,7 +32,7 @@ all() ->
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
      triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
      steady_reconcile_still_sees_drift, steady_reconcile_keeps_the_parse_on_error,
-     without_a_token_the_state_is_read_each_time,
+     without_a_token_the_state_is_read_each_time, restarted_health_monitor_is_told_again,
      unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails, busy_app_is_left_alone,
      fixed_spec_is_applied_at_once, repair_backoff_follows_the_clock, health_waits_overlap,
      new_commit_ends_health_wait, gate_keeps_its_deadline].
@@ -580,6 +580,26 @@ without_a_token_the_state_is_read_each_time(Config) ->
     ok = bc_gitops_test_runtime:stop_app(db),
     ok = bc_gitops:reconcile(),
     ?assertEqual([{deploy, db, <<"1">>}, {deploy, db, <<"1">>}], calls()).
+
+%% No reconcile is steady after the health monitor restarted: it is told
+%% the specs again.
+restarted_health_monitor_is_told_again(Config) ->
+    Origin = ?config(origin, Config),
+    bc_gitops_test_health:healthy(db, <<"1">>),
+    health_spec(Origin, "db", "1", []),
+    _ = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    ?assertNotEqual(no_check, bc_gitops_health_monitor:health(db)),
+    Old = whereis(bc_gitops_health_monitor),
+    exit(Old, kill),
+    wait_for(fun() -> not lists:member(whereis(bc_gitops_health_monitor), [undefined, Old]) end,
+             5000),
+    ?assertEqual(no_check, bc_gitops_health_monitor:health(db)),
+    Reads = bc_gitops_test_runtime:state_reads(),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Reads + 1, bc_gitops_test_runtime:state_reads()),
+    ?assertNotEqual(no_check, bc_gitops_health_monitor:health(db)).
 
 %% The health check of unhealthy_upgrade_is_rolled_back: version 2 of an
 %% app is broken.
