@@ -231,10 +231,13 @@ get_current_state() ->
 %% (an env set by hand leaves no other trace), but a cheap one.
 -spec state_token() -> {non_neg_integer(), [{atom(), pid() | undefined, map()}]}.
 state_token() ->
-    Recorded = ets:select(?TABLE, [{{'$1', #entry{state = #app_state{pid = '$2', env = '$3',
-                                                                     _ = '_'},
-                                                  _ = '_'}},
-                                    [], [{{'$1', '$2', '$3'}}]}]),
+    %% Each app with the pid and env it was left with, and nothing else
+    %% copied out of the table: a match pattern of an entry (made as a
+    %% tuple: a record with '_' fields would not have its fields' types).
+    State = erlang:make_tuple(record_info(size, app_state), '_',
+                              [{1, app_state}, {#app_state.pid, '$2'}, {#app_state.env, '$3'}]),
+    Entry = erlang:make_tuple(record_info(size, entry), '_', [{1, entry}, {#entry.state, State}]),
+    Recorded = ets:select(?TABLE, [{{'$1', Entry}, [], [{{'$1', '$2', '$3'}}]}]),
     {changes(), [{App, application_controller:get_master(App), actual_env(App, Env)}
                  || {App, Pid, Env} <- Recorded,
                     not (up(App, Pid) andalso env_kept(App, Env))]}.
