@@ -21,6 +21,15 @@
 %%% bounded. A `ca_file' is added to libgit2's trusted certificates by the
 %%% first sync that names it, and stays trusted for every HTTPS remote of
 %%% the node.
+%%%
+%%% A sync whose commit has not moved, of a checkout nobody touched, lists
+%%% the remote's refs and checks the checkout against a record of it that
+%%% the last sync left: a stat of every path. With `watch => true' (Linux),
+%%% an inotify watch set when the record was taken stands in for those
+%%% stats while it has seen no change, so the check costs the same for ten
+%%% thousand files as for ten. It takes one inotify instance per checkout
+%%% (a node keeps at most 8), so it is for the gitops repository, not for
+%%% every app source; when the kernel refuses one, the stats are done.
 -module(bc_gitops_git).
 
 -export([sync/1]).
@@ -48,7 +57,10 @@
     ca_file => file:filename_all(),
     %% Check the signature of the commit checked out (or of the annotated
     %% tag naming it) against these key files; the verdict is `verified'.
-    verify => #{allowed_signers => file:filename_all(), gpg_keys => file:filename_all()}
+    verify => #{allowed_signers => file:filename_all(), gpg_keys => file:filename_all()},
+    %% false (default): whether to watch the checkout with inotify between
+    %% syncs (see the module doc); for the gitops repository's checkout.
+    watch => boolean()
 }.
 
 -type outcome() :: #{
@@ -112,6 +124,7 @@ encode(true, K, V) ->
     end;
 encode(false, timeout, V) when is_integer(V), V > 0 -> V;
 encode(false, ssh_verify_host, V) when is_boolean(V) -> V;
+encode(false, watch, V) when is_boolean(V) -> V;
 encode(false, K, _V) -> throw({invalid, K}).
 
 %% The NIF enforces the timeout itself; the guard here only covers a thread

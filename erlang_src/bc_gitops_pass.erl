@@ -7,13 +7,20 @@
 %%% the last parse are reused; the current state is still read and planned
 %%% against, so drift is always seen. Which actions wait, and why (backoff,
 %%% a rolled-back version, a dependency), is {@link bc_gitops_hold}'s call.
+%%%
+%%% A steady run (the last one applied nothing and left nothing to retry,
+%%% and the runtime gives a state token, see {@link bc_gitops_runtime})
+%%% is given neither the parse nor the state: it pulls, and when the commit
+%%% and the runtime's token are those of the last run, the last result
+%%% stands (`unchanged'), at a cost that does not grow with the number of
+%%% apps. Otherwise it fetches the parse and the state and runs in full.
 -module(bc_gitops_pass).
 
 -include("bc_gitops.hrl").
 
--export([run/1, dry_run/1, current_state/1, desired/2]).
+-export([run/1, dry_run/1, current_state/1, state_token/1, desired/2, summary/1]).
 
--export_type([context/0, result/0, planned/0]).
+-export_type([context/0, result/0, planned/0, steady/0]).
 
 -type failure() :: bc_gitops_hold:failure().
 -type repair() :: bc_gitops_hold:repair().
@@ -23,8 +30,9 @@
     %% Whether someone asked for this reconcile (reconcile/0), rather than
     %% the timer.
     manual => boolean(),
-    %% The last parse, reused while the commit does not change.
-    cache := parsed() | undefined,
+    %% The last parse, reused while the commit does not change (absent in a
+    %% steady run, which fetches it when it needs it).
+    cache => parsed() | undefined,
     failures := #{atom() => failure()},
     repairs => #{atom() => repair()},
     %% What the last run planned against and its plan, made from `cache',
@@ -33,6 +41,10 @@
     previous => planned(),
     %% Health gates a run cut short by a new commit left open.
     gates => [bc_gitops_gate:gate()],
+    %% A steady run; and a pull already done (a steady run that goes on in
+    %% full).
+    steady => steady(),
+    pulled => bc_gitops_git:outcome(),
     %% Cluster mode: the specs the coordinator assigned, instead of a pull;
     %% whether a newer assignment came; and the specs failed cluster-wide.
     given => parsed(),
@@ -43,7 +55,16 @@
     sink => pid()
 }.
 
--type planned() :: #{current := #{atom() => #app_state{}}, plan := bc_gitops_plan:plan()}.
+%% The runtime's token (see bc_gitops_runtime) taken before `current' was
+%% read; `undefined' when it has none.
+-type planned() :: #{current := #{atom() => #app_state{}}, plan := bc_gitops_plan:plan(),
+                     token => term()}.
+
+%% What a steady run is given instead of the parse and the state: the
+%% commit and the runtime's token of the last run, its summary, and how to
+%% get the parse (`cache') and the last plan (`previous') after all.
+-type steady() :: #{commit := binary(), token := term(), summary := atom(),
+                    fetch := fun(() -> #{cache := parsed(), previous => planned()})}.
 
 -type parsed() :: #{commit := binary(), specs := [#app_spec{}],
                     errors := [bc_gitops_specs:diagnostic()],
@@ -51,7 +72,12 @@
 
 -type result() :: #{
     outcome := ok | {error, term()},
-    cache := parsed() | undefined,
+    %% `same': the context's, which a steady run was not given.
+    cache := parsed() | undefined | same,
+    %% A steady run found the commit and the runtime's token unchanged: the
+    %% last result stands (then only `outcome' and `summary' are set).
+    unchanged => true,
+    summary => atom(),
     failures := #{atom() => failure()},
     repairs => #{atom() => repair()},
     blocked => [{atom(), bc_gitops_plan:block_reason()}],
@@ -74,7 +100,8 @@
 %% @doc A full reconcile. Never raises: a failure of the whole run is
 %% `outcome => {error, Reason}', and the previous parse is kept.
 -spec run(context()) -> result().
-run(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
+run(#{config := Config, failures := Failures} = Ctx) ->
+    Cache = maps:get(cache, Ctx, same),
     Meta = #{repo => bc_gitops_nif:redact_url(maps:get(repo_url, Config)),
              branch => maps:get(branch, Config)},
     Start = erlang:monotonic_time(),
@@ -93,7 +120,7 @@ run(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
         #{outcome := ok} ->
             bc_gitops_telemetry:execute([bc_gitops, reconcile, stop], #{duration => Duration},
                                         Meta#{status => summary(Result),
-                                              commit => maps:get(commit, maps:get(cache, Result)),
+                                              commit => commit(Result, Ctx),
                                               changes => changes(Result)});
         #{outcome := {error, Error}} ->
             bc_gitops_telemetry:execute([bc_gitops, reconcile, error], #{duration => Duration},
@@ -125,6 +152,20 @@ current_state(Runtime) ->
         Class:Reason -> throw({step_failed, {runtime, {crashed, Class, Reason}}})
     end.
 
+%% @doc The runtime's state token (see {@link bc_gitops_runtime}), or
+%% `undefined' when it has none, or it raised.
+-spec state_token(module()) -> term().
+state_token(Runtime) ->
+    _ = code:ensure_loaded(Runtime),
+    case erlang:function_exported(Runtime, state_token, 0) of
+        true ->
+            try Runtime:state_token()
+            catch _:_ -> undefined
+            end;
+        false ->
+            undefined
+    end.
+
 %% @doc What git says now: pull and parse (the parse of `Cache' is kept
 %% while its commit is unchanged). For a cluster's coordinator.
 -spec desired(bc_gitops_config:config(), parsed() | undefined) -> {ok, parsed()} | {error, term()}.
@@ -136,12 +177,29 @@ desired(Config, Cache) ->
     end.
 
 -spec steps(context()) -> result().
+steps(#{steady := #{commit := Commit, token := Token, fetch := Fetch} = Steady,
+        config := Config} = Ctx) ->
+    Pulled = pull(Config),
+    Same = case Pulled of
+               #{commit := Commit, changed := false} ->
+                   state_token(maps:get(runtime_module, Config)) =:= Token;
+               _ ->
+                   false
+           end,
+    case Same of
+        true -> #{outcome => ok, unchanged => true, summary => maps:get(summary, Steady)};
+        false -> steps(maps:merge(maps:remove(steady, Ctx), (Fetch())#{pulled => Pulled}))
+    end;
 steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     Parsed = case Ctx of
                  #{given := Given} -> Given;
+                 #{pulled := Pulled} -> parsed(Config, Cache, Pulled, map_size(Failures) > 0);
                  _ -> parsed(Config, Cache, pull(Config), map_size(Failures) > 0)
              end,
     Runtime = maps:get(runtime_module, Config),
+    %% Taken before the state is read: a change in between gives the next
+    %% run another token.
+    Token = state_token(Runtime),
     Current = current_state(Runtime),
     Plan = case Ctx of
                #{cache := Parsed, previous := #{current := Current, plan := Same}} -> Same;
@@ -179,7 +237,8 @@ steps(#{config := Config, cache := Cache, failures := Failures} = Ctx) ->
     %% Nothing applied, nothing of ours changed: the state read for the plan
     %% is the state after.
     case {Applied, Gates} of
-        {[], []} -> Result#{current => Current, planned => #{current => Current, plan => Plan}};
+        {[], []} -> Result#{current => Current,
+                            planned => #{current => Current, plan => Plan, token => Token}};
         _ -> Result#{current => current_state(Runtime)}
     end.
 
@@ -250,7 +309,9 @@ retry_unhealthy(Actions, Failures, #{specs := Specs}) ->
 -spec pull(bc_gitops_config:config()) -> bc_gitops_git:outcome().
 pull(Config) ->
     Start = erlang:monotonic_time(),
-    case bc_gitops_git:sync(bc_gitops_config:repo_git_options(Config)) of
+    %% The gitops checkout is watched: a pull that finds the same commit
+    %% then does not stat each spec file (see bc_gitops_git).
+    case bc_gitops_git:sync((bc_gitops_config:repo_git_options(Config))#{watch => true}) of
         {ok, #{commit := Commit, changed := Changed} = Out} ->
             Meta = #{repo => bc_gitops_nif:redact_url(maps:get(repo_url, Config)),
                      branch => maps:get(branch, Config), commit => Commit},
@@ -309,12 +370,20 @@ plan(#{specs := Specs, errors := Errors}, Current, Config) ->
                                      maps:with([age_identity], Config)),
     Plan.
 
+%% The commit a run reconciled to: a steady run that found nothing
+%% changed was given it.
+-spec commit(result(), context()) -> binary().
+commit(#{unchanged := true}, #{steady := #{commit := Commit}}) -> Commit;
+commit(#{cache := #{commit := Commit}}, _Ctx) -> Commit.
+
 %% What a run changed, or tried to, app by app, for the stop event.
 -spec changes(result()) -> [#{app := atom(), action := atom(), from := binary() | undefined,
                               to := binary() | undefined, reason => atom(),
                               result := ok | {error, term()}}].
 changes(#{applied := Applied}) ->
-    [change(Action, Result) || {Action, Result} <- Applied].
+    [change(Action, Result) || {Action, Result} <- Applied];
+changes(#{unchanged := true}) ->
+    [].
 
 -spec change(bc_gitops_plan:action(), ok | {error, term()}) -> map().
 change({remove, App}, Result) ->
@@ -326,7 +395,11 @@ change({redeploy, #app_spec{name = App, version = V}, Why}, Result) ->
 change({Kind, #app_spec{name = App, version = V}}, Result) ->
     #{app => App, action => Kind, from => undefined, to => V, result => Result}.
 
+%% @doc How a run ended: `synced', or `out_of_sync' when an action failed
+%% or waits, an app is blocked or a spec has errors.
 -spec summary(result()) -> atom().
+summary(#{unchanged := true, summary := Summary}) ->
+    Summary;
 summary(#{applied := Applied, waiting := Waiting, blocked := Blocked, cache := Parsed}) ->
     Failed = [A || {A, {error, _}} <- Applied],
     case {Failed, Waiting, Blocked, maps:get(errors, Parsed)} of

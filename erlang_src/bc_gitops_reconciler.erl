@@ -59,6 +59,8 @@
     %% The last reconcile's plan and the state it was made from, when it
     %% applied nothing (see bc_gitops_pass).
     previous :: undefined | bc_gitops_pass:planned(),
+    %% The health monitor told the specs of the last parse.
+    watched :: pid() | undefined,
     failures = #{} :: #{atom() => bc_gitops_hold:failure()},
     history = bc_gitops_history:new() :: bc_gitops_history:history(),
     pins = #{} :: bc_gitops_pins:pins(),
@@ -181,6 +183,14 @@ handle_call(desired, _From, #st{cache = Cache} = St) ->
     {reply, {ok, case Cache of undefined -> []; #{specs := S} -> S end}, St};
 handle_call(config, _From, St) ->
     {reply, {ok, St#st.config}, St};
+handle_call({context, Pid}, _From, #st{worker = {Pid, _, reconcile}} = St) ->
+    %% A steady reconcile found something moved: it needs what it was not
+    %% given.
+    Full = #{cache => St#st.cache},
+    {reply, case St#st.previous of
+                undefined -> Full;
+                Previous -> Full#{previous => Previous}
+            end, St};
 handle_call(ack, _From, #st{member = #{assignment := #{ack := Ack}}} = St) ->
     {reply, {ok, Ack}, St};
 handle_call(trigger, _From, St) ->
@@ -403,26 +413,51 @@ maybe_start(#st{worker = undefined, queue = [{Job, Callers} | Rest]} = St) ->
                undefined -> Ctx0;
                Previous -> Ctx0#{previous => Previous}
            end,
-    Ctx = case St1#st.member of
-              undefined ->
-                  Ctx1;
-              #{assignment := #{ack := Ack} = A} ->
-                  Ctx1#{given => bc_gitops_member:parsed(A), holds => bc_gitops_member:holds(A),
-                        moved => fun() -> ack() =/= Ack end}
-          end,
+    Ctx2 = case St1#st.member of
+               undefined ->
+                   Ctx1;
+               #{assignment := #{ack := Ack} = A} ->
+                   Ctx1#{given => bc_gitops_member:parsed(A), holds => bc_gitops_member:holds(A),
+                         moved => fun() -> ack() =/= Ack end}
+           end,
     %% A heap sized for the parse and the state it is given and works on:
     %% a worker that starts small spends a no-op reconcile of 1,000 apps
-    %% mostly growing its heap (2 ms of 6).
-    Specs = case St1#st.cache of
-                #{specs := S} -> length(S);
-                _ -> 0
-            end,
+    %% mostly growing its heap (2 ms of 6). A steady worker is given
+    %% neither.
+    {Ctx, Specs} = case {steady(Job, St1), St1#st.cache} of
+                       {undefined, #{specs := S}} -> {Ctx2, length(S)};
+                       {undefined, _} -> {Ctx2, 0};
+                       {Steady, _} -> {(maps:without([cache, previous], Ctx2))#{steady => Steady}, 0}
+                   end,
     Heap = min(1 bsl 20, 256 * Specs + 233),
     {Pid, Ref} = spawn_opt(?MODULE, worker, [Job, Ctx], [monitor, {min_heap_size, Heap}]),
     St1#st{worker = {Pid, Ref, Job}, waiting = Callers, queue = Rest,
            gates = case Job of reconcile -> []; _ -> St1#st.gates end};
 maybe_start(St) ->
     St.
+
+%% A reconcile after one that applied nothing and left nothing to retry,
+%% wait for or gate, on a runtime that gave a state token: the worker gets
+%% the commit and the token, and fetches the parse and the last plan only
+%% if either moved (see bc_gitops_pass). Not in cluster mode, where the
+%% coordinator's assignment is the parse; nor when the health monitor was
+%% restarted since it was told the specs.
+-spec steady(job(), #st{}) -> bc_gitops_pass:steady() | undefined.
+steady(reconcile, #st{member = undefined, cache = #{commit := Commit}, failures = Failures,
+                      repairs = Repairs, gates = [], previous = #{token := Token},
+                      last = #{outcome := ok, waiting := []} = Last, watched = Monitor})
+  when map_size(Failures) =:= 0, map_size(Repairs) =:= 0, Token =/= undefined,
+       is_pid(Monitor) ->
+    case whereis(bc_gitops_health_monitor) of
+        Monitor ->
+            Self = self(),
+            #{commit => Commit, token => Token, summary => bc_gitops_pass:summary(Last),
+              fetch => fun() -> gen_server:call(Self, {context, self()}, infinity) end};
+        _ ->
+            undefined
+    end;
+steady(_Job, _St) ->
+    undefined.
 
 %% @private The worker process: its exit reason carries the result, so one
 %% 'DOWN' message reports success and crash alike.
@@ -446,6 +481,9 @@ shrink(Result, _Ctx) ->
     Result.
 
 -spec expand(term(), #st{}) -> term().
+expand(#{unchanged := true}, #st{last = Last}) ->
+    %% A steady reconcile found nothing moved: the last result stands.
+    Last#{unchanged => true};
 expand(#{cache := Cache, current := Current, planned := Planned} = R,
        #st{cache = OldCache, previous = Previous}) ->
     Current1 = case Current of
@@ -454,6 +492,9 @@ expand(#{cache := Cache, current := Current, planned := Planned} = R,
                end,
     R#{cache := case Cache of same -> OldCache; _ -> Cache end,
        current := Current1, planned := Planned#{current := Current1}};
+expand(#{cache := same} = R, #st{cache = OldCache}) ->
+    %% A steady reconcile that failed before it fetched the parse.
+    R#{cache := OldCache};
 expand(Result, _St) ->
     Result.
 
@@ -474,6 +515,9 @@ finished(Job, Result, St) ->
     St1#st{history = bc_gitops_history:save(St1#st.config, St1#st.history)}.
 
 -spec finished1(job(), term(), #st{}) -> #st{}.
+finished1(reconcile, #{unchanged := true}, St) ->
+    %% Same commit, same state: nothing to persist, watch or report.
+    St#st{last_at = erlang:system_time(millisecond)};
 finished1(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures} = R, St0) ->
     St = case maps:get(ended_pins, R, #{}) of
              Ended when map_size(Ended) =:= 0 -> St0;
@@ -487,10 +531,12 @@ finished1(reconcile, #{outcome := Outcome, cache := Cache, failures := Failures}
     case Outcome of
         ok ->
             Commit = maps:get(commit, Cache),
+            %% Taken first: a monitor restarted after it is told again.
+            Monitor = whereis(bc_gitops_health_monitor),
             ok = bc_gitops_health_monitor:watch(maps:get(specs, Cache),
                                                 maps:from_list([{A, healthy}
                                                                 || A <- maps:get(healthy, R)])),
-            St2 = settle(R, St1),
+            St2 = settle(R, St1#st{watched = Monitor}),
             St2#st{last_commit = Commit,
                    saved = persist(R, St2#st.config, Commit, member_stored(St2), St2#st.saved)};
         {error, Why} ->

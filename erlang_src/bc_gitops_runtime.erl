@@ -32,6 +32,17 @@
 -callback reconfigure(#app_spec{}) -> {ok, #app_state{}} | {error, term()}.
 %% Every app this runtime manages, by name.
 -callback get_current_state() -> {ok, #{atom() => #app_state{}}}.
+%% Optional, and cheap: a term that is the same as long as what
+%% `get_current_state/0' returns is the same. The reconciler takes one
+%% before each read of the state; when the next reconcile finds the same
+%% commit and the same token, it reuses what it read instead of reading and
+%% comparing every app again. A token may change without a change of state
+%% (that costs one full read), never the other way round: a stopped app or
+%% an env changed by hand must give another token. A runtime without it has
+%% its state read at every reconcile.
+-callback state_token() -> term().
+
+-optional_callbacks([state_token/0]).
 
 %% @doc The callbacks, for checking that a module implements them.
 -spec callbacks() -> [{atom(), arity()}].

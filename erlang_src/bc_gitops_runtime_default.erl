@@ -46,7 +46,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).
+-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0, state_token/0]).
 -export([table/0]).
 
 -define(TABLE, bc_gitops_runtime_default_apps).
@@ -97,7 +97,7 @@ remove(App) ->
         {ok, Entry} -> ok = stop_app(Entry);
         error -> ok
     end,
-    ets:delete(?TABLE, App),
+    ok = drop_entry(App),
     _ = file:del_dir_r(filename:join(workspace(), atom_to_list(App))),
     ok.
 
@@ -174,7 +174,7 @@ hot(#app_spec{name = App, version = V, env = Env, depends_on = Deps},
         {ok, Info, Paths} ->
             State = Old#app_state{version = V, env = Env, depends_on = Deps, path = Dir},
             New = #entry{state = State, paths = Paths, dir = Dir},
-            true = ets:insert(?TABLE, {App, New#entry{sealed = sealed(New, Env)}}),
+            ok = put_entry(App, New#entry{sealed = sealed(New, Env)}),
             ok = keep_builds(App, [OldDir, Dir]),
             {ok, State, Info#{direction => Direction}};
         Failure ->
@@ -256,7 +256,7 @@ reconfigure(#app_spec{name = App, env = Env}) ->
                 ok ->
                     New = State#app_state{env = Env},
                     Sealed = sealed(Entry, Env),
-                    true = ets:insert(?TABLE, {App, Entry#entry{state = New, sealed = Sealed}}),
+                    ok = put_entry(App, Entry#entry{state = New, sealed = Sealed}),
                     {ok, New};
                 {error, _} = Error ->
                     Error
@@ -274,7 +274,84 @@ get_current_state() ->
                          || #entry{state = #app_state{name = App} = State, sealed = Sealed}
                                 <- Entries])}.
 
+%% @doc The state token (see {@link bc_gitops_runtime}): how many changes
+%% this runtime has made, and the apps that are no longer as it left them,
+%% with their application master and env now: the process it started is
+%% gone (stopped, crashed, restarted by hand), or an env value it set was
+%% changed or unset by hand (`application:set_env/3'). One look at each
+%% app's process and env keys, and no call to any process, where
+%% `get_current_state/0' calls each app's master: still one look per app
+%% (an env set by hand leaves no other trace), but a cheap one. An app in
+%% a guest is never taken as unchanged (reading it is a call to its
+%% guest): while there is one, every reconcile reads the state in full.
+%% Encrypted values are compared by their keyed digests, and the token
+%% holds them as `get_current_state/0' reports them: never a plaintext.
+-spec state_token() -> {non_neg_integer(), [{atom(), term(), map()}]}.
+state_token() ->
+    %% Each app with what it was left with, and nothing else copied out of
+    %% the table: a match pattern of an entry (made as a tuple: a record
+    %% with '_' fields would not have its fields' types).
+    State = erlang:make_tuple(record_info(size, app_state), '_',
+                              [{1, app_state}, {#app_state.pid, '$2'}, {#app_state.env, '$3'},
+                               {#app_state.node, '$4'}]),
+    Entry = erlang:make_tuple(record_info(size, entry), '_',
+                              [{1, entry}, {#entry.state, State}, {#entry.sealed, '$5'}]),
+    Recorded = ets:select(?TABLE, [{{'$1', Entry}, [], [{{'$1', '$2', '$3', '$4', '$5'}}]}]),
+    {changes(), [{App, guest, #{seen => erlang:unique_integer()}}
+                 || {App, _, _, Node, _} <- Recorded, Node =/= undefined]
+                ++ [{App, application_controller:get_master(App),
+                     bc_gitops_secrets:observed(Env, actual_env(App, Env), Sealed)}
+                    || {App, Pid, Env, undefined, Sealed} <- Recorded,
+                       not (up(App, Pid) andalso env_kept(App, Env, Sealed))]}.
+
+%% Whether the app runs as it was started: the process it started lives
+%% (or, for an app without one, it runs).
+-spec up(atom(), pid() | undefined) -> boolean().
+up(_App, Pid) when is_pid(Pid) -> is_process_alive(Pid);
+up(App, undefined) -> is_pid(application_controller:get_master(App)).
+
+-spec env_kept(atom(), map(), #{atom() => binary()}) -> boolean().
+env_kept(App, Env, Sealed) ->
+    maps:fold(fun(K, {age, A} = V, Same) when is_binary(A) ->
+                      Same andalso
+                          bc_gitops_secrets:observed(#{K => V}, actual_env(App, #{K => V}), Sealed)
+                          =:= #{K => V};
+                 (K, V, Same) ->
+                      Same andalso application:get_env(App, K) =:= {ok, V}
+              end, true, Env).
+
+%% The env for the keys the spec set, as it is now: a key unset by hand is
+%% missing.
+-spec actual_env(atom(), map()) -> map().
+actual_env(App, Env) ->
+    maps:from_list([{K, V} || K <- maps:keys(Env), {ok, V} <- [application:get_env(App, K)]]).
+
 %%% Internals
+
+%% Every change of the table goes through these two: the state token
+%% counts them.
+-spec put_entry(atom(), #entry{}) -> ok.
+put_entry(App, Entry) ->
+    true = ets:insert(?TABLE, {App, Entry}),
+    changed().
+
+-spec drop_entry(atom()) -> ok.
+drop_entry(App) ->
+    true = ets:delete(?TABLE, App),
+    changed().
+
+%% The count of changes, beside the apps under a key no app has.
+-spec changed() -> ok.
+changed() ->
+    _ = ets:update_counter(?TABLE, {changes}, 1, {{changes}, 0}),
+    ok.
+
+-spec changes() -> non_neg_integer().
+changes() ->
+    case ets:lookup(?TABLE, {changes}) of
+        [{_, N}] -> N;
+        [] -> 0
+    end.
 
 %% The state now of the apps of `Entries': each in this node, or in its
 %% guest (all guests asked at once). A guest that died: `failed'; one
@@ -386,7 +463,7 @@ start(#app_spec{name = App, version = V, env = Env, depends_on = Deps, isolation
                                                    end,
                                              started_at = erlang:system_time(millisecond)},
                     Entry = Entry0#entry{state = State, paths = Paths},
-                    true = ets:insert(?TABLE, {App, Entry#entry{sealed = sealed(Entry, Env)}}),
+                    ok = put_entry(App, Entry#entry{sealed = sealed(Entry, Env)}),
                     {ok, State};
                 {error, _} = Error ->
                     _ = [bc_gitops_vm:stop(App) || Node =/= undefined],

@@ -15,6 +15,8 @@
          telemetry_events/1, state_survives_restart/1, corrupt_state_file_is_ignored/1,
          suspend_and_resume/1, plan_is_a_dry_run/1, triggers_are_coalesced/1,
          failed_app_backs_off/1, manual_actions/1, stopped_app_is_healed/1,
+         steady_reconcile_still_sees_drift/1, steady_reconcile_keeps_the_parse_on_error/1,
+         without_a_token_the_state_is_read_each_time/1, restarted_health_monitor_is_told_again/1,
          unhealthy_upgrade_is_rolled_back/1, unhealthy_first_deploy_fails/1,
          busy_app_is_left_alone/1, fixed_spec_is_applied_at_once/1,
          repair_backoff_follows_the_clock/1, health_waits_overlap/1,
@@ -29,6 +31,8 @@ all() ->
      status_answers_during_slow_deploy, telemetry_events, state_survives_restart,
      corrupt_state_file_is_ignored, suspend_and_resume, plan_is_a_dry_run,
      triggers_are_coalesced, failed_app_backs_off, manual_actions, stopped_app_is_healed,
+     steady_reconcile_still_sees_drift, steady_reconcile_keeps_the_parse_on_error,
+     without_a_token_the_state_is_read_each_time, restarted_health_monitor_is_told_again,
      unhealthy_upgrade_is_rolled_back, unhealthy_first_deploy_fails, busy_app_is_left_alone,
      fixed_spec_is_applied_at_once, repair_backoff_follows_the_clock, health_waits_overlap,
      new_commit_ends_health_wait, gate_keeps_its_deadline].
@@ -45,7 +49,8 @@ init_per_testcase(_Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_reconciler"),
     Origin = filename:join(Dir, "origin"),
     ok = bc_gitops_test_util:init_repo(Origin),
-    ets:delete_all_objects(bc_gitops_test_runtime_apps),
+    ok = bc_gitops_test_runtime:forget_apps(),
+    bc_gitops_test_runtime:set_token(true),
     ok = bc_gitops_test_clock:start(),
     ok = bc_gitops_test_health:reset(),
     ok = bc_gitops_test_runtime:clear_calls(),
@@ -482,6 +487,119 @@ stopped_app_is_healed(Config) ->
     after
         telemetry:detach(<<"drift">>)
     end.
+
+%% After a reconcile that changed nothing, the next ones read neither the
+%% parse nor the runtime's state while the commit and the runtime's state
+%% token stay the same. What moves is still seen by the next reconcile: a
+%% file of the checkout edited, added or removed right after such a
+%% reconcile (the checkout is made exact again), an app stopped, a new
+%% commit.
+steady_reconcile_still_sees_drift(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    spec(Origin, "web", "1", ["db"], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config, #{clock => bc_gitops_test_clock}),
+    ?assertEqual([{deploy, db, <<"1">>}, {deploy, web, <<"1">>}], calls()),
+    %% Applies nothing: the reconciles after it are steady.
+    ok = bc_gitops:reconcile(),
+    Reads = bc_gitops_test_runtime:state_reads(),
+    [ok = bc_gitops:reconcile() || _ <- lists:seq(1, 3)],
+    ?assertEqual(Reads, bc_gitops_test_runtime:state_reads()),
+
+    Checkout = filename:join(?config(local_path, Config), "repo"),
+    Db = filename:join([Checkout, "apps", "db", "app.config"]),
+    Web = filename:join([Checkout, "apps", "web", "app.config"]),
+    {ok, DbSpec} = file:read_file(Db),
+    {ok, WebSpec} = file:read_file(Web),
+    Stray = filename:join([Checkout, "apps", "stray", "app.config"]),
+    Edits = [{edited, fun() -> ok = file:write_file(Db, binary:replace(DbSpec, <<"1">>, <<"7">>))
+                       end},
+             {added, fun() -> write(Checkout, "apps/stray/app.config", "#{name => stray}.\n") end},
+             {removed, fun() -> ok = file:delete(Web) end}],
+    [begin
+         ok = Edit(),
+         ?assertEqual({What, ok}, {What, bc_gitops:reconcile()}),
+         ?assertEqual({What, {ok, DbSpec}, {ok, WebSpec}, false},
+                      {What, file:read_file(Db), file:read_file(Web), filelib:is_file(Stray)}),
+         ?assertEqual({What, []}, {What, calls()})
+     end || {What, Edit} <- Edits],
+    ?assertEqual(Reads, bc_gitops_test_runtime:state_reads()),
+
+    %% A change of the runtime's state that needs nothing: read once.
+    ok = bc_gitops_test_runtime:set_status(db, running),
+    ok = bc_gitops:reconcile(),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Reads + 1, bc_gitops_test_runtime:state_reads()),
+
+    %% An app stopped right after a steady reconcile.
+    ok = bc_gitops_test_runtime:stop_app(db),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, db, <<"1">>}], calls()),
+    ?assertMatch({ok, #app_state{status = running}}, bc_gitops:get_app_status(db)),
+
+    %% A new commit (the repair is forgotten first: a steady run needs none).
+    ok = bc_gitops_test_clock:advance(600000),
+    ok = bc_gitops:reconcile(),
+    ok = bc_gitops:reconcile(),
+    Reads2 = bc_gitops_test_runtime:state_reads(),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Reads2, bc_gitops_test_runtime:state_reads()),
+    spec(Origin, "web", "2", ["db"], "#{}"),
+    _ = commit(Origin, "two"),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{upgrade, web, <<"1">>, <<"2">>}], calls()).
+
+%% A steady reconcile whose pull fails keeps the parse it was not given.
+steady_reconcile_keeps_the_parse_on_error(Config) ->
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    Away = Origin ++ ".away",
+    ok = file:rename(Origin, Away),
+    ?assertMatch({error, {git, _}}, bc_gitops:reconcile()),
+    ?assertMatch({ok, #{status := error, app_count := 1}}, bc_gitops:status()),
+    ?assertMatch({ok, #{db := #app_spec{}}}, bc_gitops:get_desired_state()),
+    ok = file:rename(Away, Origin),
+    ok = bc_gitops:reconcile(),
+    ?assertMatch({ok, #{status := synced, app_count := 1}}, bc_gitops:status()).
+
+%% A runtime without a state token has its state read at every reconcile.
+without_a_token_the_state_is_read_each_time(Config) ->
+    bc_gitops_test_runtime:set_token(false),
+    Origin = ?config(origin, Config),
+    spec(Origin, "db", "1", [], "#{}"),
+    _ = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    Reads = bc_gitops_test_runtime:state_reads(),
+    [ok = bc_gitops:reconcile() || _ <- lists:seq(1, 3)],
+    ?assertEqual(Reads + 3, bc_gitops_test_runtime:state_reads()),
+    ok = bc_gitops_test_runtime:stop_app(db),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual([{deploy, db, <<"1">>}, {deploy, db, <<"1">>}], calls()).
+
+%% No reconcile is steady after the health monitor restarted: it is told
+%% the specs again.
+restarted_health_monitor_is_told_again(Config) ->
+    Origin = ?config(origin, Config),
+    bc_gitops_test_health:healthy(db, <<"1">>),
+    health_spec(Origin, "db", "1", []),
+    _ = commit(Origin, "one"),
+    start(Config),
+    ok = bc_gitops:reconcile(),
+    ?assertNotEqual(no_check, bc_gitops_health_monitor:health(db)),
+    Old = whereis(bc_gitops_health_monitor),
+    exit(Old, kill),
+    wait_for(fun() -> not lists:member(whereis(bc_gitops_health_monitor), [undefined, Old]) end,
+             5000),
+    ?assertEqual(no_check, bc_gitops_health_monitor:health(db)),
+    Reads = bc_gitops_test_runtime:state_reads(),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual(Reads + 1, bc_gitops_test_runtime:state_reads()),
+    ?assertNotEqual(no_check, bc_gitops_health_monitor:health(db)).
 
 %% The health check of unhealthy_upgrade_is_rolled_back: version 2 of an
 %% app is broken.

@@ -72,8 +72,15 @@ rebar3_app_lifecycle(Config) ->
                  persistent_term:get(rt_rebar_config_change)),
 
     %% An env value changed by hand is drift: the next reconcile puts the
-    %% spec's value back.
+    %% spec's value back, even one after a reconcile with nothing to do
+    %% (which is not given the state: the runtime's state token sees it).
+    ok = bc_gitops:reconcile(),
     ok = application:set_env(rt_rebar, greeting, <<"by hand">>),
+    ok = bc_gitops:reconcile(),
+    ?assertEqual({<<"hello">>, <<"changed">>}, rt_rebar_server:info()),
+    %% So is an app stopped by hand.
+    ok = bc_gitops:reconcile(),
+    ok = application:stop(rt_rebar),
     ok = bc_gitops:reconcile(),
     ?assertEqual({<<"hello">>, <<"changed">>}, rt_rebar_server:info()),
 

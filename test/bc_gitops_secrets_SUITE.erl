@@ -101,8 +101,12 @@ canaries_never_leave_the_app_env(Config) ->
     ?assertEqual(1, length(Events())),
     ?assertEqual(1, peer:call(Peer, persistent_term, get, [{sc_app, changes}, 0])),
 
-    %% Drift: a value changed by hand is seen (not shown) and put back.
+    %% Drift: a value changed by hand is seen (not shown) and put back. The
+    %% runtime's state token (what a steady reconcile looks at) names the
+    %% app, with the value as the state shows it.
     ok = peer:call(Peer, application, set_env, [sc_app, password, <<"by hand">>]),
+    {_, Drifted} = Call(bc_gitops_runtime_default, state_token, []),
+    ?assertMatch([{sc_app, _, #{password := {age, changed}}}], Drifted),
     {ok, #{sc_app := #app_state{env = #{password := {age, changed}}}}} =
         Call(bc_gitops, get_current_state, []),
     _ = Call(bc_gitops, reconcile, []),

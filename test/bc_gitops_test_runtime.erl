@@ -1,14 +1,20 @@
 %%% A bc_gitops_runtime for the reconciler's tests: it keeps "deployed" apps
 %%% in an ETS table and logs every call, with knobs to make a deploy slow or
 %%% fail. It does not load code: the reconciler is what is under test.
+%%%
+%%% Its state token (the optional callback) counts the changes of its
+%%% table; `set_token(false)' makes it fail, as a runtime without one
+%%% (the reconciler then reads the state at every reconcile).
+%%% `state_reads()' counts the reads of the state.
 -module(bc_gitops_test_runtime).
 
 -behaviour(bc_gitops_runtime).
 
 -include("bc_gitops.hrl").
 
--export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0]).
--export([start/0, calls/0, clear_calls/0, set_delay/1, fail/2, stop_app/1, set_status/2]).
+-export([deploy/1, remove/1, upgrade/2, reconfigure/1, get_current_state/0, state_token/0]).
+-export([start/0, calls/0, clear_calls/0, set_delay/1, fail/2, stop_app/1, set_status/2,
+         forget_apps/0, set_token/1, state_reads/0]).
 
 -define(APPS, bc_gitops_test_runtime_apps).
 -define(CALLS, bc_gitops_test_runtime_calls).
@@ -21,8 +27,26 @@ start() ->
         _ -> ets:delete_all_objects(?APPS), clear_calls()
     end,
     set_delay(0),
+    set_token(true),
     persistent_term:put({?MODULE, fail}, #{}),
+    %% Kept for the node's life, so that a token is never seen twice.
+    _ = persistent_term:get({?MODULE, counters}, undefined) =:= undefined andalso
+        persistent_term:put({?MODULE, counters}, counters:new(2, [])),
     ok.
+
+%% Counter 1: changes of the apps table; 2: reads of the state.
+changed() -> counters:add(persistent_term:get({?MODULE, counters}), 1, 1).
+state_reads() -> counters:get(persistent_term:get({?MODULE, counters}), 2).
+set_token(On) -> persistent_term:put({?MODULE, token}, On).
+
+state_token() ->
+    true = persistent_term:get({?MODULE, token}),
+    counters:get(persistent_term:get({?MODULE, counters}), 1).
+
+%% Runs no app any more.
+forget_apps() ->
+    ets:delete_all_objects(?APPS),
+    changed().
 
 new_tables() ->
     Self = self(),
@@ -50,7 +74,7 @@ stop_app(App) ->
 set_status(App, Status) ->
     [{App, S}] = ets:lookup(?APPS, App),
     ets:insert(?APPS, {App, S#app_state{status = Status}}),
-    ok.
+    changed().
 
 log(Call) -> ets:insert(?CALLS, {erlang:unique_integer([monotonic]), Call}).
 
@@ -69,9 +93,10 @@ reconfigure(#app_spec{name = N, env = Env} = Spec) ->
 remove(Name) ->
     log({remove, Name}),
     ets:delete(?APPS, Name),
-    ok.
+    changed().
 
 get_current_state() ->
+    counters:add(persistent_term:get({?MODULE, counters}), 2, 1),
     {ok, maps:from_list(ets:tab2list(?APPS))}.
 
 start_app(#app_spec{name = N, version = V, env = Env, depends_on = D}) ->
@@ -84,5 +109,6 @@ start_app(#app_spec{name = N, version = V, env = Env, depends_on = D}) ->
                                depends_on = D, path = "/nowhere/" ++ atom_to_list(N),
                                started_at = erlang:system_time(millisecond)},
             ets:insert(?APPS, {N, State}),
+            changed(),
             {ok, State}
     end.

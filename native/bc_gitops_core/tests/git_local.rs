@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use bc_gitops_core::git::{redact_url, sync, Auth, GitError, GitRef, SyncOptions};
-use support::{checkout_head, git, noise, read, status, Tmpfs, Upstream};
+use bc_gitops_core::git::{redact_url, sync, watching, Auth, GitError, GitRef, SyncOptions};
+use support::{checkout_head, git, noise, read, status, sync_until_recorded, Tmpfs, Upstream};
 
 fn options(url: &str, path: &Path) -> SyncOptions {
     let mut opts = SyncOptions::new(url, path);
@@ -81,22 +81,19 @@ fn local_edits_and_stray_files_are_overwritten() {
     assert_eq!(status(&dest), "");
 }
 
-/// Syncs until the sync has recorded the checkout as exact (it does not
-/// when a file is as new as its record: see the `snapshot` module).
-fn sync_until_recorded(opts: &SyncOptions) {
-    let record = opts.local_path.join(".git/bc-gitops-snapshot");
-    for _ in 0..100 {
-        sync(opts).unwrap();
-        if record.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no sync recorded the checkout");
-}
-
 #[test]
 fn an_untouched_checkout_is_trusted_and_any_change_is_still_undone() {
+    untouched_is_trusted_and_changes_undone(false);
+}
+
+/// The same with the checkout watched: each change is made right after a
+/// sync that the watch answered alone, and the next sync still undoes it.
+#[test]
+fn a_watched_checkout_is_trusted_and_any_change_is_still_undone() {
+    untouched_is_trusted_and_changes_undone(true);
+}
+
+fn untouched_is_trusted_and_changes_undone(watch: bool) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     support::isolate();
     let up = Upstream::new();
@@ -105,17 +102,21 @@ fn an_untouched_checkout_is_trusted_and_any_change_is_still_undone() {
         "more",
     );
     let dest = up.dir.path().join("checkout");
-    let opts = options(&up.file_url(), &dest);
+    let mut opts = options(&up.file_url(), &dest);
+    opts.watch = watch;
     sync(&opts).unwrap();
 
     // Nothing touched: the next sync writes nothing.
     sync_until_recorded(&opts);
+    assert_eq!(watching(&dest), watch);
     let ctime = |name: &str| fs::metadata(dest.join(name)).unwrap().ctime_nsec();
     let before = (ctime("README.md"), ctime(".git/index"));
     let out = sync(&opts).unwrap();
     assert!(!out.changed);
     assert_eq!(before, (ctime("README.md"), ctime(".git/index")));
     assert!(dest.join(".git/bc-gitops-snapshot").exists());
+    // What the sync wrote in .git (FETCH_HEAD, refs) is no change.
+    assert_eq!(watching(&dest), watch);
 
     type Change = fn(&Path);
     let changes: [(&str, Change); 8] = [
@@ -145,8 +146,18 @@ fn an_untouched_checkout_is_trusted_and_any_change_is_still_undone() {
             fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap()
         }),
     ];
+    let record = dest.join(".git/bc-gitops-snapshot");
     for (what, change) in changes {
         sync_until_recorded(&opts);
+        if watch {
+            // Without its record, only the watch can answer that nothing
+            // changed: a stat check would fail and check out again, which
+            // writes a new record.
+            fs::remove_file(&record).unwrap();
+        }
+        assert!(!sync(&opts).unwrap().changed);
+        assert_eq!(!record.exists(), watch, "{what}");
+        assert_eq!(watching(&dest), watch, "{what}");
         change(&dest);
         let out = sync(&opts).unwrap();
         assert!(!out.changed && out.healed.is_none(), "{what}: {out:?}");

@@ -129,6 +129,9 @@ fn options(map: Term<'_>) -> NifResult<SyncOptions> {
     if let Some(ms) = get(map, "timeout").and_then(|t| t.decode::<u64>().ok()) {
         opts.timeout = Duration::from_millis(ms);
     }
+    opts.watch = get(map, "watch")
+        .and_then(|t| t.decode::<bool>().ok())
+        .unwrap_or(false);
     opts.auth = Auth {
         ssh_key: opt(map, "ssh_key")?.map(PathBuf::from),
         ssh_passphrase: opt(map, "ssh_passphrase")?,

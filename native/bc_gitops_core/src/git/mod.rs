@@ -55,7 +55,10 @@
 //! checkout against a record the last sync left (see the `snapshot` module),
 //! and writes nothing. Any difference (an edit, a stray file, a changed pack)
 //! makes it read HEAD's whole tree (the health check) and force the checkout,
-//! as every sync of a moved ref does.
+//! as every sync of a moved ref does. With [`SyncOptions::watch`] (Linux),
+//! an inotify watch set when the record was taken replaces the stat of each
+//! path: while it has seen no change, only the ref listing is done, in a
+//! time that does not grow with the checkout (see the `watch` module).
 
 mod auth;
 mod error;
@@ -67,9 +70,10 @@ mod repo;
 mod snapshot;
 mod sync;
 mod url;
+mod watch;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::GitError;
@@ -207,6 +211,11 @@ pub struct SyncOptions {
     /// must carry a good signature from one of these keys; the verdict is
     /// in [`SyncOutcome::verified`].
     pub verify: Option<VerifyKeys>,
+    /// Watch the checkout with inotify between syncs (default false), so
+    /// that a sync of an untouched checkout does not stat each of its
+    /// paths. One inotify instance per checkout: for the few checkouts
+    /// synced often (the gitops repository), not for every app source.
+    pub watch: bool,
 }
 
 impl SyncOptions {
@@ -219,6 +228,7 @@ impl SyncOptions {
             timeout: Duration::from_secs(60),
             auth: Auth::default(),
             verify: None,
+            watch: false,
         }
     }
 }
@@ -232,6 +242,7 @@ impl fmt::Debug for SyncOptions {
             .field("timeout", &self.timeout)
             .field("auth", &self.auth)
             .field("verify", &self.verify)
+            .field("watch", &self.watch)
             .finish()
     }
 }
@@ -264,4 +275,10 @@ pub struct Verification {
 /// serialized.
 pub fn sync(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     sync::run(opts)
+}
+
+/// Whether a watch is armed on the checkout at `local_path`: then the next
+/// sync of it, if nothing changed there, answers without statting its paths.
+pub fn watching(local_path: &Path) -> bool {
+    std::path::absolute(local_path).is_ok_and(|path| watch::is_armed(&path.join(".git")))
 }

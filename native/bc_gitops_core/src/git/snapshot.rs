@@ -24,6 +24,11 @@
 //!
 //! The record is `.git/bc-gitops-snapshot`. It is removed before any sync
 //! that changes the checkout, so a sync cut short never leaves one behind.
+//!
+//! A sync that asks to watch (see the `watch` module) also sets an inotify
+//! watch on each directory before its stat is taken, when it records or
+//! checks: while the watch has seen nothing, [`unchanged`] answers without
+//! reading the record, in O(1).
 
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
@@ -31,6 +36,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use git2::Oid;
+
+use super::watch::{self, Seen, Watcher};
 
 const FILE: &str = "bc-gitops-snapshot";
 /// The record starts with this, then the commit's 20 bytes, then one
@@ -81,6 +88,10 @@ impl Stat {
         }
     }
 
+    fn is_dir(&self) -> bool {
+        self.mode & 0o170000 == 0o040000
+    }
+
     fn newest(&self) -> (i64, i64) {
         self.mtime.max(self.ctime)
     }
@@ -129,15 +140,22 @@ fn record_path(git_dir: &Path) -> PathBuf {
     git_dir.join(FILE)
 }
 
-/// Removes the record: the checkout is about to change.
+/// Removes the record and its watch: the checkout is about to change.
 pub(crate) fn discard(git_dir: &Path) {
+    watch::disarm(git_dir);
     let _ = fs::remove_file(record_path(git_dir));
 }
 
 /// The commit of the record when the checkout at `workdir` (git directory
 /// `git_dir`) is exactly as the record saw it; `None` when there is no
-/// record or anything differs.
-pub(crate) fn unchanged(workdir: &Path, git_dir: &Path) -> Option<Oid> {
+/// record or anything differs. An armed watch that saw nothing answers
+/// alone; otherwise every path is checked, and with `watch` a new watch is
+/// armed when they all match.
+pub(crate) fn unchanged(workdir: &Path, git_dir: &Path, watch: bool) -> Option<Oid> {
+    match watch::seen(workdir, git_dir) {
+        Seen::Untouched(commit) => return Some(commit),
+        Seen::Touched | Seen::NotWatched => {}
+    }
     let bytes = fs::read(record_path(git_dir)).ok()?;
     let mut rest = bytes.strip_prefix(HEADER)?;
     let (commit, tail) = rest.split_at_checked(20)?;
@@ -156,6 +174,10 @@ pub(crate) fn unchanged(workdir: &Path, git_dir: &Path) -> Option<Oid> {
         };
         entries.push((path, stat));
     }
+    // Every watch is set before the first stat is taken.
+    let watcher = watch
+        .then(|| watch_recorded(workdir, git_dir, &entries))
+        .flatten();
     let same = |chunk: &[(PathBuf, Stat)]| chunk.iter().all(|(p, s)| lstat(p) == Some(*s));
     let all_same = if entries.len() < PARALLEL_FROM {
         same(&entries)
@@ -168,15 +190,42 @@ pub(crate) fn unchanged(workdir: &Path, git_dir: &Path) -> Option<Oid> {
             mine && other.join().unwrap_or(false)
         })
     };
+    if all_same {
+        if let Some(watcher) = watcher {
+            watch::arm(workdir, git_dir, watcher, commit);
+        }
+    }
     all_same.then_some(commit)
 }
 
-/// Records the checkout at `workdir`, now exactly `commit`. Best effort: a
-/// record that cannot be written (or would be racy) is simply not kept, and
-/// the next sync takes the full path.
-pub(crate) fn record(workdir: &Path, git_dir: &Path, commit: Oid) {
+/// A watch on `.git` and on every directory of a record.
+fn watch_recorded(workdir: &Path, git_dir: &Path, entries: &[(PathBuf, Stat)]) -> Option<Watcher> {
+    let mut watcher = Watcher::new()?;
+    let all = watcher.watch_git_dir(git_dir)
+        && entries
+            .iter()
+            .filter(|(_, stat)| stat.is_dir())
+            .all(|(path, _)| watcher.watch_dir(path, path == workdir));
+    all.then_some(watcher)
+}
+
+/// Adds a watch with `add`; a watch that cannot be set leaves none.
+fn watching(watcher: &mut Option<Watcher>, add: impl FnOnce(&mut Watcher) -> bool) {
+    if let Some(w) = watcher.as_mut() {
+        if !add(w) {
+            *watcher = None;
+        }
+    }
+}
+
+/// Records the checkout at `workdir`, now exactly `commit`, and with
+/// `watch` arms a watch on it. Best effort: a record that cannot be written
+/// (or would be racy) is simply not kept, nor its watch, and the next sync
+/// takes the full path.
+pub(crate) fn record(workdir: &Path, git_dir: &Path, commit: Oid, watch: bool) {
     discard(git_dir);
-    let Some(entries) = collect(workdir, git_dir) else {
+    let mut watcher = watch.then(Watcher::new).flatten();
+    let Some(entries) = collect(workdir, git_dir, &mut watcher) else {
         return;
     };
     let mut text = HEADER.to_vec();
@@ -201,22 +250,34 @@ pub(crate) fn record(workdir: &Path, git_dir: &Path, commit: Oid) {
     });
     if !(fresh && fs::rename(&tmp, record_path(git_dir)).is_ok()) {
         let _ = fs::remove_file(&tmp);
+        return;
+    }
+    if let Some(watcher) = watcher {
+        watch::arm(workdir, git_dir, watcher, commit);
     }
 }
 
 /// Every path a record covers, relative (`w/…` or `g/…`), with its stat.
-/// `None` when one cannot be read.
-fn collect(workdir: &Path, git_dir: &Path) -> Option<Vec<(Vec<u8>, Stat)>> {
+/// `None` when one cannot be read. Each directory is watched by `watcher`
+/// before its stat is taken.
+fn collect(
+    workdir: &Path,
+    git_dir: &Path,
+    watcher: &mut Option<Watcher>,
+) -> Option<Vec<(Vec<u8>, Stat)>> {
     let mut entries = Vec::new();
+    watching(watcher, |w| w.watch_dir(workdir, true));
     entries.push((b"w/".to_vec(), lstat(workdir)?));
-    walk(workdir, b"w/", true, 0, &mut entries)?;
+    walk(workdir, b"w/", true, 0, &mut entries, watcher)?;
+    watching(watcher, |w| w.watch_git_dir(git_dir));
     for name in GIT_FILES {
         let path = git_dir.join(name);
         entries.push((format!("g/{name}").into_bytes(), lstat(&path)?));
     }
     let objects = git_dir.join("objects");
+    watching(watcher, |w| w.watch_dir(&objects, false));
     entries.push((b"g/objects".to_vec(), lstat(&objects)?));
-    walk(&objects, b"g/objects/", false, 0, &mut entries)?;
+    walk(&objects, b"g/objects/", false, 0, &mut entries, watcher)?;
     Some(entries)
 }
 
@@ -228,6 +289,7 @@ fn walk(
     worktree: bool,
     depth: usize,
     entries: &mut Vec<(Vec<u8>, Stat)>,
+    watcher: &mut Option<Watcher>,
 ) -> Option<()> {
     if depth > 64 {
         return None;
@@ -240,13 +302,16 @@ fn walk(
         }
         let path = child.path();
         let name = to_bytes(child.file_name())?;
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            watching(watcher, |w| w.watch_dir(&path, false));
+        }
         let meta = fs::symlink_metadata(&path).ok()?;
         let mut rel = prefix.to_vec();
         rel.extend_from_slice(&name);
         entries.push((rel.clone(), Stat::of(&meta)));
         if meta.is_dir() {
             rel.push(b'/');
-            walk(&path, &rel, worktree, depth + 1, entries)?;
+            walk(&path, &rel, worktree, depth + 1, entries, watcher)?;
         }
     }
     Some(())

@@ -49,7 +49,7 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
     let (fetched, before, healed) = match repo::inspect(&target, &opts.url) {
         Slot::Missing | Slot::Empty => {
             let fetched = job.clone_and_install()?;
-            snapshot::record(&target, &git_dir, fetched.commit);
+            snapshot::record(&target, &git_dir, fetched.commit, opts.watch);
             (fetched, None, None)
         }
         Slot::Foreign(reason) => {
@@ -68,7 +68,7 @@ pub(crate) fn run(opts: &SyncOptions) -> Result<SyncOutcome, GitError> {
             match job.update(&repository) {
                 Ok(Updated::Untouched(fetched)) => (fetched, before, None),
                 Ok(Updated::CheckedOut(fetched)) => {
-                    snapshot::record(&target, &git_dir, fetched.commit);
+                    snapshot::record(&target, &git_dir, fetched.commit, opts.watch);
                     (fetched, before, None)
                 }
                 Err(e) if e.is_corrupt() => {
@@ -159,7 +159,7 @@ impl Job<'_> {
         repo::remove_stale_locks(git_dir);
         // Untouched since a sync that checked it: the objects are the ones
         // that passed that check, so it need not be read again.
-        let recorded = snapshot::unchanged(self.target, git_dir);
+        let recorded = snapshot::unchanged(self.target, git_dir, self.opts.watch);
         if recorded.is_none() {
             snapshot::discard(git_dir);
             repo::check_health(repository).map_err(corrupt)?;
@@ -201,7 +201,12 @@ impl Job<'_> {
     fn heal(&self, reason: String) -> Result<(Fetched, String), GitError> {
         let reason = self.redactor.redact(&reason);
         let fetched = self.clone_and_install()?;
-        snapshot::record(self.target, &self.target.join(".git"), fetched.commit);
+        snapshot::record(
+            self.target,
+            &self.target.join(".git"),
+            fetched.commit,
+            self.opts.watch,
+        );
         Ok((fetched, reason))
     }
 

@@ -40,6 +40,20 @@ pub fn isolate() {
     });
 }
 
+/// Syncs until the sync has recorded the checkout as exact (it does not
+/// when a file is as new as its record: see the `snapshot` module).
+pub fn sync_until_recorded(opts: &bc_gitops_core::git::SyncOptions) {
+    let record = opts.local_path.join(".git/bc-gitops-snapshot");
+    for _ in 0..100 {
+        bc_gitops_core::git::sync(opts).unwrap();
+        if record.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no sync recorded the checkout");
+}
+
 /// Runs `work` on its own thread and fails the test if it has not finished
 /// within `limit` (a hang guard, not a speed check); re-raises its panic.
 pub fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
