@@ -137,7 +137,7 @@ get_desired_state() ->
 get_current_state() ->
     case bc_gitops_reconciler:config() of
         {ok, #{runtime_module := Runtime}} ->
-            try {ok, maps:map(fun(_, S) -> S#app_state{health = bc_gitops_reconciler:health(S)} end,
+            try {ok, maps:map(fun(_, S) -> S#app_state{health = bc_gitops_status:health(S)} end,
                               bc_gitops_pass:current_state(Runtime))}
             catch throw:{step_failed, Why} -> {error, Why}
             end;

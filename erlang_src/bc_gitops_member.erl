@@ -154,6 +154,6 @@ app_report(App, Specs, Settled, Failures, Current) ->
       version => case State of #app_state{version = V} -> V; _ -> undefined end,
       status => case State of #app_state{status = St} -> St; _ -> absent end,
       health => case State of
-                    #app_state{} -> bc_gitops_reconciler:health(State);
+                    #app_state{} -> bc_gitops_status:health(State);
                     _ -> unknown
                 end}.

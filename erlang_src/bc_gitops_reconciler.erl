@@ -32,7 +32,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("bc_gitops.hrl").
 
--export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0, health/1,
+-export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0,
          ack/0, history/1, pin/2, unpin/1, trigger/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 -export([worker/2]).
@@ -681,92 +681,23 @@ write_state(Stored, Current, Config, Saved) ->
 %%% Status
 
 -spec status_map(#st{}) -> map().
-status_map(#st{member = #{}} = St) ->
-    (status_map1(St))#{cluster => bc_gitops_cluster:info()};
-status_map(St) ->
-    status_map1(St).
-
--spec status_map1(#st{}) -> map().
-status_map1(#st{config = Config, last = Last, cache = Cache} = St) ->
-    Specs = case Cache of undefined -> []; #{specs := S} -> S end,
-    Current = maps:get(current, Last, #{}),
-    Managed = [S#app_state{health = health(S)} || S <- maps:values(Current)],
-    Healthy = [S || #app_state{health = healthy} = S <- Managed],
-    #{status => status_name(St, length(Healthy) =:= length(Managed)),
-      suspended => St#st.suspended,
-      repo => case maps:get(repo_url, Config) of
-                  undefined -> undefined;
-                  Url -> bc_gitops_nif:redact_url(Url)
+status_map(#st{config = Config} = St) ->
+    Running = case St#st.worker of
+                  {_, _, Job} -> Job;
+                  undefined -> none
               end,
-      branch => maps:get(branch, Config),
-      last_commit => St#st.last_commit,
-      last_reconcile => St#st.last_at,
-      last_error => case maps:get(outcome, Last, ok) of ok -> undefined; {error, E} -> E end,
-      app_count => length(Specs),
-      healthy_count => length(Healthy),
-      spec_errors => case Cache of undefined -> []; #{errors := Es} -> Es end,
-      spec_warnings => case Cache of undefined -> []; #{warnings := Ws} -> Ws end,
-      blocked => maps:get(blocked, Last, []),
-      %% A pin is a standing reason to wait, shown whether or not it held
-      %% an action back at the last reconcile.
-      waiting => waiting(maps:get(waiting, Last, []), St#st.pins),
-      pins => bc_gitops_pins:view(St#st.pins),
-      app_errors => app_errors(St#st.failures, now(St)),
-      in_progress => bc_gitops_progress:list(),
-      repairs => repairs(St#st.repairs, now(St)),
-      guests => bc_gitops_vm:guests()}.
-
--spec waiting([{atom(), term()}], bc_gitops_pins:pins()) -> [{atom(), term()}].
-waiting(Waiting, Pins) ->
-    Waiting ++ [{App, {pinned, V}} || {App, #{version := V}} <- lists:keysort(1, maps:to_list(Pins)),
-                                      not lists:keymember(App, 1, Waiting)].
+    View = bc_gitops_status:view(#{config => Config, last => St#st.last, cache => St#st.cache,
+                                   running => Running, suspended => St#st.suspended,
+                                   last_commit => St#st.last_commit, last_at => St#st.last_at,
+                                   pins => St#st.pins, failures => St#st.failures,
+                                   repairs => St#st.repairs, now => now(St)}),
+    case St#st.member of
+        #{} -> View#{cluster => bc_gitops_cluster:info()};
+        undefined -> View
+    end.
 
 -spec now(#st{}) -> integer().
 now(#st{config = #{clock := Clock}}) -> Clock:now_ms().
-
-%% @doc An app's health: its last check when it has a health spec,
-%% else healthy when it runs.
--spec health(#app_state{}) -> healthy | unhealthy | unknown.
-health(#app_state{name = App, status = Status}) ->
-    case {Status, bc_gitops_health_monitor:health(App)} of
-        {running, no_check} -> healthy;
-        {running, healthy} -> healthy;
-        {running, unknown} -> unknown;
-        _ -> unhealthy
-    end.
-
--spec status_name(#st{}, boolean()) -> atom().
-status_name(#st{worker = {_, _, reconcile}}, _) -> reconciling;
-status_name(#st{config = #{repo_url := undefined}}, _) -> idle;
-status_name(#st{last = Last, failures = Failures, cache = Cache}, AllHealthy) ->
-    Errors = case Cache of undefined -> []; #{errors := Es} -> Es end,
-    case maps:get(outcome, Last, none) of
-        none -> out_of_sync;
-        {error, _} -> error;
-        ok ->
-            InSync = maps:get(blocked, Last, []) =:= [] andalso maps:get(waiting, Last, []) =:= []
-                andalso map_size(Failures) =:= 0 andalso Errors =:= [],
-            if
-                not InSync -> out_of_sync;
-                not AllHealthy -> degraded;
-                true -> synced
-            end
-    end.
-
-%% Apps repaired at the last reconciles in a row: how often, what was
-%% repaired, and how long until the next repair may be done.
--spec repairs(#{atom() => bc_gitops_hold:repair()}, integer()) -> #{atom() => map()}.
-repairs(Repairs, Now) ->
-    maps:map(fun(_, #{count := N, retry_at := At, reason := R}) ->
-                     #{count => N, reason => R, retry_in_ms => max(0, At - Now)}
-             end, Repairs).
-
--spec app_errors(#{atom() => bc_gitops_hold:failure()}, integer()) -> #{atom() => map()}.
-app_errors(Failures, Now) ->
-    maps:map(fun(_, #{attempts := N, retry_at := At, reason := R, version := V}) ->
-                     #{attempts => N, reason => R, version => V,
-                       retry_in_ms => max(0, At - Now)}
-             end, Failures).
 
 %% @private What sys:get_status/1 and crash reports show: the secrets of
 %% the configuration (bc_gitops_config:redacted/1), other credentials and
