@@ -168,8 +168,11 @@ spec_json(#app_spec{version = V, description = D, depends_on = Deps, health = He
 -spec state_json(#app_state{} | undefined) -> map() | undefined.
 state_json(undefined) ->
     undefined;
-state_json(#app_state{version = V, status = St, health = H, started_at = At, depends_on = Deps}) ->
-    #{version => V, status => St, health => H, started_at => At, depends_on => Deps}.
+state_json(#app_state{version = V, status = St, health = H, started_at = At, depends_on = Deps,
+                      isolation = Isolation, node = Node}) ->
+    %% `node': the guest node of an `isolation => vm' app, else null.
+    #{version => V, status => St, health => H, started_at => At, depends_on => Deps,
+      isolation => Isolation, node => Node}.
 
 -spec unavailable(term()) -> bc_gitops_http_conn:response().
 unavailable(Why) ->

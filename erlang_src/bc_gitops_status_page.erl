@@ -99,8 +99,14 @@ app_row(App, Spec, State, S, Now) ->
                 {Same, Same} -> esc(Version);
                 _ -> [esc(Version), " &rarr; ", esc(Want)]
             end,
+    Guest = case State of
+                #app_state{node = Node} when Node =/= undefined ->
+                    [["<span class=\"run\">in guest ", esc(Node), "</span>"]];
+                _ ->
+                    []
+            end,
     [["<b>", esc(App), "</b>"], Shown, badge("r", Status), badge("h", Health),
-     lists:join("<br>", notes(App, S, Now))].
+     lists:join("<br>", Guest ++ notes(App, S, Now))].
 
 %% Why an app waits, what failed, what runs on it now.
 -spec notes(atom(), map(), integer()) -> [iodata()].

@@ -121,7 +121,7 @@ guest_app_runs(Config) ->
           "                                 node_prefix => <<\"vmweb\">>},\n"
           "  env => #{port => ", integer_to_list(Port), "},\n"
           "  health => #{type => custom, module => vm_web_health, interval => 200}"]),
-    start(Config, #{reconcile_interval => 3600000}),
+    start(Config, #{reconcile_interval => 3600000, http => #{port => 0}}),
     {ok, #app_state{status = running, isolation = vm, node = Node, pid = Top,
                     vm_config = #{memory_limit := 512}}} = bc_gitops:get_app_status(vm_web),
     ?assertNotEqual(node(), Node),
@@ -135,6 +135,14 @@ guest_app_runs(Config) ->
     ?assertNot(lists:member(Node, nodes())),
     ?assertEqual({200, <<"1.0.0">>}, http_get(Port)),
     ok = wait_healthy(vm_web, 50),
+    %% The status page and the JSON API name the guest node too.
+    {ok, HttpPort} = bc_gitops:http_port(),
+    Face = "http://127.0.0.1:" ++ integer_to_list(HttpPort),
+    NodeText = atom_to_list(Node),
+    {ok, {{_, 200, _}, _, Page}} = httpc:request(Face ++ "/"),
+    ?assertNotEqual(nomatch, string:find(Page, "in guest " ++ NodeText)),
+    {ok, {{_, 200, _}, _, Api}} = httpc:request(Face ++ "/api/apps/vm_web"),
+    ?assertNotEqual(nomatch, string:find(Api, "\"node\":\"" ++ NodeText ++ "\"")),
     {ok, #{guests := #{vm_web := #{node := Node, status := up, os_pid := OsPid}},
            status := synced}} = bc_gitops:status(),
     ?assert(os_alive(OsPid)),
