@@ -9,7 +9,7 @@
 %%% never puts a secret there, and this makes sure.
 -module(bc_gitops_redact).
 
--export([remember/1, forget/0, get/1, scrub/1, of_config/1]).
+-export([remember/1, forget/0, get/1, scrub/1]).
 
 -define(KEY, {?MODULE, secrets}).
 %% Shorter strings are not replaced: they would garble every text (the
@@ -51,7 +51,7 @@ scrub(Text) ->
         _ -> Bin
     end.
 
-%% @doc The named secrets of a checked configuration.
+%% The named secrets of a checked configuration.
 -spec of_config(map()) -> #{token => binary(), webhook_secret => binary()}.
 of_config(Config) ->
     Token = case maps:get(http, Config, false) of

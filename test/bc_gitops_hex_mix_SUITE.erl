@@ -72,14 +72,7 @@ init_per_testcase(_Case, Config) ->
     [{dir, Dir} | Config].
 
 end_per_testcase(_Case, Config) ->
-    case whereis(bc_gitops_sup) of
-        undefined ->
-            ok;
-        _ ->
-            {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
-            _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
-            ok = application:stop(bc_gitops)
-    end,
+    ok = bc_gitops_test_apps:stop_all(),
     %% The runtime leaves the dependencies it started running: the next
     %% cases, and suites, start from a node without them.
     _ = [begin

@@ -8,7 +8,7 @@
 -include("bc_gitops.hrl").
 
 -export([gitops/1, app_repo/2, app_repo/3, spec/5, plain_app/3, web_app/4]).
--export([init_case/2, end_case/2, make_repo/2, commit_spec/5, start/2, attach_events/2,
+-export([init_case/2, end_case/2, stop_all/0, make_repo/2, commit_spec/5, start/2, attach_events/2,
          collect_events/0, wait_healthy/2, http_get/1, free_port/0]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
@@ -28,6 +28,12 @@ init_case(Prefix, Config) ->
 %% directory deleted.
 end_case(Id, Config) ->
     _ = telemetry:detach(Id),
+    ok = stop_all(),
+    bc_gitops_test_util:rm_rf(proplists:get_value(dir, Config)).
+
+%% Every app the default runtime runs removed, then bc_gitops stopped (if
+%% it runs).
+stop_all() ->
     case whereis(bc_gitops_sup) of
         undefined ->
             ok;
@@ -35,8 +41,7 @@ end_case(Id, Config) ->
             {ok, Apps} = bc_gitops_runtime_default:get_current_state(),
             _ = [bc_gitops_runtime_default:remove(A) || A <- maps:keys(Apps)],
             ok = application:stop(bc_gitops)
-    end,
-    bc_gitops_test_util:rm_rf(proplists:get_value(dir, Config)).
+    end.
 
 %% A gitops repository Dir/gitops with an empty apps/ (apps/.keep),
 %% committed.
