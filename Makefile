@@ -28,7 +28,7 @@ rust-lint:
 
 erlang-test: compile
 	$(REBAR) eunit
-	$(REBAR) ct
+	$(REBAR) ct || { sh scripts/ct_failures.sh; exit 1; }
 	$(REBAR) xref
 	$(REBAR) dialyzer
 	$(REBAR) edoc
