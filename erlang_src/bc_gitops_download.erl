@@ -11,10 +11,9 @@
 %%% <li>Redirects (301, 302, 303, 307, 308) are followed, at most 5, to
 %%%     `http' or `https' URLs only. `timeout' covers the whole download,
 %%%     redirects included.</li>
-%%% <li>HTTPS certificates are always verified (`verify_peer'): the operating
-%%%     system's CA store (`public_key:cacerts_get/0') plus the certificates
-%%%     of `ca_file', with the HTTPS hostname check, and SNI unless the host
-%%%     is an IP address.</li>
+%%% <li>HTTPS certificates are always verified, against the operating
+%%%     system's CA store plus the certificates of `ca_file'
+%%%     ({@link bc_gitops_tls}).</li>
 %%% <li>If the process `caller' exits, the download is abandoned.</li>
 %%% </ul>
 %%% On error the file, if this module created it, is deleted.
@@ -24,8 +23,6 @@
 %%% `{bad_redirect, Location}', `{bad_ca_file, File, Reason}',
 %%% `{file_error, open | write, File, Reason}'.
 -module(bc_gitops_download).
-
--include_lib("public_key/include/public_key.hrl").
 
 -export([url/1, to_file/3]).
 
@@ -68,7 +65,10 @@ url(_Url) ->
 to_file(Url, File, #{timeout := Timeout, ca_file := CaFile, caller := Caller} = Opts) ->
     try
         start_apps(),
-        CaCerts = extra_cacerts(CaFile),
+        CaCerts = case bc_gitops_tls:extra_cacerts(CaFile) of
+                      {ok, Ders} -> Ders;
+                      {error, Bad} -> fail(Bad)
+                  end,
         Deadline = erlang:monotonic_time(millisecond) + Timeout,
         CallerRef = erlang:monitor(process, Caller),
         try
@@ -97,23 +97,6 @@ start_apps() ->
         {ok, _} -> ok;
         {error, {already_started, _}} -> ok;
         {error, Why} -> fail({download_failed, {httpc_profile, Why}})
-    end.
-
--spec extra_cacerts(undefined | file:filename_all()) -> [public_key:der_encoded()].
-extra_cacerts(undefined) ->
-    [];
-extra_cacerts(File) ->
-    case file:read_file(File) of
-        {ok, Pem} ->
-            Ders = try public_key:pem_decode(Pem) of
-                       Decoded -> [Der || {'Certificate', Der, not_encrypted} <- Decoded]
-                   catch
-                       _:_ -> []
-                   end,
-            Ders =/= [] orelse fail({bad_ca_file, File, no_certificates}),
-            Ders;
-        {error, Why} ->
-            fail({bad_ca_file, File, Why})
     end.
 
 %% One request: the file is created for it, and deleted if anything fails
@@ -152,7 +135,7 @@ get_url(Url, #{file := File} = Opts, Redirects) ->
 request(Url, Fd, Opts) ->
     Left = max(1, remaining(Opts)),
     HttpOpts = [{timeout, Left}, {connect_timeout, Left}, {autoredirect, false}
-                | ssl_opts(Url, maps:get(extra_cacerts, Opts))],
+                | bc_gitops_tls:http_options(Url, maps:get(extra_cacerts, Opts))],
     ReqOpts = [{sync, false}, {stream, {self, once}}, {body_format, binary}],
     ReqId = case httpc:request(get, {Url, [{"user-agent", "bc_gitops"}]}, HttpOpts, ReqOpts,
                                ?PROFILE) of
@@ -198,33 +181,6 @@ scheme(S) ->
             end;
         _ ->
             error
-    end.
-
--spec ssl_opts(string(), [public_key:der_encoded()]) -> [{ssl, [ssl:tls_client_option()]}].
-ssl_opts(Url, Extra) ->
-    case scheme(Url) of
-        {ok, https} ->
-            #{host := Host} = uri_string:parse(Url),
-            Sni = case inet:parse_address(Host) of
-                      {ok, _} -> [];
-                      {error, _} -> [{server_name_indication, Host}]
-                  end,
-            [{ssl, [{verify, verify_peer},
-                    {cacerts, system_cacerts() ++ Extra},
-                    {depth, 10},
-                    {customize_hostname_check,
-                     [{match_fun, public_key:pkix_verify_hostname_match_fun(https)}]}
-                    | Sni]}];
-        _ ->
-            []
-    end.
-
--spec system_cacerts() -> [public_key:der_encoded()].
-system_cacerts() ->
-    try public_key:cacerts_get() of
-        Certs -> [Der || #cert{der = Der} <- Certs]
-    catch
-        _:_ -> []
     end.
 
 -spec receive_loop(reference(), map(), map()) -> {done, binary()} | {redirect, string()}.

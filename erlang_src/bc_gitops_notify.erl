@@ -53,6 +53,7 @@
     branch :: binary(),
     clock :: module(),
     senders = [] :: [{pid(), pos_integer(), target()}],
+    ca_file :: binary() | undefined,
     apps = #{} :: #{atom() => #app{}},
     commit :: binary() | undefined,
     sync_error :: term()
@@ -176,11 +177,15 @@ start(#{notify := Targets, branch := Branch, clock := Clock} = Config) ->
                         Url -> bc_gitops_nif:redact_url(Url)
                     end},
     Indexed = lists:zip(lists:seq(1, length(Targets)), Targets),
-    St#st{senders = [start_sender(I, T, Clock) || {I, T} <- Indexed]}.
+    %% HTTPS targets trust ca_file's certificates as downloads do.
+    CaFile = maps:get(ca_file, Config, undefined),
+    St#st{ca_file = CaFile,
+          senders = [start_sender(I, T, Clock, CaFile) || {I, T} <- Indexed]}.
 
--spec start_sender(pos_integer(), target(), module()) -> {pid(), pos_integer(), target()}.
-start_sender(Index, Target, Clock) ->
-    {ok, Pid} = bc_gitops_notify_sender:start_link(Index, Target, Clock),
+-spec start_sender(pos_integer(), target(), module(), binary() | undefined) ->
+          {pid(), pos_integer(), target()}.
+start_sender(Index, Target, Clock, CaFile) ->
+    {ok, Pid} = bc_gitops_notify_sender:start_link(Index, Target, Clock, CaFile),
     {Pid, Index, Target}.
 
 %% @private
@@ -204,11 +209,11 @@ handle_cast(_Msg, St) ->
 %% @private A sender that died is replaced (what it held is lost, and
 %% logged by its crash).
 -spec handle_info(term(), #st{}) -> {noreply, #st{}}.
-handle_info({'EXIT', Pid, _Why}, #st{senders = Senders, clock = Clock} = St) ->
+handle_info({'EXIT', Pid, _Why}, #st{senders = Senders, clock = Clock, ca_file = CaFile} = St) ->
     case lists:keyfind(Pid, 1, Senders) of
         {Pid, Index, Target} ->
             {noreply, St#st{senders = lists:keyreplace(Pid, 1, Senders,
-                                                       start_sender(Index, Target, Clock))}};
+                                                       start_sender(Index, Target, Clock, CaFile))}};
         false ->
             {noreply, St}
     end;

@@ -7,7 +7,9 @@
 %%% A failure (no connection, a timeout, a status other than 2xx) is tried
 %%% again after 1, 2, 4 and 8 s (on the configured clock); after 5
 %%% attempts the notification is dropped with a log line. At most 1,000
-%%% wait; beyond that the oldest is dropped, logged. Log lines name the
+%%% wait; beyond that the oldest is dropped, logged. HTTPS is verified
+%%% against the system's CAs and those of `ca_file' ({@link bc_gitops_tls}),
+%%% read at each attempt, so a renewed CA file needs no restart. Log lines name the
 %%% target by its number and its scheme, host and port only: a URL's path,
 %%% query or credentials can be secret.
 -module(bc_gitops_notify_sender).
@@ -16,7 +18,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/3, send/3]).
+-export([start_link/4, send/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/2]).
 
 -define(ATTEMPTS, 5).
@@ -30,6 +32,7 @@
     %% scheme://host:port, for log lines.
     label :: binary(),
     clock :: module(),
+    ca_file :: binary() | undefined,
     queue = queue:new() :: queue:queue({bc_gitops_notify:event(), binary()}),
     %% The notification being delivered, and its attempt.
     current :: {bc_gitops_notify:event(), binary(), pos_integer()} | undefined,
@@ -37,10 +40,12 @@
     retry :: reference() | undefined
 }).
 
-%% @doc Starts the sender of target number `Index'.
--spec start_link(pos_integer(), bc_gitops_notify:target(), module()) -> {ok, pid()}.
-start_link(Index, Target, Clock) ->
-    gen_server:start_link(?MODULE, {Index, Target, Clock}, []).
+%% @doc Starts the sender of target number `Index'; HTTPS also trusts the
+%% certificates of `CaFile' (the `ca_file' option).
+-spec start_link(pos_integer(), bc_gitops_notify:target(), module(), binary() | undefined) ->
+          {ok, pid()}.
+start_link(Index, Target, Clock, CaFile) ->
+    gen_server:start_link(?MODULE, {Index, Target, Clock, CaFile}, []).
 
 %% @doc Queues `Body' (JSON) for delivery as `Event'.
 -spec send(pid(), bc_gitops_notify:event(), binary()) -> ok.
@@ -48,8 +53,9 @@ send(Pid, Event, Body) ->
     gen_server:cast(Pid, {send, Event, Body}).
 
 %% @private
--spec init({pos_integer(), bc_gitops_notify:target(), module()}) -> {ok, #st{}}.
-init({Index, #{url := Url} = Target, Clock}) ->
+-spec init({pos_integer(), bc_gitops_notify:target(), module(), binary() | undefined}) ->
+          {ok, #st{}}.
+init({Index, #{url := Url} = Target, Clock, CaFile}) ->
     Label = case uri_string:parse(Url) of
                 #{scheme := Scheme, host := Host} = U ->
                     iolist_to_binary([Scheme, "://", Host,
@@ -57,7 +63,7 @@ init({Index, #{url := Url} = Target, Clock}) ->
                 _ ->
                     <<"?">>
             end,
-    {ok, #st{index = Index, target = Target, label = Label, clock = Clock}}.
+    {ok, #st{index = Index, target = Target, label = Label, clock = Clock, ca_file = CaFile}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #st{}) -> {reply, term(), #st{}}.
@@ -118,7 +124,14 @@ next(St) ->
     St.
 
 -spec post(#st{}) -> #st{}.
-post(#st{current = {Event, Body, _}, target = #{url := Url} = Target} = St) ->
+post(#st{target = #{url := Url}, ca_file = CaFile} = St) ->
+    case bc_gitops_tls:extra_cacerts(CaFile) of
+        {ok, Extra} -> post(unicode:characters_to_list(Url), Extra, St);
+        {error, Bad} -> failed(Bad, St)
+    end.
+
+-spec post(string(), [public_key:der_encoded()], #st{}) -> #st{}.
+post(Url, Extra, #st{current = {Event, Body, _}, target = Target} = St) ->
     Signed = case Target of
                  #{secret := Secret} ->
                      [{"x-bc-gitops-signature",
@@ -127,9 +140,9 @@ post(#st{current = {Event, Body, _}, target = #{url := Url} = Target} = St) ->
                      []
              end,
     Headers = [{"user-agent", "bc_gitops"}, {"x-bc-gitops-event", atom_to_list(Event)} | Signed],
-    HttpOptions = [{timeout, ?TIMEOUT_MS}, {connect_timeout, ?TIMEOUT_MS}, {autoredirect, false},
-                   {ssl, tls_options()}],
-    case httpc:request(post, {unicode:characters_to_list(Url), Headers, "application/json", Body},
+    HttpOptions = [{timeout, ?TIMEOUT_MS}, {connect_timeout, ?TIMEOUT_MS}, {autoredirect, false}
+                   | bc_gitops_tls:http_options(Url, Extra)],
+    case httpc:request(post, {Url, Headers, "application/json", Body},
                        HttpOptions, [{sync, false}, {body_format, binary}],
                        bc_gitops_notify:http_profile()) of
         {ok, Request} -> St#st{request = Request};
@@ -153,10 +166,3 @@ failed(Why, #st{current = {Event, Body, Attempt}, clock = Clock} = St) ->
 log_dropped(Event, Why, #st{index = Index, label = Label}) ->
     ?LOG_WARNING("bc_gitops: notification ~ts to notify target ~b (~ts) dropped: ~ts",
                  [Event, Index, Label, bc_gitops_redact:scrub(Why)]).
-
-%% HTTPS is verified against the system's CAs.
--spec tls_options() -> [ssl:tls_client_option()].
-tls_options() ->
-    CaCerts = try public_key:cacerts_get() catch _:_ -> [] end,
-    [{verify, verify_peer}, {cacerts, CaCerts}, {depth, 10},
-     {customize_hostname_check, [{match_fun, public_key:pkix_verify_hostname_match_fun(https)}]}].

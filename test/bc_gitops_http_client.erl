@@ -5,7 +5,7 @@
 -module(bc_gitops_http_client).
 
 -export([request/4, request/5, raw/2, parse/1, json/3, hook/4, sign/2]).
--export([receiver/1, received/2, received/3, stop_receiver/1]).
+-export([receiver/1, receiver/2, received/2, received/3, stop_receiver/1]).
 
 %% Method, path, headers, body on 127.0.0.1:Port: {Status, Headers, Body}
 %% (header names in lowercase).
@@ -72,32 +72,54 @@ sign(Secret, Body) ->
 %% {received, Pid, Headers, Body}, and answers `ok' (200), `error' (500)
 %% or, `silent', never. {Pid, Port}.
 receiver(Mode) ->
+    receiver(Mode, tcp).
+
+%% The same over TLS with `{tls, SslServerOptions}'; a client that refuses
+%% the certificate is reported as {refused, Pid, Why}.
+receiver(Mode, Transport) ->
     Owner = self(),
     Pid = spawn_link(fun() ->
-                             {ok, L} = gen_tcp:listen(0, [binary, {active, false}, {reuseaddr, true},
-                                                          {ip, {127, 0, 0, 1}}, {packet, http_bin}]),
-                             {ok, Port} = inet:port(L),
+                             Opts = [binary, {active, false}, {reuseaddr, true},
+                                     {ip, {127, 0, 0, 1}}, {packet, http_bin}],
+                             {ok, L} = listen(Transport, Opts),
+                             {ok, {_, Port}} = sockname(L),
                              Owner ! {self(), port, Port},
                              accept(L, Owner, Mode)
                      end),
     receive {Pid, port, Port} -> {Pid, Port} end.
 
-accept(L, Owner, Mode) ->
+listen(tcp, Opts) -> gen_tcp:listen(0, Opts);
+listen({tls, SslOpts}, Opts) -> ssl:listen(0, Opts ++ SslOpts).
+
+sockname(S) when is_port(S) -> inet:sockname(S);
+sockname(S) -> ssl:sockname(S).
+
+accept(L, Owner, Mode) when is_port(L) ->
     {ok, S} = gen_tcp:accept(L),
-    Me = self(),
-    Conn = spawn_link(fun() -> receive go -> serve(S, Owner, Me, Mode) end end),
-    ok = gen_tcp:controlling_process(S, Conn),
-    Conn ! go,
+    serve_in_own_process(S, Owner, Mode),
+    accept(L, Owner, Mode);
+accept(L, Owner, Mode) ->
+    {ok, T} = ssl:transport_accept(L),
+    case ssl:handshake(T, 5000) of
+        {ok, S} -> serve_in_own_process(S, Owner, Mode);
+        {error, Why} -> Owner ! {refused, self(), Why}
+    end,
     accept(L, Owner, Mode).
 
+serve_in_own_process(S, Owner, Mode) ->
+    Me = self(),
+    Conn = spawn_link(fun() -> receive go -> serve(S, Owner, Me, Mode) end end),
+    ok = controlling_process(S, Conn),
+    Conn ! go.
+
 serve(S, Owner, Receiver, Mode) ->
-    {ok, {http_request, _, _, _}} = gen_tcp:recv(S, 0, 5000),
+    {ok, {http_request, _, _, _}} = recv(S, 0),
     Headers = read_headers(S, #{}),
     Length = binary_to_integer(maps:get(<<"content-length">>, Headers, <<"0">>)),
-    ok = inet:setopts(S, [{packet, raw}]),
+    ok = setopts(S, [{packet, raw}]),
     {ok, Body} = case Length of
                      0 -> {ok, <<>>};
-                     _ -> gen_tcp:recv(S, Length, 5000)
+                     _ -> recv(S, Length)
                  end,
     Owner ! {received, Receiver, Headers, Body},
     case Mode of
@@ -105,19 +127,35 @@ serve(S, Owner, Receiver, Mode) ->
             receive never -> ok end;
         _ ->
             Status = case Mode of ok -> "200 OK"; error -> "500 Internal Server Error" end,
-            ok = gen_tcp:send(S, ["HTTP/1.1 ", Status, "\r\ncontent-length: 0\r\n",
-                                  "connection: close\r\n\r\n"]),
-            gen_tcp:close(S)
+            ok = send(S, ["HTTP/1.1 ", Status, "\r\ncontent-length: 0\r\n",
+                          "connection: close\r\n\r\n"]),
+            close(S)
     end.
 
 read_headers(S, Acc) ->
-    case gen_tcp:recv(S, 0, 5000) of
+    case recv(S, 0) of
         {ok, {http_header, _, Name, _, Value}} ->
             Key = string:lowercase(if is_atom(Name) -> atom_to_binary(Name, latin1); true -> Name end),
             read_headers(S, Acc#{Key => Value});
         {ok, http_eoh} ->
             Acc
     end.
+
+%% gen_tcp or ssl, as the socket is.
+recv(S, N) when is_port(S) -> gen_tcp:recv(S, N, 5000);
+recv(S, N) -> ssl:recv(S, N, 5000).
+
+setopts(S, Opts) when is_port(S) -> inet:setopts(S, Opts);
+setopts(S, Opts) -> ssl:setopts(S, Opts).
+
+send(S, Data) when is_port(S) -> gen_tcp:send(S, Data);
+send(S, Data) -> ssl:send(S, Data).
+
+close(S) when is_port(S) -> gen_tcp:close(S);
+close(S) -> ssl:close(S).
+
+controlling_process(S, Pid) when is_port(S) -> gen_tcp:controlling_process(S, Pid);
+controlling_process(S, Pid) -> ssl:controlling_process(S, Pid).
 
 %% The requests Receiver got within Ms: [{Headers, Body}].
 received(Receiver, Ms) ->

@@ -7,21 +7,23 @@
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-include_lib("public_key/include/public_key.hrl").
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([deploys_and_upgrades_are_signed/1, failures_notify_once_per_change/1,
          rollback_degraded_recovered/1, sync_error_once/1, retries_are_bounded/1,
-         dead_endpoint_never_slows_a_reconcile/1]).
+         dead_endpoint_never_slows_a_reconcile/1, https_target_trusts_ca_file/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2, wait_reconciled/1, write_spec/3]).
--import(bc_gitops_http_client, [receiver/1, received/2, stop_receiver/1]).
+-import(bc_gitops_http_client, [receiver/1, receiver/2, received/2, stop_receiver/1]).
 
 -define(SECRET, <<"notify-secret-42">>).
 
 all() ->
     [deploys_and_upgrades_are_signed, failures_notify_once_per_change, rollback_degraded_recovered,
-     sync_error_once, retries_are_bounded, dead_endpoint_never_slows_a_reconcile].
+     sync_error_once, retries_are_bounded, dead_endpoint_never_slows_a_reconcile,
+     https_target_trusts_ca_file].
 
 init_per_suite(Config) ->
     ok = bc_gitops_test_runtime:start(),
@@ -222,6 +224,31 @@ dead_endpoint_never_slows_a_reconcile(Config) ->
 
 %%% Helpers
 
+%% An https target whose certificate a private CA signed: refused (the
+%% handshake fails, nothing is posted) until that CA is `ca_file'; then
+%% the notification arrives over TLS.
+https_target_trusts_ca_file(Config) ->
+    Gitops = ?config(gitops, Config),
+    {CaFile, ServerOpts} = private_ca(?config(dir, Config)),
+    {R, Port} = receiver(ok, {tls, ServerOpts}),
+    Url = "https://localhost:" ++ integer_to_list(Port) ++ "/tls",
+    start(Config, #{notify => [#{url => Url}], clock => bc_gitops_test_clock}),
+    write_spec(Gitops, "n_app", bc_gitops_test_util:minimal_spec("n_app")),
+    _ = commit(Gitops, "n_app 1"),
+    ok = bc_gitops:reconcile(),
+    receive {refused, R, _Why} -> ok after 10000 -> ct:fail(not_refused) end,
+    ?assertEqual([], received(R, 300)),
+
+    ok = bc_gitops:stop_reconciler(),
+    start(Config, #{notify => [#{url => Url}], clock => bc_gitops_test_clock,
+                    ca_file => list_to_binary(CaFile)}),
+    write_spec(Gitops, "n_app", "#{name => n_app, version => <<\"1.1.0\">>, source => #{type => hex}}.\n"),
+    _ = commit(Gitops, "n_app 1.1"),
+    ok = bc_gitops:reconcile(),
+    [{Headers, Body}] = received(R, 10000),
+    ?assertEqual(<<"upgraded">>, maps:get(<<"x-bc-gitops-event">>, Headers)),
+    ?assertMatch(#{<<"app">> := <<"n_app">>, <<"to_version">> := <<"1.1.0">>}, decode(Body)).
+
 start(Config, Extra) ->
     {ok, _} = bc_gitops:start_reconciler(
                 maps:merge(#{repo_url => ?config(gitops, Config),
@@ -242,3 +269,21 @@ decode(Body) ->
 reconcile_after_backoff() ->
     ok = bc_gitops_test_clock:advance(600000),
     bc_gitops:reconcile().
+
+%% A test CA's PEM file in Dir, and the TLS server options of a certificate
+%% it signed for "localhost".
+private_ca(Dir) ->
+    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
+                       extnValue = [{dNSName, "localhost"}]},
+    Key = fun() -> public_key:generate_key({namedCurve, secp256r1}) end,
+    #{server_config := Server, client_config := Client} =
+        public_key:pkix_test_data(
+          #{server_chain => #{root => [{key, Key()}], intermediates => [],
+                              peer => [{key, Key()}, {extensions, [San]}]},
+            client_chain => #{root => [{key, Key()}], intermediates => [],
+                              peer => [{key, Key()}]}}),
+    CaFile = filename:join(Dir, "ca.pem"),
+    ok = file:write_file(CaFile, public_key:pem_encode(
+                                   [{'Certificate', Der, not_encrypted}
+                                    || Der <- proplists:get_value(cacerts, Client)])),
+    {CaFile, [{cert, proplists:get_value(cert, Server)}, {key, proplists:get_value(key, Server)}]}.
