@@ -3,8 +3,10 @@
 %%% check that hangs or crashes is an unhealthy result, not a stuck caller.
 %%%
 %%% <ul>
-%%% <li>`http': a GET of `http://127.0.0.1:Port Path' (`/' by default);
-%%%     any 2xx is healthy;</li>
+%%% <li>`http': a GET of `http://127.0.0.1:Port Path' (`/' by default) on a
+%%%     new connection; any 2xx is healthy. It runs on an httpc profile of
+%%%     its own, so what the node's apps set on the default profile (a
+%%%     proxy, say) never reaches a check;</li>
 %%% <li>`tcp': a connect to 127.0.0.1:Port succeeds;</li>
 %%% <li>`custom': `Module:check(App)' returns `ok'; `{error, Reason}', any
 %%%     other value, a crash or a timeout is unhealthy. It runs where the
@@ -22,6 +24,8 @@
 
 -export([check/2]).
 -export([prober/2]).
+
+-define(PROFILE, bc_gitops_health).
 
 -type result() :: healthy | {unhealthy, term()}.
 -export_type([result/0]).
@@ -56,9 +60,11 @@ prober(App, Spec) ->
 -spec probe(atom(), #health_spec{}) -> result().
 probe(_App, #health_spec{type = http, port = Port, path = Path, timeout = Timeout}) ->
     {ok, _} = application:ensure_all_started(inets),
+    ok = ensure_profile(),
     Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ path(Path),
-    case httpc:request(get, {Url, []}, [{timeout, Timeout}, {autoredirect, false}],
-                       [{body_format, binary}]) of
+    case httpc:request(get, {Url, [{"connection", "close"}]},
+                       [{timeout, Timeout}, {autoredirect, false}],
+                       [{body_format, binary}], ?PROFILE) of
         {ok, {{_, Code, _}, _, _}} when Code >= 200, Code < 300 -> healthy;
         {ok, {{_, Code, _}, _, _}} -> {unhealthy, {http_status, Code}};
         {error, Why} -> {unhealthy, Why}
@@ -78,6 +84,15 @@ probe(App, #health_spec{type = custom, module = Module, timeout = Timeout}) ->
         ok -> healthy;
         {error, Reason} -> {unhealthy, Reason};
         Other -> {unhealthy, {bad_return, Other}}
+    end.
+
+%% The checks' httpc profile, started by the first check (under inets's
+%% own supervisor, so it outlives the prober).
+-spec ensure_profile() -> ok.
+ensure_profile() ->
+    case inets:start(httpc, [{profile, ?PROFILE}]) of
+        {ok, _} -> ok;
+        {error, {already_started, _}} -> ok
     end.
 
 -spec path(binary() | undefined) -> string().

@@ -41,7 +41,17 @@ http_check(Config) ->
     ?assertEqual(healthy, bc_gitops_health:check(a, http(Port, <<"/health">>))),
     ?assertEqual({unhealthy, {http_status, 404}},
                  bc_gitops_health:check(a, http(Port, <<"/missing">>))),
-    ?assertMatch({unhealthy, _}, bc_gitops_health:check(a, http(closed_port(), <<"/">>))).
+    ?assertMatch({unhealthy, _}, bc_gitops_health:check(a, http(closed_port(), <<"/">>))),
+    %% A proxy an app set on httpc's default profile is not the checks'.
+    ok = httpc:set_options([{proxy, {{"127.0.0.1", closed_port()}, []}}]),
+    try
+        ?assertMatch({error, _}, httpc:request("http://127.0.0.1:" ++ integer_to_list(Port) ++ "/health")),
+        ?assertEqual(healthy, bc_gitops_health:check(a, http(Port, <<"/health">>)))
+    after
+        %% A fresh default profile has no proxy (set_options cannot unset it).
+        ok = inets:stop(httpc, default),
+        {ok, _} = inets:start(httpc, [{profile, default}])
+    end.
 
 tcp_check(Config) ->
     ?assertEqual(healthy, bc_gitops_health:check(a, #health_spec{type = tcp,
