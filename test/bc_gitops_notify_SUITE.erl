@@ -7,7 +7,6 @@
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
--include_lib("public_key/include/public_key.hrl").
 -include("bc_gitops.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
@@ -229,7 +228,7 @@ dead_endpoint_never_slows_a_reconcile(Config) ->
 %% the notification arrives over TLS.
 https_target_trusts_ca_file(Config) ->
     Gitops = ?config(gitops, Config),
-    {CaFile, ServerOpts} = private_ca(?config(dir, Config)),
+    {CaFile, ServerOpts} = bc_gitops_test_keys:tls_server(?config(dir, Config)),
     {R, Port} = receiver(ok, {tls, ServerOpts}),
     Url = "https://localhost:" ++ integer_to_list(Port) ++ "/tls",
     start(Config, #{notify => [#{url => Url}], clock => bc_gitops_test_clock}),
@@ -269,21 +268,3 @@ decode(Body) ->
 reconcile_after_backoff() ->
     ok = bc_gitops_test_clock:advance(600000),
     bc_gitops:reconcile().
-
-%% A test CA's PEM file in Dir, and the TLS server options of a certificate
-%% it signed for "localhost".
-private_ca(Dir) ->
-    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
-                       extnValue = [{dNSName, "localhost"}]},
-    Key = fun() -> public_key:generate_key({namedCurve, secp256r1}) end,
-    #{server_config := Server, client_config := Client} =
-        public_key:pkix_test_data(
-          #{server_chain => #{root => [{key, Key()}], intermediates => [],
-                              peer => [{key, Key()}, {extensions, [San]}]},
-            client_chain => #{root => [{key, Key()}], intermediates => [],
-                              peer => [{key, Key()}]}}),
-    CaFile = filename:join(Dir, "ca.pem"),
-    ok = file:write_file(CaFile, public_key:pem_encode(
-                                   [{'Certificate', Der, not_encrypted}
-                                    || Der <- proplists:get_value(cacerts, Client)])),
-    {CaFile, [{cert, proplists:get_value(cert, Server)}, {key, proplists:get_value(key, Server)}]}.

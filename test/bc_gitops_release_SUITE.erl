@@ -5,7 +5,6 @@
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
 -include_lib("kernel/include/file.hrl").
--include_lib("public_key/include/public_key.hrl").
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
@@ -67,22 +66,7 @@ init_per_suite(Config) ->
     persistent_term:put({?MODULE, docs}, Docs),
     {ok, Http} = inets:start(httpd, httpd_conf(Root, Docs) ++ [{server_name, "bcr_http"}]),
     %% HTTPS: a test CA and a server certificate for "localhost".
-    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
-                       extnValue = [{dNSName, "localhost"}]},
-    Key = fun() -> public_key:generate_key({namedCurve, secp256r1}) end,
-    #{server_config := ServerConf, client_config := ClientConf} =
-        public_key:pkix_test_data(
-          #{server_chain => #{root => [{key, Key()}], intermediates => [],
-                              peer => [{key, Key()}, {extensions, [San]}]},
-            client_chain => #{root => [{key, Key()}], intermediates => [],
-                              peer => [{key, Key()}]}}),
-    CaFile = filename:join(Root, "ca.pem"),
-    ok = file:write_file(CaFile, public_key:pem_encode(
-                                   [{'Certificate', Der, not_encrypted}
-                                    || Der <- proplists:get_value(cacerts, ClientConf)])),
-    SslOpts = [{cert, proplists:get_value(cert, ServerConf)},
-               {key, proplists:get_value(key, ServerConf)},
-               {cacerts, proplists:get_value(cacerts, ServerConf)}],
+    {CaFile, SslOpts} = bc_gitops_test_keys:tls_server(Root),
     {ok, Https} = inets:start(httpd, httpd_conf(Root, Docs)
                               ++ [{server_name, "bcr_https"},
                                   {socket_type, {ssl, SslOpts}}]),

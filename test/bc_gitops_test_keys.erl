@@ -3,10 +3,14 @@
 %%% Debian's openssh-client, gnupg and age (scripts/setup.sh).
 %%%
 %%% A signer is `{ssh, PrivateKeyFile}' or `{gpg, GnupgHome, UserId}'.
+%%% Also a private TLS CA, made with OTP's public_key.
 -module(bc_gitops_test_keys).
 
+-include_lib("public_key/include/public_key.hrl").
+
 -export([ssh_key/2, allowed_signers/2, gpg_home/2, gpg_key/3, gpg_export/2, gpg_revoke/2,
-         gpg_fake_time/2, gpg_stop/1, signed_commit/3, age_key/2, age_encrypt/3]).
+         gpg_fake_time/2, gpg_stop/1, signed_commit/3, age_key/2, age_encrypt/3,
+         tls_server/1]).
 
 -import(bc_gitops_test_util, [run/4]).
 
@@ -98,3 +102,23 @@ age_encrypt(Dir, Recipient, Plain) ->
     try run("age", ["-a", "-r", Recipient, In], Dir, [])
     after file:delete(In)
     end.
+
+%% A test CA, written as PEM to `Dir/ca.pem' (what `ca_file' names), and
+%% the TLS server options of a certificate it signed for "localhost":
+%% {CaFile, SslServerOptions}.
+tls_server(Dir) ->
+    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
+                       extnValue = [{dNSName, "localhost"}]},
+    Key = fun() -> public_key:generate_key({namedCurve, secp256r1}) end,
+    #{server_config := Server, client_config := Client} =
+        public_key:pkix_test_data(
+          #{server_chain => #{root => [{key, Key()}], intermediates => [],
+                              peer => [{key, Key()}, {extensions, [San]}]},
+            client_chain => #{root => [{key, Key()}], intermediates => [],
+                              peer => [{key, Key()}]}}),
+    CaFile = filename:join(Dir, "ca.pem"),
+    ok = file:write_file(CaFile, public_key:pem_encode(
+                                   [{'Certificate', Der, not_encrypted}
+                                    || Der <- proplists:get_value(cacerts, Client)])),
+    {CaFile, [{cert, proplists:get_value(cert, Server)}, {key, proplists:get_value(key, Server)},
+              {cacerts, proplists:get_value(cacerts, Server)}]}.
