@@ -2,7 +2,8 @@
 %%% runtime and apps built from git: canary secrets in specs, then a
 %%% deploy, failures, a value encrypted again, a new value, drift, a
 %%% crash of the reconcile worker, a crash of the reconciler and a node
-%%% restart; then every output and every file is searched for the
+%%% restart; then every output (the API, history, the HTTP face's page,
+%%% JSON and metrics included) and every file is searched for the
 %%% canaries.
 -module(bc_gitops_secrets_SUITE).
 
@@ -61,6 +62,18 @@ canaries_never_leave_the_app_env(Config) ->
     Peer = boot(Config),
     Out = fun(Tag, Value) -> put(outputs, [{Tag, Value} | get_or(outputs)]), Value end,
     Call = fun(M, F, A) -> Out({M, F}, peer:call(get(peer), M, F, A, 300000)) end,
+    %% The HTTP face: the status page, the JSON API and the metrics.
+    Http = fun() ->
+                   {ok, Port} = Call(bc_gitops, http_port, []),
+                   Paths = ["/", "/api/status", "/api/plan", "/metrics"]
+                       ++ ["/api/apps/" ++ A || A <- ["sc_app", "sc_wrong", "sc_refuse", "sc_slow"]],
+                   _ = [begin
+                            {Status, _, Body} = bc_gitops_http_client:request(Port, "GET", P, []),
+                            ?assert(Status =:= 200 orelse (Status =:= 404 andalso P =:= "/api/apps/sc_slow")),
+                            Out({http, P}, Body)
+                        end || P <- Paths],
+                   ok
+           end,
 
     %% Deploy (the reconcile at boot): sc_app gets the plaintexts, the
     %% other two fail, each alone, and wait for their backoff.
@@ -68,6 +81,7 @@ canaries_never_leave_the_app_env(Config) ->
         Call(bc_gitops, reconcile, []),
     {ok, #{app_errors := Errors}} = Call(bc_gitops, status, []),
     Failed = [{A, R} || {A, #{reason := R}} <- maps:to_list(Errors)],
+    ok = Http(),
     ?assertEqual({ok, One}, peer:call(Peer, application, get_env, [sc_app, password])),
     ?assertEqual({ok, DbTerm}, peer:call(Peer, application, get_env, [sc_app, db])),
     ?assertMatch({secret, #{app := sc_wrong, key := password, kind := no_matching_identity,
@@ -154,8 +168,10 @@ canaries_never_leave_the_app_env(Config) ->
     ?assertEqual({ok, Two}, peer:call(Peer2, application, get_env, [sc_app, password])),
     ?assertEqual({ok, DbTerm}, peer:call(Peer2, application, get_env, [sc_app, db])),
     _ = [Call(M, F, []) || {M, F} <- [{bc_gitops, status}, {bc_gitops, plan},
-                                      {bc_gitops, get_current_state}]],
+                                      {bc_gitops, get_current_state}, {bc_gitops, history}]],
+    _ = Call(bc_gitops, history, [sc_app]),
     _ = Call(sys, get_status, [bc_gitops_reconciler]),
+    ok = Http(),
     AllEvents = keep_events(Peer2, Before),
     ok = peer:call(Peer2, logger_std_h, filesync, [canary_log]),
 
@@ -202,7 +218,8 @@ boot(Config) ->
     ok = peer:call(Peer, logger, add_handler,
                    [canary_log, logger_std_h, #{config => #{file => ?config(log, Config)}}]),
     Options = #{repo_url => ?config(gitops, Config), local_path => ?config(state, Config),
-                age_identity => ?config(key, Config), reconcile_interval => 3600000},
+                age_identity => ?config(key, Config), reconcile_interval => 3600000,
+                http => #{port => 0}},
     ok = peer:call(Peer, bc_gitops_peers, boot, [Options, ?EVENTS]),
     ok = reconciled(Peer),
     Peer.
