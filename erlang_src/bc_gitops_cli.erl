@@ -638,8 +638,8 @@ path_text(Path) -> " (" ++ atom_to_list(Path) ++ ")".
 -spec reason(term()) -> iodata().
 reason(not_found) -> "unknown app";
 reason(cluster_mode) ->
-    "not in cluster mode: the coordinator rolls a failed version back at the canary and holds "
-    "it; to go back by hand, revert the change in git";
+    "not by hand in cluster mode: the coordinator rolls a failed version back at the canary "
+    "and holds it; to go back, revert the change in git";
 reason({no_previous_version, App}) -> io_lib:format("no previous version of ~ts is known", [App]);
 reason({already_rolled_back, App}) ->
     io_lib:format("its last change was a rollback: `bc_gitops unpin ~ts' follows git again", [App]);

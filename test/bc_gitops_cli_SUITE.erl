@@ -29,17 +29,7 @@ all() ->
 %% with the script and the NIF in priv.
 init_per_suite(Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_cli"),
-    Lib = filename:join([Dir, "lib", "bc_gitops"]),
-    Own = code:lib_dir(bc_gitops),
-    Root = filename:join(Own, "../../../.."),
-    ok = filelib:ensure_path(filename:join(Lib, "priv")),
-    ok = file:make_symlink(filename:join(Own, "ebin"), filename:join(Lib, "ebin")),
-    ok = file:make_symlink(filename:join(code:priv_dir(bc_gitops), "bc_gitops_nif.so"),
-                           filename:join([Lib, "priv", "bc_gitops_nif.so"])),
-    Script = filename:join([Lib, "priv", "bc_gitops"]),
-    {ok, _} = file:copy(filename:join([Root, "priv", "bc_gitops"]), Script),
-    ok = file:change_mode(Script, 8#755),
-    [{cli_dir, Dir}, {cli, Script} | Config].
+    [{cli_dir, Dir}, {cli, bc_gitops_test_util:install_cli(Dir)} | Config].
 
 end_per_suite(Config) ->
     bc_gitops_test_util:rm_rf(?config(cli_dir, Config)).
@@ -385,21 +375,10 @@ failed(Config, Args, Env) ->
     ct:log("bc_gitops ~ts -> 1~n~ts", [lists:join(" ", Args), Both]),
     Both.
 
-%% Runs the script as a program (no shell) in the case's directory, where
-%% a crash dump would land.
+%% Runs the script as a program (no shell) in the case's directory.
 run(Config, Args, Env, Opts) ->
-    Port = open_port({spawn_executable, ?config(cli, Config)},
-                     [{args, Args}, {env, Env}, {cd, ?config(dir, Config)}, exit_status, binary
-                      | Opts]),
-    {Exit, Out} = collect(Port, []),
-    {Exit, unicode:characters_to_list(Out)}.
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, D}} -> collect(Port, [Acc, D]);
-        {Port, {exit_status, S}} -> {S, iolist_to_binary(Acc)}
-    after 120000 -> ct:fail({cli_timeout, iolist_to_binary(Acc)})
-    end.
+    bc_gitops_test_util:run_cli(?config(cli, Config), Args, ?config(dir, Config),
+                                [{env, Env} | Opts]).
 
 lines(Text) ->
     string:lexemes(Text, "\n").

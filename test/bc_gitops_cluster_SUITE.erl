@@ -112,7 +112,27 @@ rolls_out_one_node_at_a_time(Config) ->
                                <- coordinator_events(C)],
     [N1, N2, N3] = bc_gitops_test_cluster:nodes(C),
     ?assertEqual([{started, [N1]}, {done, [N1]}, {started, [N2]}, {done, [N2]},
-                  {started, [N3]}, {done, [N3]}], Steps).
+                  {started, [N3]}, {done, [N3]}], Steps),
+
+    %% The command, as an operator runs it against a member from this host.
+    Cli = cli(Config, C, 2),
+    {0, Table} = Cli(["cluster"]),
+    [?assertNotEqual(nomatch, string:find(Table, atom_to_list(N))) || N <- [N1, N2, N3]],
+    ?assertNotEqual(nomatch, string:find(Table, "cl_web 2.0.0 running")),
+    [?assert(string:length(L) =< 100) || L <- string:lexemes(Table, "\n")],
+    {0, Json} = Cli(["cluster", "--json"]),
+    {ok, #{<<"members">> := Members, <<"coordinator">> := CoordinatorText,
+           <<"rollouts">> := [#{<<"app">> := <<"cl_web">>, <<"state">> := <<"done">>,
+                                <<"to">> := <<"2.0.0">>}]}} =
+        bc_gitops_json:decode(unicode:characters_to_binary(Json)),
+    ?assertEqual(atom_to_binary(Coordinator), CoordinatorText),
+    ?assertEqual(lists:sort([atom_to_binary(N) || N <- [N1, N2, N3]]),
+                 lists:sort(maps:keys(Members))),
+    %% Going back by hand is a revert in git here: one line, exit 1.
+    {1, Refused} = Cli(["rollback", "cl_web"]),
+    ?assertEqual(["bc_gitops: cannot roll back cl_web: not by hand in cluster mode: the "
+                  "coordinator rolls a failed version back at the canary and holds it; to go "
+                  "back, revert the change in git"], string:lexemes(Refused, "\n")).
 
 %% v2 answers 500 on its port, so the canary's http check fails: the
 %% canary goes back to v1 (hot: the same server, its count kept), v2 never
@@ -492,4 +512,18 @@ wait_until(Fun, Ms) ->
     case catch Fun() of
         true -> ok;
         _ -> timer:sleep(100), wait_until(Fun, Ms - 100)
+    end.
+
+%% The command against member I, installed under the case's directory:
+%% fun(Args) -> {Exit, Output (stdout and stderr)}.
+cli(Config, C, I) ->
+    Dir = ?config(dir, Config),
+    Script = bc_gitops_test_util:install_cli(filename:join(Dir, "cli")),
+    Node = atom_to_list(bc_gitops_test_cluster:node(C, I)),
+    Cookie = atom_to_list(maps:get(cookie, C)),
+    fun(Args) ->
+            {Exit, Out} = bc_gitops_test_util:run_cli(Script, ["--node", Node, "--cookie", Cookie
+                                                               | Args], Dir, [stderr_to_stdout]),
+            ct:log("bc_gitops ~ts -> ~B~n~ts", [lists:join(" ", Args), Exit, Out]),
+            {Exit, Out}
     end.

@@ -5,6 +5,7 @@
 -export([tmp_dir/1, write_file/2, write_spec/3, rm_rf/1, minimal_spec/1]).
 -export([git/2, git/3, run/4, commit/2, init_repo/1]).
 -export([wait_reconciled/1, advance_and_wait/1, web_server_src/4]).
+-export([install_cli/1, run_cli/4]).
 
 %% A fresh directory under the system temp dir ($TMPDIR, else /tmp).
 tmp_dir(Prefix) ->
@@ -135,3 +136,39 @@ web_server_src(Module, PortExpr, Vsn, Status) ->
      "                         integer_to_list(byte_size(Body)),\n"
      "                         \"\\r\\nConnection: close\\r\\n\\r\\n\", Body]),\n"
      "    gen_tcp:close(S).\n"].
+
+%% The command as a release has it, under Dir: lib/bc_gitops/{ebin,priv}
+%% with the script and the NIF in priv (ebin and the NIF are links to this
+%% build). Returns the script's path.
+install_cli(Dir) ->
+    Lib = filename:join([Dir, "lib", "bc_gitops"]),
+    Own = code:lib_dir(bc_gitops),
+    Root = filename:join(Own, "../../../.."),
+    ok = filelib:ensure_path(filename:join(Lib, "priv")),
+    ok = file:make_symlink(filename:join(Own, "ebin"), filename:join(Lib, "ebin")),
+    ok = file:make_symlink(filename:join(code:priv_dir(bc_gitops), "bc_gitops_nif.so"),
+                           filename:join([Lib, "priv", "bc_gitops_nif.so"])),
+    Script = filename:join([Lib, "priv", "bc_gitops"]),
+    {ok, _} = file:copy(filename:join([Root, "priv", "bc_gitops"]), Script),
+    ok = file:change_mode(Script, 8#755),
+    Script.
+
+%% Runs the command Script as a program (no shell) in Dir, where a crash
+%% dump would land: {Exit, Output}. Opts are extra port options
+%% (stderr_to_stdout to have both).
+run_cli(Script, Args, Dir, Opts) ->
+    {Env, Rest} = case lists:keytake(env, 1, Opts) of
+                      {value, {env, E}, R} -> {E, R};
+                      false -> {[], Opts}
+                  end,
+    Port = open_port({spawn_executable, Script},
+                     [{args, Args}, {env, Env}, {cd, Dir}, exit_status, binary | Rest]),
+    {Exit, Out} = collect_cli(Port, []),
+    {Exit, unicode:characters_to_list(Out)}.
+
+collect_cli(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> collect_cli(Port, [Acc, D]);
+        {Port, {exit_status, S}} -> {S, iolist_to_binary(Acc)}
+    after 120000 -> ct:fail({cli_timeout, iolist_to_binary(Acc)})
+    end.
