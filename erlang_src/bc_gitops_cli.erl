@@ -684,11 +684,14 @@ plural(_) -> "s".
 
 -spec out(iodata()) -> ok.
 out(Text) ->
-    io:put_chars(standard_io, unicode:characters_to_binary(Text)).
+    Lines = string:split(unicode:characters_to_list(Text), "\n", all),
+    io:put_chars(standard_io, unicode:characters_to_binary(
+                                lists:join("\n", lists:append([bc_gitops_text:wrap(L, ?WIDTH) || L <- Lines])))).
 
+%% JSON is one line, never wrapped.
 -spec json(term()) -> ok.
 json(Term) ->
-    out([bc_gitops_json:encode(Term), $\n]).
+    io:put_chars(standard_io, [bc_gitops_json:encode(Term), $\n]).
 
 %% A table no wider than 100 columns: the widest cells are cut (ending in
 %% `..') until it fits.

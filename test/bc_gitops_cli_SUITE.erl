@@ -140,13 +140,17 @@ read_commands_and_errors(Config) ->
     ?assertNotEqual(nomatch, string:find(Suspended, "suspended")),
     {0, Status2} = Cli(["status"]),
     ?assertNotEqual(nomatch, string:find(Status2, ", suspended")),
-    {0, _} = Cli(["resume"]),
+    {0, Resumed} = Cli(["resume"]),
+    ?assertEqual("resumed: automatic reconciles go on, starting now, on " ++ atom_to_list(Node)
+                 ++ "\n", Resumed),
     ?assertMatch({ok, #{suspended := false}}, rpc(Node, bc_gitops, status, [])),
     ?assertEqual({1, "bc_gitops: " ++ atom_to_list(Node) ++ " is not in cluster mode\n"},
                  Cli(["cluster"])),
 
-    %% Every table fits 100 columns.
-    [?assert(string:length(L) =< 100) || Out <- [Status, Plan, Diff, History], L <- lines(Out)],
+    %% Every human output fits 100 columns.
+    [?assert(string:length(L) =< 100)
+     || Out <- [Status, NoChange, Plan, Diff, Reconciled, History, Suspended, Status2, Resumed],
+        L <- lines(Out)],
 
     %% Errors: one line on stderr, exit 1, nothing on stdout, no dump.
     Error = fun(Args, Env, Pattern) ->
@@ -290,6 +294,15 @@ validate_offline(Config) ->
                   "d: depends on zz, which is not in the repository",
                   "3 apps, 1 error, 1 warning, 3 blocked by cycles or missing dependencies"],
                  lines(Out)),
+    %% A line longer than 100 columns is wrapped at spaces, nothing cut.
+    Long = filename:join(?config(dir, Config), "long"),
+    Dep = lists:duplicate(90, $q),
+    W(Long, "e", "#{name => e, version => <<\"1\">>, source => #{type => hex},\n"
+                 "  depends_on => [" ++ Dep ++ "]}.\n"),
+    {1, LongOut} = run(Config, ["validate", Long], Env, []),
+    ?assertMatch(["e: depends on", "    " ++ _, "    which is not in the repository", _],
+                 lines(LongOut)),
+    ?assertEqual("    " ++ Dep ++ ",", lists:nth(2, lines(LongOut))),
     {1, Json} = run(Config, ["validate", "--json", Bad], Env, []),
     ?assertNotEqual(nomatch, string:find(Json, "\"valid\":false")),
     ?assertNotEqual(nomatch, string:find(Json, "\"cycles\":[[\"a\",\"b\"]]")),
