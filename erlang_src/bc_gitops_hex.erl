@@ -232,9 +232,9 @@ registry(Name, #{url := Url, key := Key, repo_name := RepoName} = Ctx, Reg) ->
     valid_name(Name),
     Body = download(Url ++ "/packages/" ++ binary_to_list(Name), Ctx, ?MAX_REGISTRY,
                     {package_not_found, Name}),
-    Signed = case gunzip(Body, ?MAX_REGISTRY) of
+    Signed = case bc_gitops_nif:gunzip(Body, ?MAX_REGISTRY) of
                  {ok, S} -> S;
-                 error -> fail({bad_registry, Name, gzip})
+                 {error, _} -> fail({bad_registry, Name, gzip})
              end,
     Payload = case bc_gitops_protobuf:decode_signed(Signed) of
                   {ok, #{payload := P, signature := Sig}} ->
@@ -264,31 +264,6 @@ verify(Payload, Sig, Key) ->
     try public_key:verify(Payload, sha512, Sig, Key)
     catch _:_ -> false
     end.
-
-%% gunzip, with a bound on the inflated size.
--spec gunzip(binary(), pos_integer()) -> {ok, binary()} | error.
-gunzip(Bin, Max) ->
-    Z = zlib:open(),
-    try
-        ok = zlib:inflateInit(Z, 31),
-        inflate_loop(Z, zlib:safeInflate(Z, Bin), [], 0, Max)
-    catch
-        error:_ -> error
-    after
-        zlib:close(Z)
-    end.
-
--spec inflate_loop(zlib:zstream(), term(), iodata(), non_neg_integer(), pos_integer()) ->
-          {ok, binary()} | error.
-inflate_loop(Z, {Status, Out}, Acc, Size, Max) ->
-    NewSize = Size + iolist_size(Out),
-    case {NewSize > Max, Status} of
-        {true, _} -> error;
-        {false, continue} -> inflate_loop(Z, zlib:safeInflate(Z, []), [Acc, Out], NewSize, Max);
-        {false, finished} -> {ok, iolist_to_binary([Acc, Out])}
-    end;
-inflate_loop(_Z, _Other, _Acc, _Size, _Max) ->
-    error.
 
 %% Downloads `Url' into a temporary file and returns the file's content and
 %% SHA-256; a 403 or 404 is `NotFound'.

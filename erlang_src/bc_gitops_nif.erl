@@ -14,7 +14,7 @@
 -export([load_error/0, library_path/0]).
 -export([parse_dir/2, plan/4, git_sync_start/2, redact_url/1, consult/1, json_decode/1]).
 -export([age_check/1, env_reveal/2]).
--export([tar_list/2, tar_unpack/3]).
+-export([tar_list/2, tar_unpack/3, gunzip/2]).
 
 -on_load(init/0).
 
@@ -132,6 +132,14 @@ tar_list(_Path, _MaxData) ->
           ok | {error, {too_large_unpacked, pos_integer()} | {bad_archive, binary()}
                        | {file_error, open, binary(), binary()}}.
 tar_unpack(_Path, _Dest, _MaxData) ->
+    erlang:nif_error(not_loaded()).
+
+%% @doc `Data' (gzip) inflated, at most `Max' bytes of it: more is
+%% `{error, {too_large_unpacked, Max}}', what is not gzip `{error,
+%% {bad_archive, Message}}'. Runs on a dirty CPU scheduler.
+-spec gunzip(binary(), pos_integer()) ->
+          {ok, binary()} | {error, {too_large_unpacked, pos_integer()} | {bad_archive, binary()}}.
+gunzip(_Data, _Max) ->
     erlang:nif_error(not_loaded()).
 
 %% The reason a stub raises: dialyzer knows erlang:nif_error/1 marks a

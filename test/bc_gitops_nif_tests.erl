@@ -223,3 +223,12 @@ consult_makes_no_atom_test() ->
                  bc_gitops_nif:consult(<<"{<<\"name\">>, <<\"x\">>}.\n{ok, ", Name/binary, "}.\n">>)),
     ?assertError(badarg, binary_to_existing_atom(Name, utf8)),
     ?assertMatch({error, {L, _}} when L >= 3, bc_gitops_nif:consult(<<"{a}.\n\n{b\n">>)).
+
+%% The one gunzip (hex registry files): what zlib made comes back, within
+%% the bound; a bomb and what is not gzip are errors.
+gunzip_test() ->
+    Data = binary:copy(<<"registry ">>, 1000),
+    ?assertEqual({ok, Data}, bc_gitops_nif:gunzip(zlib:gzip(Data), byte_size(Data))),
+    Bomb = zlib:gzip(binary:copy(<<0>>, 16 bsl 20)),
+    ?assertEqual({error, {too_large_unpacked, 1 bsl 20}}, bc_gitops_nif:gunzip(Bomb, 1 bsl 20)),
+    ?assertMatch({error, {bad_archive, _}}, bc_gitops_nif:gunzip(<<"plain text">>, 100)).

@@ -3,6 +3,9 @@
 //! caller's safety checks, and [`unpack`] writes them, with the same parser,
 //! so that what was checked is what gets written.
 //!
+//! [`gunzip`] inflates a gzip stream held in memory (a hex registry file),
+//! with a bound on what comes out: the one gunzip of bc_gitops.
+//!
 //! Both bound what they read: the entries' data may hold at most `max_data`
 //! bytes in all ([`ArchiveError::TooLarge`], checked from each header before
 //! its data is read), and the headers of one entry (GNU long names, pax
@@ -123,6 +126,21 @@ fn unpack_in(entry: &mut tar::Entry<'_, Budget>, dest: &Path) -> Result<(), Arch
         )),
         Err(e) => Err(ArchiveError::Write(e)),
     }
+}
+
+/// `data` (one gzip member or several) inflated: at most `max` bytes come
+/// out, else [`ArchiveError::TooLarge`]; what is not gzip is
+/// [`ArchiveError::Read`].
+pub fn gunzip(data: &[u8], max: u64) -> Result<Vec<u8>, ArchiveError> {
+    let mut out = Vec::new();
+    flate2::bufread::MultiGzDecoder::new(data)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(ArchiveError::Read)?;
+    if out.len() as u64 > max {
+        return Err(ArchiveError::TooLarge(max));
+    }
+    Ok(out)
 }
 
 /// A tar archive over a reader that [`Archive::entries`] refills with a

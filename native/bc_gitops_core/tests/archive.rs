@@ -3,7 +3,7 @@
 //! bc_gitops_release_SUITE).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bc_gitops_core::archive::{list, unpack, ArchiveError, Entry, Kind, META_MAX};
+use bc_gitops_core::archive::{gunzip, list, unpack, ArchiveError, Entry, Kind, META_MAX};
 use flate2::{write::GzEncoder, Compression};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -182,4 +182,36 @@ fn what_is_not_a_tar_archive_is_an_error() {
     assert!(matches!(list(&path, 1), Err(ArchiveError::Read(_))));
     let missing = dir.path().join("missing.tar");
     assert!(matches!(list(&missing, 1), Err(ArchiveError::Open { .. })));
+}
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    let mut z = GzEncoder::new(Vec::new(), Compression::fast());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+#[test]
+fn gunzip_inflates_within_its_bound() {
+    let data = b"hex registry payload ".repeat(1000);
+    assert_eq!(gunzip(&gz(&data), data.len() as u64).unwrap(), data);
+    // Two members, as `cat a.gz b.gz` makes: both come out.
+    let two = [gz(b"one "), gz(b"two")].concat();
+    assert_eq!(gunzip(&two, 100).unwrap(), b"one two");
+}
+
+#[test]
+fn gunzip_refuses_a_bomb_and_what_is_not_gzip() {
+    // 64 MiB of zeros compress to ~64 KiB; the bound stops the inflating.
+    let bomb = gz(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    assert!(matches!(gunzip(&bomb, 1 << 20), Err(ArchiveError::TooLarge(m)) if m == 1 << 20));
+    assert!(matches!(
+        gunzip(b"not gzip at all", 1000),
+        Err(ArchiveError::Read(_))
+    ));
+    let truncated = &gz(b"cut short")[..10];
+    assert!(matches!(
+        gunzip(truncated, 1000),
+        Err(ArchiveError::Read(_))
+    ));
 }

@@ -1,9 +1,10 @@
 //! `tar_list/2` and `tar_unpack/3`: tar archives for `bc_gitops_tar`, which
-//! holds the safety policy; core reads and writes them.
+//! holds the safety policy; core reads and writes them. `gunzip/2`: a gzip
+//! stream in memory, bounded.
 
 use crate::encode::{atom, atoms, binary, text};
 use bc_gitops_core::archive::{self, ArchiveError, Kind};
-use rustler::{Encoder, Env, ErlOption, Term};
+use rustler::{Binary, Encoder, Env, ErlOption, Term};
 use std::path::PathBuf;
 
 /// `tar_list(Path, MaxData) -> {ok, [{Name, Type, Target}]} | {error, Reason}`.
@@ -39,6 +40,16 @@ fn tar_list(env: Env<'_>, path: PathBuf, max_data: u64) -> Term<'_> {
 fn tar_unpack(env: Env<'_>, path: PathBuf, dest: PathBuf, max_data: u64) -> Term<'_> {
     match archive::unpack(&path, &dest, max_data) {
         Ok(()) => atoms::ok().encode(env),
+        Err(e) => error(env, &e),
+    }
+}
+
+/// `gunzip(Data, Max) -> {ok, Inflated} | {error, Reason}`: at most `Max`
+/// bytes out.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn gunzip<'a>(env: Env<'a>, data: Binary<'a>, max: u64) -> Term<'a> {
+    match archive::gunzip(data.as_slice(), max) {
+        Ok(out) => (atoms::ok(), binary(env, &out)).encode(env),
         Err(e) => error(env, &e),
     }
 }
