@@ -1,6 +1,6 @@
-//! Tests of the tar reader: what the listing reports, the bounds, and what
-//! unpacking writes. The safety policy itself is bc_gitops_tar's (tested by
-//! bc_gitops_release_SUITE).
+//! Tests of the tar reader (what the listing reports, the bounds, and what
+//! unpacking writes) and of the bounded gunzip. The safety policy itself is
+//! bc_gitops_tar's (tested by bc_gitops_release_SUITE).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bc_gitops_core::archive::{gunzip, list, unpack, ArchiveError, Entry, Kind, META_MAX};
