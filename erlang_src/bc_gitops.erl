@@ -79,7 +79,8 @@ plan() ->
 %% => up | down, commit => Sha, apps => #{App => #{version, status,
 %% health}}}}, rollouts => [#{app, from, to, done => [Node], current =>
 %% [Node], pending => [Node], state => running | halted | done, reason =>
-%% term()}]}}'. `{error, not_clustered}' on a node not in cluster mode.
+%% term()}], pins => #{App => #{version, reason, at}}}}'. `{error,
+%% not_clustered}' on a node not in cluster mode.
 -spec cluster_status() -> {ok, map()} | {error, term()}.
 cluster_status() ->
     bc_gitops_cluster:status().
@@ -211,25 +212,25 @@ history_of(Which) ->
 %% `{error, {no_previous_version, App}}', `{error, {already_rolled_back,
 %% App}}' or the runtime's error.
 %%
-%% Not in cluster mode (`{error, cluster_mode}'): there the coordinator
-%% decides what every member runs, a version that fails its health gate
-%% is already rolled back at the canary and held until its spec changes,
-%% and going back by hand is a revert in git, rolled out batch by batch.
+%% In cluster mode the coordinator does it for every member: the spec
+%% that settled before the last one (as a member kept it) is pinned and
+%% rolled out batch by batch with the usual gates; the call returns once
+%% the pin is made, with `path => rollout'.
 -spec rollback(atom()) -> {ok, map()} | {error, term()}.
 rollback(App) when is_atom(App) ->
     case clustered() of
-        true -> {error, cluster_mode};
+        true -> bc_gitops_cluster:rollback(App);
         false -> bc_gitops_reconciler:run({rollback, App}, ?RUN_TIMEOUT)
     end.
 
 %% @doc Pins `App' at the version it runs now, until git changes its spec
 %% or `unpin/1': `{ok, Vsn}', or `{error, not_found}' when it does not
-%% run. `{error, cluster_mode}' in cluster mode (see {@link rollback/1}).
+%% run. In cluster mode, on every member (the coordinator keeps the pin).
 -spec pin(atom()) -> {ok, binary()} | {error, term()}.
 pin(App) when is_atom(App) ->
     case clustered() of
         true ->
-            {error, cluster_mode};
+            bc_gitops_cluster:pin(App);
         false ->
             case get_app_status(App) of
                 {ok, #app_state{version = V} = State} ->
@@ -247,7 +248,7 @@ pin(App) when is_atom(App) ->
 -spec unpin(atom()) -> ok | {error, term()}.
 unpin(App) when is_atom(App) ->
     case clustered() of
-        true -> {error, cluster_mode};
+        true -> bc_gitops_cluster:unpin(App);
         false -> bc_gitops_reconciler:unpin(App)
     end.
 

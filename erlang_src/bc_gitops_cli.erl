@@ -430,7 +430,7 @@ show_cluster(Cluster, #{json := true}) ->
     json(Cluster),
     0;
 show_cluster(#{coordinator := Coord, commit := Commit, members := Members,
-               rollouts := Rollouts}, _O) ->
+               rollouts := Rollouts} = Cluster, _O) ->
     out(io_lib:format("coordinator ~ts, target commit ~ts~n~n", [Coord, short(Commit)])),
     table(["MEMBER", "STATE", "COMMIT", "APPS"],
           [[M, State, short(C),
@@ -439,6 +439,8 @@ show_cluster(#{coordinator := Coord, commit := Commit, members := Members,
                                      <- lists:sort(maps:to_list(Apps))])]
            || {M, #{state := State, commit := C, apps := Apps}} <- lists:sort(maps:to_list(Members))]),
     out("\n"),
+    _ = [out(io_lib:format("pinned: ~ts at ~ts (~ts)~n", [A, V, R]))
+         || {A, #{version := V, reason := R}} <- lists:sort(maps:to_list(maps:get(pins, Cluster, #{})))],
     case Rollouts of
         [] ->
             out("no rollouts\n");
@@ -631,15 +633,13 @@ blocked_text(Other) -> reason(Other).
 
 -spec path_text(term()) -> string().
 path_text(undefined) -> "";
+path_text(rollout) -> " (rolling out, batch by batch)";
 path_text(Path) -> " (" ++ atom_to_list(Path) ++ ")".
 
 %% A reason in one line, readable without record syntax, at most 200
 %% characters.
 -spec reason(term()) -> iodata().
 reason(not_found) -> "unknown app";
-reason(cluster_mode) ->
-    "not by hand in cluster mode: the coordinator rolls a failed version back at the canary "
-    "and holds it; to go back, revert the change in git";
 reason({no_previous_version, App}) -> io_lib:format("no previous version of ~ts is known", [App]);
 reason({already_rolled_back, App}) ->
     io_lib:format("its last change was a rollback: `bc_gitops unpin ~ts' follows git again", [App]);

@@ -13,9 +13,10 @@
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
+-include("bc_gitops.hrl").
 
 -export([start_link/1, coordinator/0, info/0, reconcile/0, plan/0, status/0, tell/0,
-         history/1]).
+         history/1, rollback/1, pin/1, unpin/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 
 -define(SERVER, ?MODULE).
@@ -89,14 +90,7 @@ plan() ->
 %% @doc The cluster as the coordinator sees it.
 -spec status() -> {ok, map()} | {error, term()}.
 status() ->
-    case coordinator() of
-        {ok, Pid} ->
-            try gen_server:call(Pid, status, 10000)
-            catch exit:Why -> {error, {coordinator_unreachable, reason(Why)}}
-            end;
-        Error ->
-            Error
-    end.
+    coordinator_call(status).
 
 %% @doc The history of every member that answers (within 5 s), merged,
 %% newest first, the latest 200; each entry names its node.
@@ -111,6 +105,83 @@ history(Which) ->
             {ok, lists:sublist(Newest, bc_gitops_history:limit())};
         {ok, _} ->
             {error, not_clustered};
+        Error ->
+            Error
+    end.
+
+%% @doc Rolls `App' back on every member to the spec that settled before
+%% its last one (as a member that runs it kept it), and pins it there:
+%% the coordinator rolls that spec out batch by batch, with the usual
+%% gates, and keeps it until git changes the app's spec or {@link
+%% unpin/1}. Returns once the pin is made: `{ok, #{app, from, to, path
+%% => rollout}}'.
+-spec rollback(atom()) -> {ok, map()} | {error, term()}.
+rollback(App) ->
+    case settled_somewhere(App) of
+        {ok, {_Current, undefined}} ->
+            {error, {no_previous_version, App}};
+        {ok, {#app_spec{version = From}, #app_spec{version = To} = Before}} ->
+            case coordinator_call({pin, App, Before, rollback}) of
+                ok -> {ok, #{app => App, from => From, to => To, path => rollout}};
+                Error -> Error
+            end;
+        Error ->
+            Error
+    end.
+
+%% @doc Pins `App' on every member at the spec that settled last (what
+%% the members run when no rollout of it is under way): `{ok, Vsn}'.
+-spec pin(atom()) -> {ok, binary()} | {error, term()}.
+pin(App) ->
+    case settled_somewhere(App) of
+        {ok, {#app_spec{version = V} = Current, _}} ->
+            case coordinator_call({pin, App, Current, pin}) of
+                ok -> {ok, V};
+                Error -> Error
+            end;
+        Error ->
+            Error
+    end.
+
+%% @doc Drops `App''s pin: the coordinator follows git for it again.
+-spec unpin(atom()) -> ok | {error, term()}.
+unpin(App) ->
+    coordinator_call({unpin, App}).
+
+%% What settled of `App' on this node, else on the first member that has
+%% it settled: `{ok, {Last, Before}}' or `{error, not_found}'.
+-spec settled_somewhere(atom()) -> {ok, {#app_spec{}, #app_spec{} | undefined}} | {error, term()}.
+settled_somewhere(App) ->
+    case bc_gitops_reconciler:config() of
+        {ok, #{cluster := #{members := Members}}} ->
+            Others = [M || M <- Members, lists:member(M, nodes())],
+            Asked = [node() | Others],
+            Found = lists:foldl(
+                      fun(_Node, {ok, _} = Done) -> Done;
+                         (Node, none) ->
+                              try erpc:call(Node, bc_gitops_reconciler, settled, [App], 5000) of
+                                  {ok, _} = Settled -> Settled;
+                                  _ -> none
+                              catch _:_ -> none
+                              end
+                      end, none, Asked),
+            case Found of
+                none -> {error, not_found};
+                Settled -> Settled
+            end;
+        {ok, _} ->
+            {error, not_clustered};
+        Error ->
+            Error
+    end.
+
+-spec coordinator_call(term()) -> term().
+coordinator_call(Request) ->
+    case coordinator() of
+        {ok, Pid} ->
+            try gen_server:call(Pid, Request, 10000)
+            catch exit:Why -> {error, {coordinator_unreachable, reason(Why)}}
+            end;
         Error ->
             Error
     end.

@@ -38,6 +38,11 @@
     unacked = #{} :: #{node() => [{reference(), bc_gitops_member:delta()}]},
     rollouts = #{} :: #{atom() => bc_gitops_rollout:rollout()},
     failed = #{} :: #{atom() => bc_gitops_rollout:failure()},
+    %% Apps held at a spec (rollback/1, pin/1) until git changes theirs.
+    pins = #{} :: bc_gitops_pins:pins(),
+    %% Members sent a delta by this coordinator: their reports' pins are
+    %% ours; those of the others (after a takeover) are taken in.
+    told = [] :: [node()],
     worker :: {pid(), reference(), integer()} | undefined,
     %% Refreshes asked for (a reconcile, the interval) and done.
     asked = 0 :: non_neg_integer(),
@@ -88,6 +93,27 @@ handle_call({Kind, Node}, From, #st{asked = Asked, worker = Worker} = St)
     {noreply, answer(refresh(St1))};
 handle_call(status, _From, St) ->
     {reply, {ok, cluster_status(St)}, St};
+handle_call({pin, _App, _Running, _Reason}, _From, #st{target = undefined} = St) ->
+    {reply, {error, no_target}, St};
+handle_call({pin, App, #app_spec{version = V} = Running, Reason}, _From, #st{pins = Pins} = St) ->
+    case {Reason, Pins} of
+        {rollback, #{App := #{reason := rollback}}} ->
+            {reply, {error, {already_rolled_back, App}}, St};
+        _ ->
+            #{specs := Specs} = St#st.target,
+            Git = case lists:keyfind(App, #app_spec.name, Specs) of
+                      false -> undefined;
+                      Spec -> Spec
+                  end,
+            ?LOG_NOTICE("bc_gitops: ~p pinned at ~ts (~p)", [App, V, Reason]),
+            Pins1 = bc_gitops_pins:pin(App, V, Running, Reason, Git, Pins),
+            {reply, ok, answer(step(retarget(St#st{pins = Pins1})))}
+    end;
+handle_call({unpin, App}, _From, #st{pins = Pins} = St) ->
+    case bc_gitops_pins:unpin(App, Pins) of
+        {ok, Pins1} -> {reply, ok, answer(step(retarget(St#st{pins = Pins1})))};
+        Error -> {reply, Error, St}
+    end;
 handle_call(_Other, _From, St) ->
     {reply, {error, unknown_call}, St}.
 
@@ -173,12 +199,28 @@ targeted(#{specs := Specs, errors := Errors} = Parsed, #st{members = Members} = 
     Invalid = [A || #{app := A} <- Errors],
     {ok, #{blocked := Blocked}} = bc_gitops_plan:plan(Specs, [], Invalid),
     Keep = [A || {A, _} <- Blocked] ++ existing_atoms(Invalid),
-    Valid = [S || #app_spec{name = N} = S <- Specs, not lists:member(N, Keep)],
+    %% A pinned app runs its pinned spec, until git changes its spec.
+    {Pins, Ended} = bc_gitops_pins:expire(St#st.pins, Parsed),
+    _ = [?LOG_NOTICE("bc_gitops: git changed ~p's spec: its pin ends", [A])
+         || A <- maps:keys(Ended)],
+    Valid = [pinned(S, Pins) || #app_spec{name = N} = S <- Specs, not lists:member(N, Keep)],
     Wants = maps:from_list(
               [{M, maps:from_list([{N, S} || #app_spec{name = N} = S <- Valid,
                                              bc_gitops_placement:matches(placement(S), M)])}
                || M <- Members]),
-    St#st{target = Parsed, wants = Wants, keep = Keep}.
+    St#st{target = Parsed, wants = Wants, keep = Keep, pins = Pins}.
+
+%% The wants again, after the pins changed.
+-spec retarget(#st{}) -> #st{}.
+retarget(#st{target = undefined} = St) -> St;
+retarget(#st{target = Parsed} = St) -> targeted(Parsed, St).
+
+-spec pinned(#app_spec{}, bc_gitops_pins:pins()) -> #app_spec{}.
+pinned(#app_spec{name = N} = Spec, Pins) ->
+    case bc_gitops_pins:running(N, Pins) of
+        undefined -> Spec;
+        Pinned -> Pinned
+    end.
 
 -spec placement(#app_spec{}) -> bc_gitops_placement:placement().
 placement(#app_spec{placement = P}) -> P.
@@ -218,8 +260,21 @@ take_report(Node, #{ack := Ack, holds := Holds} = Report, #st{unacked = Unacked}
                true -> tl(lists:dropwhile(fun({R, _}) -> R =/= Ack end, Sent));
                false -> Sent
            end,
-    St#st{reports = (St#st.reports)#{Node => Report}, unacked = Unacked#{Node => Left},
-          failed = maps:merge(Holds, St#st.failed)}.
+    St1 = St#st{reports = (St#st.reports)#{Node => Report}, unacked = Unacked#{Node => Left},
+                failed = maps:merge(Holds, St#st.failed)},
+    case lists:member(Node, St#st.told) of
+        true -> St1;
+        false -> learn_pins(maps:get(pins, Report, #{}), St1)
+    end.
+
+%% Pins a member kept from an earlier coordinator (this one never told it
+%% anything): taken in, this coordinator's own first.
+-spec learn_pins(bc_gitops_pins:pins(), #st{}) -> #st{}.
+learn_pins(Known, #st{pins = Pins} = St) ->
+    case maps:merge(Known, Pins) of
+        Pins -> St;
+        Merged -> retarget(St#st{pins = Merged})
+    end.
 
 -spec ignore_node(node(), #st{}) -> #st{}.
 ignore_node(Node, #st{ignored = Ignored} = St) ->
@@ -305,18 +360,20 @@ send(Commands, #st{target = #{commit := Commit} = Target, failed = Failed} = St)
                           end,
               Changed = map_size(Set) > 0 orelse map_size(Revert) > 0
                   orelse NewCommit =/= maps:get(commit, Report)
-                  orelse Holds =/= maps:get(holds, Report),
+                  orelse Holds =/= maps:get(holds, Report)
+                  orelse St#st.pins =/= maps:get(pins, Report, #{}),
               case Changed andalso maps:get(Node, Acc#st.unacked, []) =:= [] orelse
                   map_size(Set) > 0 orelse map_size(Revert) > 0 of
                   true ->
                       Delta = #{ref => make_ref(), commit => NewCommit, set => Set,
-                                revert => Revert, holds => Holds,
+                                revert => Revert, holds => Holds, pins => St#st.pins,
                                 errors => maps:get(errors, Target, []),
                                 warnings => maps:get(warnings, Target, [])},
                       gen_server:cast({bc_gitops_reconciler, Node}, {assign, self(), Delta}),
                       Unacked = Acc#st.unacked,
                       Acc#st{unacked = Unacked#{Node => maps:get(Node, Unacked, []) ++
-                                                    [{maps:get(ref, Delta), Delta}]}};
+                                                    [{maps:get(ref, Delta), Delta}]},
+                             told = lists:usort([Node | Acc#st.told])};
                   false ->
                       Acc
               end
@@ -409,7 +466,8 @@ cluster_status(#st{members = Members, reports = Reports, target = Target} = St) 
                    [{M, member_status(lists:member(M, Up), maps:get(M, Reports, undefined))}
                     || M <- Members]),
       rollouts => [maps:with([app, from, to, done, current, pending, state, reason], R)
-                   || {_, R} <- lists:keysort(1, maps:to_list(St#st.rollouts))]}.
+                   || {_, R} <- lists:keysort(1, maps:to_list(St#st.rollouts))],
+      pins => bc_gitops_pins:view(St#st.pins)}.
 
 -spec member_status(boolean(), bc_gitops_member:report() | undefined) -> map().
 member_status(Up, undefined) ->

@@ -12,7 +12,8 @@
 
 -include("bc_gitops.hrl").
 
--export([new/0, assign/3, parsed/1, settle/3, report/4, commit/1, holds/1]).
+-export([new/0, assign/3, parsed/1, settle/3, report/4, commit/1, holds/1, pins/1,
+         previous/2]).
 
 -export_type([assignment/0, settled/0, delta/0, report/0]).
 
@@ -22,6 +23,9 @@
                         specs := #{atom() => #app_spec{}},
                         %% Target specs failed for the whole cluster, with why.
                         holds := #{atom() => bc_gitops_rollout:failure()},
+                        %% The cluster's pins (kept here so that a coordinator
+                        %% that takes over learns them from the reports).
+                        pins => bc_gitops_pins:pins(),
                         errors := list(), warnings := list(),
                         %% The last delta taken in.
                         ack := reference() | undefined}.
@@ -30,23 +34,26 @@
 -type settled() :: #{atom() => {#app_spec{}, #app_spec{} | undefined}}.
 
 %% A change from the coordinator: specs to set (or remove), apps to revert
-%% from a failed spec, and the cluster-wide holds, commit and diagnostics.
+%% from a failed spec, and the cluster-wide holds, pins, commit and
+%% diagnostics.
 -type delta() :: #{ref := reference(), commit := binary(),
                    set := #{atom() => #app_spec{} | remove},
                    revert := #{atom() => digest()},
                    holds := #{atom() => bc_gitops_rollout:failure()},
+                   pins => bc_gitops_pins:pins(),
                    errors := list(), warnings := list()}.
 
 -type report() :: #{node := node(), ack := reference() | undefined,
                     commit := binary() | undefined, busy := boolean(),
                     holds := #{atom() => bc_gitops_rollout:failure()},
+                    pins => bc_gitops_pins:pins(),
                     apps := #{atom() => bc_gitops_rollout:app_report()}}.
 
 %% @doc Nothing assigned yet: the member does not touch the node.
 -spec new() -> assignment().
 new() ->
-    #{commit => undefined, specs => #{}, holds => #{}, errors => [], warnings => [],
-      ack => undefined}.
+    #{commit => undefined, specs => #{}, holds => #{}, pins => #{}, errors => [],
+      warnings => [], ack => undefined}.
 
 -spec commit(assignment()) -> binary() | undefined.
 commit(#{commit := C}) -> C.
@@ -54,18 +61,23 @@ commit(#{commit := C}) -> C.
 -spec holds(assignment()) -> #{atom() => bc_gitops_rollout:failure()}.
 holds(#{holds := H}) -> H.
 
+%% @doc The cluster's pins, as the last delta had them (none in an
+%% assignment kept before pins existed).
+-spec pins(assignment()) -> bc_gitops_pins:pins().
+pins(A) -> maps:get(pins, A, #{}).
+
 %% @doc Takes a delta in. A revert of `App' from the failed spec `Digest'
 %% applies only while `App' is still assigned that spec: it goes back to
 %% the spec that settled before it (or leaves, when none had).
 -spec assign(delta(), assignment(), settled()) -> assignment().
 assign(#{ref := Ref, commit := Commit, set := Set, revert := Revert, holds := Holds,
-         errors := Errors, warnings := Warnings}, #{specs := Specs0} = A, Settled) ->
+         errors := Errors, warnings := Warnings} = Delta, #{specs := Specs0} = A, Settled) ->
     Specs1 = maps:fold(fun(App, remove, S) -> maps:remove(App, S);
                           (App, Spec, S) -> S#{App => Spec}
                        end, Specs0, Set),
     Specs2 = maps:fold(fun(App, Digest, S) -> revert(App, Digest, S, Settled) end, Specs1, Revert),
     A#{commit := Commit, specs := Specs2, holds := Holds, errors := Errors,
-       warnings := Warnings, ack := Ref}.
+       warnings := Warnings, ack := Ref, pins => maps:get(pins, Delta, pins(A))}.
 
 -spec revert(atom(), digest(), #{atom() => #app_spec{}}, settled()) -> #{atom() => #app_spec{}}.
 revert(App, Digest, Specs, Settled) ->
@@ -87,6 +99,13 @@ revert(App, Digest, Specs, Settled) ->
         _ ->
             Specs
     end.
+
+%% @doc The spec `App' settled at last on this member, and the one that
+%% had settled before it (`undefined' when none had): what a rollback goes
+%% back to. `error' when it never settled here.
+-spec previous(atom(), settled()) -> {ok, {#app_spec{}, #app_spec{} | undefined}} | error.
+previous(App, Settled) ->
+    maps:find(App, Settled).
 
 %% @doc The assignment as a parse, for the member's reconcile.
 -spec parsed(assignment()) -> map().

@@ -33,7 +33,7 @@
 -include("bc_gitops.hrl").
 
 -export([start_link/1, run/2, status/0, desired/0, suspend/0, resume/0, config/0,
-         ack/0, history/1, pin/2, unpin/1, trigger/0]).
+         ack/0, history/1, pin/2, unpin/1, settled/1, trigger/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, format_status/1]).
 -export([worker/2]).
 
@@ -117,6 +117,12 @@ history(Which) -> call({history, Which}, 5000).
 -spec pin(atom(), #app_state{}) -> ok | {error, not_running}.
 pin(App, State) -> call({pin, App, State}, 5000).
 
+%% @doc Cluster mode: the spec `App' last settled at on this member, and
+%% the one before it.
+-spec settled(atom()) -> {ok, {#app_spec{}, #app_spec{} | undefined}} | error
+                         | {error, not_running | not_clustered}.
+settled(App) -> call({settled, App}, 5000).
+
 %% @doc Drops `App''s pin, and reconciles.
 -spec unpin(atom()) -> ok | {error, {not_pinned, atom()} | not_running}.
 unpin(App) -> call({unpin, App}, 5000).
@@ -193,6 +199,10 @@ handle_call({context, Pid}, _From, #st{worker = {Pid, _, reconcile}} = St) ->
             end, St};
 handle_call(ack, _From, #st{member = #{assignment := #{ack := Ack}}} = St) ->
     {reply, {ok, Ack}, St};
+handle_call({settled, App}, _From, #st{member = #{settled := S}} = St) ->
+    {reply, bc_gitops_member:previous(App, S), St};
+handle_call({settled, _App}, _From, St) ->
+    {reply, {error, not_clustered}, St};
 handle_call(trigger, _From, St) ->
     case {St#st.suspended, configured(St)} of
         {true, _} -> {reply, suspended, St};
@@ -359,7 +369,7 @@ report(#st{member = #{coordinator := Pid, assignment := A, settled := S}} = St) 
                _ -> lists:keymember(reconcile, 1, St#st.queue)
            end,
     Report = #{node => node(), ack => maps:get(ack, A), commit => bc_gitops_member:commit(A),
-               busy => Busy, holds => bc_gitops_member:holds(A),
+               busy => Busy, holds => bc_gitops_member:holds(A), pins => bc_gitops_member:pins(A),
                apps => bc_gitops_member:report(A, S, St#st.failures, Current)},
     gen_server:cast(Pid, {report, node(), Report}),
     St.
@@ -689,7 +699,7 @@ status_map(#st{config = Config} = St) ->
     View = bc_gitops_status:view(#{config => Config, last => St#st.last, cache => St#st.cache,
                                    running => Running, suspended => St#st.suspended,
                                    last_commit => St#st.last_commit, last_at => St#st.last_at,
-                                   pins => St#st.pins, failures => St#st.failures,
+                                   pins => shown_pins(St), failures => St#st.failures,
                                    repairs => St#st.repairs, now => now(St)}),
     case St#st.member of
         #{} -> View#{cluster => bc_gitops_cluster:info()};
@@ -698,6 +708,12 @@ status_map(#st{config = Config} = St) ->
 
 -spec now(#st{}) -> integer().
 now(#st{config = #{clock := Clock}}) -> Clock:now_ms().
+
+%% The pins status() shows: this node's, or in cluster mode the cluster's
+%% (which the coordinator keeps and sends with each assignment).
+-spec shown_pins(#st{}) -> bc_gitops_pins:pins().
+shown_pins(#st{member = #{assignment := A}}) -> bc_gitops_member:pins(A);
+shown_pins(#st{pins = Pins}) -> Pins.
 
 %% @private What sys:get_status/1 and crash reports show: the secrets of
 %% the configuration (bc_gitops_config:redacted/1), other credentials and

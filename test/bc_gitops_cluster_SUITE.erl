@@ -14,7 +14,8 @@
 -export([rolls_out_one_node_at_a_time/1, bad_version_stops_at_the_canary/1,
          member_killed_mid_rollout_comes_back/1, coordinator_killed_mid_rollout/1,
          late_joiner_converges/1, partition_minority_starts_no_batch/1,
-         non_member_is_ignored/1, placement_follows_node_names/1]).
+         non_member_is_ignored/1, placement_follows_node_names/1,
+         rollback_pins_the_cluster/1]).
 
 -import(bc_gitops_test_util, [commit/2, write_file/2]).
 
@@ -29,7 +30,7 @@ all() ->
     [rolls_out_one_node_at_a_time, bad_version_stops_at_the_canary,
      member_killed_mid_rollout_comes_back, coordinator_killed_mid_rollout,
      late_joiner_converges, partition_minority_starts_no_batch, non_member_is_ignored,
-     placement_follows_node_names].
+     placement_follows_node_names, rollback_pins_the_cluster].
 
 init_per_testcase(Case, Config) ->
     Dir = bc_gitops_test_util:tmp_dir("ct_cluster"),
@@ -127,12 +128,7 @@ rolls_out_one_node_at_a_time(Config) ->
         bc_gitops_json:decode(unicode:characters_to_binary(Json)),
     ?assertEqual(atom_to_binary(Coordinator), CoordinatorText),
     ?assertEqual(lists:sort([atom_to_binary(N) || N <- [N1, N2, N3]]),
-                 lists:sort(maps:keys(Members))),
-    %% Going back by hand is a revert in git here: one line, exit 1.
-    {1, Refused} = Cli(["rollback", "cl_web"]),
-    ?assertEqual(["bc_gitops: cannot roll back cl_web: not by hand in cluster mode: the "
-                  "coordinator rolls a failed version back at the canary and holds it; to go "
-                  "back, revert the change in git"], string:lexemes(Refused, "\n")).
+                 lists:sort(maps:keys(Members))).
 
 %% v2 answers 500 on its port, so the canary's http check fails: the
 %% canary goes back to v1 (hot: the same server, its count kept), v2 never
@@ -228,12 +224,7 @@ coordinator_killed_mid_rollout(Config) ->
     T0 = erlang:monotonic_time(millisecond),
     C1 = bc_gitops_test_cluster:kill(C0, Dead),
     put(cluster, C1),
-    ok = wait_until(fun() ->
-                            case catch coordinator(C1, Asker) of
-                                N when is_atom(N), N =/= Old, N =/= undefined -> true;
-                                _ -> false
-                            end
-                    end, 10000),
+    ok = new_coordinator(C1, Asker, Old),
     Takeover = erlang:monotonic_time(millisecond) - T0,
     ct:pal("a new coordinator after ~p ms", [Takeover]),
     ?assert(Takeover < 5000),
@@ -252,6 +243,73 @@ coordinator_killed_mid_rollout(Config) ->
     ok = bc_gitops_test_cluster:call(C2, Dead, bc_gitops_peers, boot,
                                      [member_config(Config, C2, Dead, #{}), ?EVENTS]),
     ok = wait_until(fun() -> running_version(C2, Dead) =:= <<"2.0.0">> end, 30000).
+
+%% A rollback from any member (here through the command): the spec that
+%% ran before goes back on every member, one at a time and hot, and is
+%% pinned there: every member's status says so, a coordinator that takes
+%% over keeps it, and it ends when git changes the spec. Then pin/1 and
+%% unpin/1 on the cluster.
+rollback_pins_the_cluster(Config) ->
+    C0 = ?config(cluster, Config),
+    ok = v1_then_v2(Config, C0, ""),
+    ok = bc_gitops_test_cluster:call(C0, 3, bc_gitops, reconcile, []),
+    [?assertEqual(<<"2.0.0">>, running_version(C0, I)) || I <- [1, 2, 3]],
+    Servers = [{I, srv(C0, I)} || I <- [1, 2, 3]],
+    {0, Out} = (cli(Config, C0, 2))(["rollback", "cl_web"]),
+    ?assertNotEqual(nomatch, string:find(words(Out), "rolled back cl_web from 2.0.0 to 1.0.0 "
+                                         "(rolling out, batch by batch); pinned at 1.0.0")),
+    ok = bc_gitops_test_cluster:call(C0, 3, bc_gitops, reconcile, []),
+    [begin
+         ?assertEqual(<<"1.0.0">>, running_version(C0, I)),
+         ?assertEqual(Pid, srv(C0, I))
+     end || {I, Pid} <- Servers],
+    ok = in_sequence([upgrade_window(C0, I, <<"1.0.0">>) || I <- [1, 2, 3]]),
+    Pinned = fun(C, I) ->
+                     {ok, S} = bc_gitops_test_cluster:call(C, I, bc_gitops, status, []),
+                     {maps:get(pins, S), [W || {cl_web, _} = W <- maps:get(waiting, S)]}
+             end,
+    [?assertMatch({#{cl_web := #{version := <<"1.0.0">>, reason := rollback}},
+                   [{cl_web, {pinned, <<"1.0.0">>}}]}, Pinned(C0, I)) || I <- [1, 2, 3]],
+    ?assertEqual({error, {already_rolled_back, cl_web}},
+                 bc_gitops_test_cluster:call(C0, 1, bc_gitops, rollback, [cl_web])),
+    {0, Table} = (cli(Config, C0, 1))(["cluster"]),
+    ?assertNotEqual(nomatch, string:find(Table, "pinned: cl_web at 1.0.0 (rollback)")),
+
+    %% The coordinator dies: the next one learns the pin from the members.
+    Old = coordinator(C0),
+    [Dead] = [I || I <- [1, 2, 3], bc_gitops_test_cluster:node(C0, I) =:= Old],
+    [Asker | _] = Alive = [1, 2, 3] -- [Dead],
+    C1 = bc_gitops_test_cluster:kill(C0, Dead),
+    put(cluster, C1),
+    ok = new_coordinator(C1, Asker, Old),
+    ok = bc_gitops_test_cluster:call(C1, Asker, bc_gitops, reconcile, []),
+    ?assertMatch({ok, #{pins := #{cl_web := #{version := <<"1.0.0">>}}}},
+                 bc_gitops_test_cluster:call(C1, Asker, bc_gitops, cluster_status, [])),
+    [?assertEqual(<<"1.0.0">>, running_version(C1, I)) || I <- Alive],
+    C2 = bc_gitops_test_cluster:restart(C1, Dead),
+    put(cluster, C2),
+    ok = bc_gitops_test_cluster:call(C2, Dead, bc_gitops_peers, boot,
+                                     [member_config(Config, C2, Dead, #{}), ?EVENTS]),
+    ok = wait_until(fun() -> running_version(C2, Dead) =:= <<"1.0.0">> end, 30000),
+
+    %% Git moves on: the pin ends and the new version rolls out.
+    app_version(Config, "3.0.0", "200 OK"),
+    _ = gitops_spec(Config, "3.0.0", ""),
+    ok = bc_gitops_test_cluster:call(C2, Asker, bc_gitops, reconcile, []),
+    ok = wait_until(fun() -> [<<"3.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
+                    end, 30000),
+    [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- Alive],
+
+    %% pin/1 holds it at what runs; unpin/1 lets go, once.
+    ?assertEqual({ok, <<"3.0.0">>}, bc_gitops_test_cluster:call(C2, 1, bc_gitops, pin, [cl_web])),
+    ok = wait_until(fun() -> lists:all(fun(I) -> element(2, Pinned(C2, I)) =/= [] end, [1, 2, 3])
+                    end, 10000),
+    ?assertMatch({#{cl_web := #{version := <<"3.0.0">>, reason := pin}}, _}, Pinned(C2, 3)),
+    ?assertEqual(ok, bc_gitops_test_cluster:call(C2, 2, bc_gitops, unpin, [cl_web])),
+    ?assertEqual({error, {not_pinned, cl_web}},
+                 bc_gitops_test_cluster:call(C2, 3, bc_gitops, unpin, [cl_web])),
+    ok = wait_until(fun() -> lists:all(fun(I) -> Pinned(C2, I) =:= {#{}, []} end, [1, 2, 3])
+                    end, 10000).
 
 %% Two members run; the third starts later and converges by itself.
 late_joiner_converges(Config) ->
@@ -450,6 +508,15 @@ coordinator(C, I) ->
     {ok, #{coordinator := Node}} = bc_gitops_test_cluster:call(C, I, bc_gitops, cluster_status, []),
     Node.
 
+%% Waits (10 s at most) until member I names a coordinator other than Old.
+new_coordinator(C, I, Old) ->
+    wait_until(fun() ->
+                       case catch coordinator(C, I) of
+                           N when is_atom(N), N =/= Old, N =/= undefined -> true;
+                           _ -> false
+                       end
+               end, 10000).
+
 coordinator_events(C) ->
     Node = coordinator(C),
     [I] = [J || J <- [1, 2, 3], bc_gitops_test_cluster:node(C, J) =:= Node],
@@ -465,8 +532,11 @@ rollout_done(C, I) ->
 upgrade_window(C, I, V) ->
     Events = events(C, I),
     [Start] = [T || {T, _, [bc_gitops, upgrade, start], #{to_version := To}} <- Events, To =:= V],
-    [Passed] = [T || {T, _, [bc_gitops, gate, stop], #{version := To, result := healthy}}
-                         <- Events, To =:= V],
+    %% The first gate of V passed after that start (a deploy of V may have
+    %% passed one before).
+    [Passed | _] = lists:sort([T || {T, _, [bc_gitops, gate, stop],
+                                     #{version := To, result := healthy}} <- Events,
+                                    To =:= V, T >= Start]),
     {Start, Passed}.
 
 %% Each window starts after the one before it ended.
@@ -518,7 +588,8 @@ wait_until(Fun, Ms) ->
 %% fun(Args) -> {Exit, Output (stdout and stderr)}.
 cli(Config, C, I) ->
     Dir = ?config(dir, Config),
-    Script = bc_gitops_test_util:install_cli(filename:join(Dir, "cli")),
+    Script = bc_gitops_test_util:install_cli(
+               filename:join(Dir, "cli_" ++ integer_to_list(erlang:unique_integer([positive])))),
     Node = atom_to_list(bc_gitops_test_cluster:node(C, I)),
     Cookie = atom_to_list(maps:get(cookie, C)),
     fun(Args) ->
@@ -527,3 +598,8 @@ cli(Config, C, I) ->
             ct:log("bc_gitops ~ts -> ~B~n~ts", [lists:join(" ", Args), Exit, Out]),
             {Exit, Out}
     end.
+
+%% Text with its line breaks and runs of blanks made single spaces (the
+%% command wraps long lines).
+words(Text) ->
+    lists:flatten(lists:join(" ", string:lexemes(Text, " \n"))).
