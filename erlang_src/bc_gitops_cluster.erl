@@ -110,18 +110,19 @@ history(Which) ->
     end.
 
 %% @doc Rolls `App' back on every member to the spec that settled before
-%% its last one (as a member that runs it kept it), and pins it there:
-%% the coordinator rolls that spec out batch by batch, with the usual
-%% gates, and keeps it until git changes the app's spec or {@link
+%% the one the cluster runs (a member that runs it kept it), and pins it
+%% there: the coordinator rolls that spec out batch by batch, with the
+%% usual gates, and keeps it until git changes the app's spec or {@link
 %% unpin/1}. Returns once the pin is made: `{ok, #{app, from, to, path
-%% => rollout}}'.
+%% => rollout}}'. Refused while a rollout of the app runs, and without a
+%% majority of the members.
 -spec rollback(atom()) -> {ok, map()} | {error, term()}.
 rollback(App) ->
-    case settled_somewhere(App) of
-        {ok, {_Current, undefined}} ->
+    case settled(App, rollback) of
+        {ok, _Current, undefined, _Digest} ->
             {error, {no_previous_version, App}};
-        {ok, {#app_spec{version = From}, #app_spec{version = To} = Before}} ->
-            case coordinator_call({pin, App, Before, rollback}) of
+        {ok, #app_spec{version = From}, #app_spec{version = To} = Before, Digest} ->
+            case coordinator_call({pin, App, Before, rollback, Digest}) of
                 ok -> {ok, #{app => App, from => From, to => To, path => rollout}};
                 Error -> Error
             end;
@@ -129,13 +130,14 @@ rollback(App) ->
             Error
     end.
 
-%% @doc Pins `App' on every member at the spec that settled last (what
-%% the members run when no rollout of it is under way): `{ok, Vsn}'.
+%% @doc Pins `App' on every member at the spec the cluster runs: `{ok,
+%% Vsn}'. Refused while a rollout of it runs, and when it is pinned
+%% already (`{error, {already_pinned, App}}').
 -spec pin(atom()) -> {ok, binary()} | {error, term()}.
 pin(App) ->
-    case settled_somewhere(App) of
-        {ok, {#app_spec{version = V} = Current, _}} ->
-            case coordinator_call({pin, App, Current, pin}) of
+    case settled(App, pin) of
+        {ok, #app_spec{version = V} = Current, _Before, Digest} ->
+            case coordinator_call({pin, App, Current, pin, Digest}) of
                 ok -> {ok, V};
                 Error -> Error
             end;
@@ -148,29 +150,31 @@ pin(App) ->
 unpin(App) ->
     coordinator_call({unpin, App}).
 
-%% What settled of `App' on this node, else on the first member that has
-%% it settled: `{ok, {Last, Before}}' or `{error, not_found}'.
--spec settled_somewhere(atom()) -> {ok, {#app_spec{}, #app_spec{} | undefined}} | {error, term()}.
-settled_somewhere(App) ->
-    case bc_gitops_reconciler:config() of
-        {ok, #{cluster := #{members := Members}}} ->
-            Others = [M || M <- Members, lists:member(M, nodes())],
-            Asked = [node() | Others],
+%% The spec the cluster runs for `App' (its digest, from the coordinator)
+%% and the one before it, as a member that settled it kept them.
+-spec settled(atom(), rollback | pin) ->
+          {ok, #app_spec{}, #app_spec{} | undefined, bc_gitops_rollout:digest()}
+          | {error, term()}.
+settled(App, Reason) ->
+    case coordinator_call({settled_at, App, Reason}) of
+        {ok, Nodes, Digest} ->
             Found = lists:foldl(
-                      fun(_Node, {ok, _} = Done) -> Done;
+                      fun(_Node, {ok, _, _, _} = Done) -> Done;
                          (Node, none) ->
                               try erpc:call(Node, bc_gitops_reconciler, settled, [App], 5000) of
-                                  {ok, _} = Settled -> Settled;
+                                  {ok, {Current, Before}} ->
+                                      case bc_gitops_rollout:digest(Current) of
+                                          Digest -> {ok, Current, Before, Digest};
+                                          _ -> none
+                                      end;
                                   _ -> none
                               catch _:_ -> none
                               end
-                      end, none, Asked),
+                      end, none, Nodes),
             case Found of
-                none -> {error, not_found};
-                Settled -> Settled
+                none -> {error, {rollout_in_progress, App}};
+                _ -> Found
             end;
-        {ok, _} ->
-            {error, not_clustered};
         Error ->
             Error
     end.

@@ -38,11 +38,12 @@
     unacked = #{} :: #{node() => [{reference(), bc_gitops_member:delta()}]},
     rollouts = #{} :: #{atom() => bc_gitops_rollout:rollout()},
     failed = #{} :: #{atom() => bc_gitops_rollout:failure()},
-    %% Apps held at a spec (rollback/1, pin/1) until git changes theirs.
+    %% Apps held at a spec (rollback/1, pin/1) until git changes theirs,
+    %% and the generation of that map: each change makes a higher one, and
+    %% a report with a higher one (a coordinator before this one changed
+    %% them) is taken as the pins, whole.
     pins = #{} :: bc_gitops_pins:pins(),
-    %% Members sent a delta by this coordinator: their reports' pins are
-    %% ours; those of the others (after a takeover) are taken in.
-    told = [] :: [node()],
+    pins_gen = 0 :: non_neg_integer(),
     worker :: {pid(), reference(), integer()} | undefined,
     %% Refreshes asked for (a reconcile, the interval) and done.
     asked = 0 :: non_neg_integer(),
@@ -93,26 +94,27 @@ handle_call({Kind, Node}, From, #st{asked = Asked, worker = Worker} = St)
     {noreply, answer(refresh(St1))};
 handle_call(status, _From, St) ->
     {reply, {ok, cluster_status(St)}, St};
-handle_call({pin, _App, _Running, _Reason}, _From, #st{target = undefined} = St) ->
-    {reply, {error, no_target}, St};
-handle_call({pin, App, #app_spec{version = V} = Running, Reason}, _From, #st{pins = Pins} = St) ->
-    case {Reason, Pins} of
-        {rollback, #{App := #{reason := rollback}}} ->
-            {reply, {error, {already_rolled_back, App}}, St};
-        _ ->
+handle_call({settled_at, App, Reason}, _From, St) ->
+    {reply, settled_at(App, Reason, St), St};
+handle_call({pin, App, #app_spec{version = V} = Running, Reason, Digest}, _From, St) ->
+    %% What the asker read must still be what the cluster runs.
+    case settled_at(App, Reason, St) of
+        {ok, _Nodes, Digest} ->
             #{specs := Specs} = St#st.target,
-            Git = case lists:keyfind(App, #app_spec.name, Specs) of
-                      false -> undefined;
-                      Spec -> Spec
-                  end,
+            #app_spec{} = Git = lists:keyfind(App, #app_spec.name, Specs),
             ?LOG_NOTICE("bc_gitops: ~p pinned at ~ts (~p)", [App, V, Reason]),
-            Pins1 = bc_gitops_pins:pin(App, V, Running, Reason, Git, Pins),
-            {reply, ok, answer(step(retarget(St#st{pins = Pins1})))}
+            Pins = bc_gitops_pins:pin(App, V, Running, Reason, Git, St#st.pins),
+            {reply, ok, answer(step(retarget(set_pins(Pins, St))))};
+        {ok, _Nodes, _Moved} ->
+            {reply, {error, {rollout_in_progress, App}}, St};
+        Error ->
+            {reply, Error, St}
     end;
 handle_call({unpin, App}, _From, #st{pins = Pins} = St) ->
-    case bc_gitops_pins:unpin(App, Pins) of
-        {ok, Pins1} -> {reply, ok, answer(step(retarget(St#st{pins = Pins1})))};
-        Error -> {reply, Error, St}
+    case {quorum(St), bc_gitops_pins:unpin(App, Pins)} of
+        {false, _} -> {reply, {error, {no_quorum, reporting(St), St#st.members}}, St};
+        {true, {ok, Pins1}} -> {reply, ok, answer(step(retarget(set_pins(Pins1, St))))};
+        {true, Error} -> {reply, Error, St}
     end;
 handle_call(_Other, _From, St) ->
     {reply, {error, unknown_call}, St}.
@@ -208,7 +210,59 @@ targeted(#{specs := Specs, errors := Errors} = Parsed, #st{members = Members} = 
               [{M, maps:from_list([{N, S} || #app_spec{name = N} = S <- Valid,
                                              bc_gitops_placement:matches(placement(S), M)])}
                || M <- Members]),
-    St#st{target = Parsed, wants = Wants, keep = Keep, pins = Pins}.
+    set_pins(Pins, St#st{target = Parsed, wants = Wants, keep = Keep}).
+
+%% `Pins' as the pins, a new generation when they changed.
+-spec set_pins(bc_gitops_pins:pins(), #st{}) -> #st{}.
+set_pins(Pins, #st{pins = Pins} = St) ->
+    St;
+set_pins(Pins, #st{pins_gen = Gen} = St) ->
+    %% Above the last, and above what a coordinator before this one may
+    %% have made (the clocks of the members agree well enough for that).
+    St#st{pins = Pins, pins_gen = max(Gen + 1, erlang:system_time(microsecond))}.
+
+%% Whether `App' may be pinned (`Reason') now, and at what: `{ok, Nodes,
+%% Digest}', the members that settled the spec the cluster should run
+%% (`Digest'); an error while a rollout of it runs, when git does not
+%% have it, when it is already rolled back, or without a majority.
+-spec settled_at(atom(), rollback | pin, #st{}) ->
+          {ok, [node()], bc_gitops_rollout:digest()} | {error, term()}.
+settled_at(_App, _Reason, #st{target = undefined}) ->
+    {error, no_target};
+settled_at(App, Reason, #st{target = #{specs := Specs}, pins = Pins} = St) ->
+    Quorum = quorum(St),
+    InGit = lists:keymember(App, #app_spec.name, Specs),
+    Pin = maps:get(App, Pins, none),
+    RolledBack = case Pin of
+                     #{reason := rollback} -> true;
+                     _ -> false
+                 end,
+    Rolling = case maps:find(App, St#st.rollouts) of
+                  {ok, #{state := running}} -> true;
+                  _ -> false
+              end,
+    Wanted = lists:usort([bc_gitops_rollout:digest(S) || #{App := S} <- maps:values(St#st.wants)]),
+    Up = reporting(St),
+    if
+        not Quorum -> {error, {no_quorum, Up, St#st.members}};
+        not InGit; Wanted =:= [] -> {error, not_found};
+        Reason =:= pin, Pin =/= none -> {error, {already_pinned, App}};
+        Reason =:= rollback, RolledBack -> {error, {already_rolled_back, App}};
+        Rolling -> {error, {rollout_in_progress, App}};
+        true -> settled_on(App, Wanted, Up, St)
+    end.
+
+%% The members that settled the one spec the cluster wants for `App'.
+-spec settled_on(atom(), [bc_gitops_rollout:digest()], [node()], #st{}) ->
+          {ok, [node()], bc_gitops_rollout:digest()} | {error, term()}.
+settled_on(App, [Digest], Up, #st{reports = Reports}) ->
+    case [N || N <- Up, #{apps := #{App := #{settled := D}}} <- [maps:get(N, Reports)],
+               D =:= Digest] of
+        [] -> {error, {rollout_in_progress, App}};
+        Nodes -> {ok, Nodes, Digest}
+    end;
+settled_on(App, _Several, _Up, _St) ->
+    {error, {rollout_in_progress, App}}.
 
 %% The wants again, after the pins changed.
 -spec retarget(#st{}) -> #st{}.
@@ -262,18 +316,12 @@ take_report(Node, #{ack := Ack, holds := Holds} = Report, #st{unacked = Unacked}
            end,
     St1 = St#st{reports = (St#st.reports)#{Node => Report}, unacked = Unacked#{Node => Left},
                 failed = maps:merge(Holds, St#st.failed)},
-    case lists:member(Node, St#st.told) of
-        true -> St1;
-        false -> learn_pins(maps:get(pins, Report, #{}), St1)
-    end.
-
-%% Pins a member kept from an earlier coordinator (this one never told it
-%% anything): taken in, this coordinator's own first.
--spec learn_pins(bc_gitops_pins:pins(), #st{}) -> #st{}.
-learn_pins(Known, #st{pins = Pins} = St) ->
-    case maps:merge(Known, Pins) of
-        Pins -> St;
-        Merged -> retarget(St#st{pins = Merged})
+    case maps:get(pins_gen, Report, 0) of
+        Newer when Newer > St#st.pins_gen ->
+            %% Pins a coordinator before this one made (or dropped).
+            retarget(St1#st{pins = maps:get(pins, Report, #{}), pins_gen = Newer});
+        _ ->
+            St1
     end.
 
 -spec ignore_node(node(), #st{}) -> #st{}.
@@ -361,19 +409,19 @@ send(Commands, #st{target = #{commit := Commit} = Target, failed = Failed} = St)
               Changed = map_size(Set) > 0 orelse map_size(Revert) > 0
                   orelse NewCommit =/= maps:get(commit, Report)
                   orelse Holds =/= maps:get(holds, Report)
-                  orelse St#st.pins =/= maps:get(pins, Report, #{}),
+                  orelse St#st.pins_gen =/= maps:get(pins_gen, Report, St#st.pins_gen),
               case Changed andalso maps:get(Node, Acc#st.unacked, []) =:= [] orelse
                   map_size(Set) > 0 orelse map_size(Revert) > 0 of
                   true ->
                       Delta = #{ref => make_ref(), commit => NewCommit, set => Set,
                                 revert => Revert, holds => Holds, pins => St#st.pins,
+                                pins_gen => St#st.pins_gen,
                                 errors => maps:get(errors, Target, []),
                                 warnings => maps:get(warnings, Target, [])},
                       gen_server:cast({bc_gitops_reconciler, Node}, {assign, self(), Delta}),
                       Unacked = Acc#st.unacked,
                       Acc#st{unacked = Unacked#{Node => maps:get(Node, Unacked, []) ++
-                                                    [{maps:get(ref, Delta), Delta}]},
-                             told = lists:usort([Node | Acc#st.told])};
+                                                    [{maps:get(ref, Delta), Delta}]}};
                   false ->
                       Acc
               end

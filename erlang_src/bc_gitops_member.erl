@@ -13,7 +13,7 @@
 -include("bc_gitops.hrl").
 
 -export([new/0, assign/3, parsed/1, settle/3, report/4, commit/1, holds/1, pins/1,
-         previous/2]).
+         pins_gen/1, previous/2]).
 
 -export_type([assignment/0, settled/0, delta/0, report/0]).
 
@@ -25,7 +25,7 @@
                         holds := #{atom() => bc_gitops_rollout:failure()},
                         %% The cluster's pins (kept here so that a coordinator
                         %% that takes over learns them from the reports).
-                        pins => bc_gitops_pins:pins(),
+                        pins => bc_gitops_pins:pins(), pins_gen => non_neg_integer(),
                         errors := list(), warnings := list(),
                         %% The last delta taken in.
                         ack := reference() | undefined}.
@@ -40,13 +40,13 @@
                    set := #{atom() => #app_spec{} | remove},
                    revert := #{atom() => digest()},
                    holds := #{atom() => bc_gitops_rollout:failure()},
-                   pins => bc_gitops_pins:pins(),
+                   pins => bc_gitops_pins:pins(), pins_gen => non_neg_integer(),
                    errors := list(), warnings := list()}.
 
 -type report() :: #{node := node(), ack := reference() | undefined,
                     commit := binary() | undefined, busy := boolean(),
                     holds := #{atom() => bc_gitops_rollout:failure()},
-                    pins => bc_gitops_pins:pins(),
+                    pins => bc_gitops_pins:pins(), pins_gen => non_neg_integer(),
                     apps := #{atom() => bc_gitops_rollout:app_report()}}.
 
 %% @doc Nothing assigned yet: the member does not touch the node.
@@ -66,6 +66,10 @@ holds(#{holds := H}) -> H.
 -spec pins(assignment()) -> bc_gitops_pins:pins().
 pins(A) -> maps:get(pins, A, #{}).
 
+%% @doc The generation of those pins (0: none ever).
+-spec pins_gen(assignment()) -> non_neg_integer().
+pins_gen(A) -> maps:get(pins_gen, A, 0).
+
 %% @doc Takes a delta in. A revert of `App' from the failed spec `Digest'
 %% applies only while `App' is still assigned that spec: it goes back to
 %% the spec that settled before it (or leaves, when none had).
@@ -77,7 +81,8 @@ assign(#{ref := Ref, commit := Commit, set := Set, revert := Revert, holds := Ho
                        end, Specs0, Set),
     Specs2 = maps:fold(fun(App, Digest, S) -> revert(App, Digest, S, Settled) end, Specs1, Revert),
     A#{commit := Commit, specs := Specs2, holds := Holds, errors := Errors,
-       warnings := Warnings, ack := Ref, pins => maps:get(pins, Delta, pins(A))}.
+       warnings := Warnings, ack := Ref, pins => maps:get(pins, Delta, pins(A)),
+       pins_gen => maps:get(pins_gen, Delta, pins_gen(A))}.
 
 -spec revert(atom(), digest(), #{atom() => #app_spec{}}, settled()) -> #{atom() => #app_spec{}}.
 revert(App, Digest, Specs, Settled) ->

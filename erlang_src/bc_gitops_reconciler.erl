@@ -370,6 +370,7 @@ report(#st{member = #{coordinator := Pid, assignment := A, settled := S}} = St) 
            end,
     Report = #{node => node(), ack => maps:get(ack, A), commit => bc_gitops_member:commit(A),
                busy => Busy, holds => bc_gitops_member:holds(A), pins => bc_gitops_member:pins(A),
+               pins_gen => bc_gitops_member:pins_gen(A),
                apps => bc_gitops_member:report(A, S, St#st.failures, Current)},
     gen_server:cast(Pid, {report, node(), Report}),
     St.

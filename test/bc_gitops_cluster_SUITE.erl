@@ -272,6 +272,8 @@ rollback_pins_the_cluster(Config) ->
                    [{cl_web, {pinned, <<"1.0.0">>}}]}, Pinned(C0, I)) || I <- [1, 2, 3]],
     ?assertEqual({error, {already_rolled_back, cl_web}},
                  bc_gitops_test_cluster:call(C0, 1, bc_gitops, rollback, [cl_web])),
+    ?assertEqual({error, {already_pinned, cl_web}},
+                 bc_gitops_test_cluster:call(C0, 1, bc_gitops, pin, [cl_web])),
     {0, Table} = (cli(Config, C0, 1))(["cluster"]),
     ?assertNotEqual(nomatch, string:find(Table, "pinned: cl_web at 1.0.0 (rollback)")),
 
@@ -292,10 +294,36 @@ rollback_pins_the_cluster(Config) ->
                                      [member_config(Config, C2, Dead, #{}), ?EVENTS]),
     ok = wait_until(fun() -> running_version(C2, Dead) =:= <<"1.0.0">> end, 30000),
 
-    %% Git moves on: the pin ends and the new version rolls out.
-    app_version(Config, "3.0.0", "200 OK"),
-    _ = gitops_spec(Config, "3.0.0", ""),
+    %% The new coordinator drops the pin it learned: git's 2.0.0 again,
+    %% on every member, the restarted one included; then a second rollback.
+    ?assertEqual(ok, bc_gitops_test_cluster:call(C2, Dead, bc_gitops, unpin, [cl_web])),
     ok = bc_gitops_test_cluster:call(C2, Asker, bc_gitops, reconcile, []),
+    ok = wait_until(fun() -> [<<"2.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
+                    end, 30000),
+    [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- [1, 2, 3]],
+    ?assertMatch({ok, #{from := <<"2.0.0">>, to := <<"1.0.0">>}},
+                 bc_gitops_test_cluster:call(C2, Dead, bc_gitops, rollback, [cl_web])),
+    ok = bc_gitops_test_cluster:call(C2, Asker, bc_gitops, reconcile, []),
+    ok = wait_until(fun() -> [<<"1.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
+                    end, 30000),
+
+    %% Git moves on: the pin ends and the new version rolls out, one node
+    %% at a time with a pause; while it runs, neither a rollback nor a pin
+    %% is taken.
+    app_version(Config, "3.0.0", "200 OK"),
+    _ = gitops_spec(Config, "3.0.0", "rollout => #{pause => 2000}"),
+    Caller = reconcile_async(C2, Asker),
+    ok = wait_until(fun() ->
+                            {ok, #{rollouts := Rs}} = bc_gitops_test_cluster:call(
+                                                        C2, Asker, bc_gitops, cluster_status, []),
+                            [running] =:= [St || #{to := <<"3.0.0">>, state := St,
+                                                   done := [_ | _]} <- Rs]
+                    end, 30000),
+    ?assertEqual({error, {rollout_in_progress, cl_web}},
+                 bc_gitops_test_cluster:call(C2, Asker, bc_gitops, rollback, [cl_web])),
+    ?assertEqual({error, {rollout_in_progress, cl_web}},
+                 bc_gitops_test_cluster:call(C2, Asker, bc_gitops, pin, [cl_web])),
+    ?assertEqual(ok, await(Caller)),
     ok = wait_until(fun() -> [<<"3.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
                     end, 30000),
     [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- Alive],
