@@ -644,6 +644,12 @@ reason({no_previous_version, App}) -> io_lib:format("no previous version of ~ts 
 reason({already_rolled_back, App}) ->
     io_lib:format("its last change was a rollback: `bc_gitops unpin ~ts' follows git again", [App]);
 reason({not_pinned, App}) -> io_lib:format("~ts is not pinned", [App]);
+reason({already_pinned, App}) -> io_lib:format("~ts is pinned already", [App]);
+reason({rollout_in_progress, App}) ->
+    io_lib:format("a rollout of ~ts is under way (see bc_gitops cluster); try once it is done",
+                  [App]);
+reason({no_quorum, Up, Members}) ->
+    io_lib:format("~B of the ~B members answer, not a majority", [length(Up), length(Members)]);
 reason({unhealthy, Why}) -> ["unhealthy: ", reason(Why)];
 reason({rolled_back, Why}) -> ["rolled back: ", reason(Why)];
 reason(B) when is_binary(B) -> clip(B);

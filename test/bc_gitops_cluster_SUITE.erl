@@ -323,6 +323,9 @@ rollback_pins_the_cluster(Config) ->
                  bc_gitops_test_cluster:call(C2, Asker, bc_gitops, rollback, [cl_web])),
     ?assertEqual({error, {rollout_in_progress, cl_web}},
                  bc_gitops_test_cluster:call(C2, Asker, bc_gitops, pin, [cl_web])),
+    ?assertEqual({1, "bc_gitops: cannot pin cl_web: a rollout of cl_web is under way (see "
+                     "bc_gitops cluster); try once it is done\n"},
+                 (cli(Config, C2, Asker))(["pin", "cl_web"])),
     ?assertEqual(ok, await(Caller)),
     ok = wait_until(fun() -> [<<"3.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
                     end, 30000),
