@@ -327,8 +327,14 @@ rollback_pins_the_cluster(Config) ->
                      "bc_gitops cluster); try once it is done\n"},
                  (cli(Config, C2, Asker))(["pin", "cl_web"])),
     ?assertEqual(ok, await(Caller)),
-    ok = wait_until(fun() -> [<<"3.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
+    %% The rollout is over once the last node's gate passed, not when it
+    %% runs 3.0.0: until then a pin is refused, as above.
+    ok = wait_until(fun() ->
+                            {ok, #{rollouts := Rs}} = bc_gitops_test_cluster:call(
+                                                        C2, Asker, bc_gitops, cluster_status, []),
+                            [done] =:= [St || #{to := <<"3.0.0">>, state := St} <- Rs]
                     end, 30000),
+    [?assertEqual(<<"3.0.0">>, running_version(C2, I)) || I <- [1, 2, 3]],
     [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- Alive],
 
     %% pin/1 holds it at what runs; unpin/1 lets go, once.
