@@ -157,26 +157,28 @@ unpin(App) ->
           | {error, term()}.
 settled(App, Reason) ->
     case coordinator_call({settled_at, App, Reason}) of
-        {ok, Nodes, Digest} ->
-            Found = lists:foldl(
-                      fun(_Node, {ok, _, _, _} = Done) -> Done;
-                         (Node, none) ->
-                              try erpc:call(Node, bc_gitops_reconciler, settled, [App], 5000) of
-                                  {ok, {Current, Before}} ->
-                                      case bc_gitops_rollout:digest(Current) of
-                                          Digest -> {ok, Current, Before, Digest};
-                                          _ -> none
-                                      end;
-                                  _ -> none
-                              catch _:_ -> none
-                              end
-                      end, none, Nodes),
-            case Found of
-                none -> {error, {rollout_in_progress, App}};
-                _ -> Found
+        {ok, Nodes, Digest} -> settled_on(Nodes, App, Digest);
+        Error -> Error
+    end.
+
+%% The first of `Nodes' that still has `App' settled at `Digest' gives its
+%% two specs.
+-spec settled_on([node()], atom(), bc_gitops_rollout:digest()) ->
+          {ok, #app_spec{}, #app_spec{} | undefined, bc_gitops_rollout:digest()}
+          | {error, term()}.
+settled_on([], App, _Digest) ->
+    {error, {rollout_in_progress, App}};
+settled_on([Node | Rest], App, Digest) ->
+    try erpc:call(Node, bc_gitops_reconciler, settled, [App], 5000) of
+        {ok, {Current, Before}} ->
+            case bc_gitops_rollout:digest(Current) of
+                Digest -> {ok, Current, Before, Digest};
+                _ -> settled_on(Rest, App, Digest)
             end;
-        Error ->
-            Error
+        _ ->
+            settled_on(Rest, App, Digest)
+    catch
+        _:_ -> settled_on(Rest, App, Digest)
     end.
 
 -spec coordinator_call(term()) -> term().
