@@ -253,6 +253,7 @@ rollback_pins_the_cluster(Config) ->
     C0 = ?config(cluster, Config),
     ok = v1_then_v2(Config, C0, ""),
     ok = bc_gitops_test_cluster:call(C0, 3, bc_gitops, reconcile, []),
+    ok = rollout_over(C0, 3, <<"2.0.0">>),
     [?assertEqual(<<"2.0.0">>, running_version(C0, I)) || I <- [1, 2, 3]],
     Servers = [{I, srv(C0, I)} || I <- [1, 2, 3]],
     {0, Out} = (cli(Config, C0, 2))(["rollback", "cl_web"]),
@@ -298,8 +299,8 @@ rollback_pins_the_cluster(Config) ->
     %% on every member, the restarted one included; then a second rollback.
     ?assertEqual(ok, bc_gitops_test_cluster:call(C2, Dead, bc_gitops, unpin, [cl_web])),
     ok = bc_gitops_test_cluster:call(C2, Asker, bc_gitops, reconcile, []),
-    ok = wait_until(fun() -> [<<"2.0.0">>] =:= lists:usort([running_version(C2, I) || I <- [1, 2, 3]])
-                    end, 30000),
+    ok = rollout_over(C2, Asker, <<"2.0.0">>),
+    [?assertEqual(<<"2.0.0">>, running_version(C2, I)) || I <- [1, 2, 3]],
     [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- [1, 2, 3]],
     ?assertMatch({ok, #{from := <<"2.0.0">>, to := <<"1.0.0">>}},
                  bc_gitops_test_cluster:call(C2, Dead, bc_gitops, rollback, [cl_web])),
@@ -327,13 +328,7 @@ rollback_pins_the_cluster(Config) ->
                      "bc_gitops cluster); try once it is done\n"},
                  (cli(Config, C2, Asker))(["pin", "cl_web"])),
     ?assertEqual(ok, await(Caller)),
-    %% The rollout is over once the last node's gate passed, not when it
-    %% runs 3.0.0: until then a pin is refused, as above.
-    ok = wait_until(fun() ->
-                            {ok, #{rollouts := Rs}} = bc_gitops_test_cluster:call(
-                                                        C2, Asker, bc_gitops, cluster_status, []),
-                            [done] =:= [St || #{to := <<"3.0.0">>, state := St} <- Rs]
-                    end, 30000),
+    ok = rollout_over(C2, Asker, <<"3.0.0">>),
     [?assertEqual(<<"3.0.0">>, running_version(C2, I)) || I <- [1, 2, 3]],
     [?assertEqual({#{}, []}, Pinned(C2, I)) || I <- Alive],
 
@@ -544,6 +539,16 @@ coordinator(C) -> coordinator(C, 1).
 coordinator(C, I) ->
     {ok, #{coordinator := Node}} = bc_gitops_test_cluster:call(C, I, bc_gitops, cluster_status, []),
     Node.
+
+%% Waits (30 s at most) until the rollout to Vsn is done, as member I's
+%% coordinator says: the last node's gate passed, which comes after every
+%% node runs Vsn (until then a rollback or pin is refused).
+rollout_over(C, I, Vsn) ->
+    wait_until(fun() ->
+                       {ok, #{rollouts := Rs}} =
+                           bc_gitops_test_cluster:call(C, I, bc_gitops, cluster_status, []),
+                       [done] =:= [St || #{to := To, state := St} <- Rs, To =:= Vsn]
+               end, 30000).
 
 %% Waits (10 s at most) until member I names a coordinator other than Old.
 new_coordinator(C, I, Old) ->
